@@ -1,0 +1,16 @@
+//! The sans-IO core: everything dhtun decides, with no sockets, files, clock reads or tokio.
+//! Time comes in as `now` (time since the daemon started), randomness as a seed, and results go
+//! out as values that say what the shell does next.
+
+pub mod device;
+pub mod handshake;
+pub mod keys;
+pub mod limits;
+pub mod packet;
+pub mod peer;
+pub mod replay;
+pub mod ring;
+pub mod routing;
+pub mod session;
+pub mod stats;
+pub mod wire;

@@ -1,0 +1,171 @@
+//! One peer's state: its configuration, its sessions (previous, current, next), the handshake in
+//! flight, the packets staged while that handshake runs, its timers and its counters.
+
+use crate::core::handshake::PendingInitiation;
+use crate::core::keys::{PresharedKey, PublicKey};
+use crate::core::limits::{RING_SLOT_BYTES, STAGED_PACKETS_PER_PEER};
+use crate::core::ring::PacketRing;
+use crate::core::session::Session;
+use crate::core::stats::{DropCounters, TrafficCounters};
+use crate::core::wire::TIMESTAMP_BYTES;
+use core::time::Duration;
+use ipnetwork::IpNetwork;
+use std::net::SocketAddr;
+
+/// Position of a peer in the device's peer list.
+pub type PeerId = usize;
+
+/// A peer as the config describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerConfig {
+    pub public_key: PublicKey,
+    pub preshared_key: PresharedKey,
+    pub allowed_ips: Vec<IpNetwork>,
+    pub endpoint: Option<SocketAddr>,
+    pub persistent_keepalive: Option<Duration>,
+}
+
+/// Where a peer's current endpoint came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointSource {
+    /// The `endpoint` in the config.
+    Static,
+    /// A DHT record.
+    Dht,
+    /// The source address of the peer's latest authenticated packet.
+    Roamed,
+}
+
+impl EndpointSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            EndpointSource::Static => "static",
+            EndpointSource::Dht => "dht",
+            EndpointSource::Roamed => "roamed",
+        }
+    }
+}
+
+/// Which of a peer's sessions a local index belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionSlot {
+    Previous,
+    Current,
+    Next,
+}
+
+/// A handshake we started and keep retrying until it completes or the attempt times out.
+pub struct HandshakeAttempt {
+    /// The snow state of the latest initiation; None after a response failed to verify, until
+    /// the retry timer sends a fresh initiation.
+    pub pending: Option<PendingInitiation>,
+    pub local_index: u32,
+    pub started_at: Duration,
+    pub next_retry_at: Duration,
+}
+
+pub struct Peer {
+    pub config: PeerConfig,
+    pub endpoint: Option<SocketAddr>,
+    pub endpoint_source: Option<EndpointSource>,
+    pub previous: Option<Session>,
+    pub current: Option<Session>,
+    /// A session we answered, not yet confirmed by a packet from the initiator: we may not send
+    /// on it until then, or a lost response would leave us talking into the void.
+    pub next: Option<Session>,
+    pub handshake: Option<HandshakeAttempt>,
+    pub staged: PacketRing<()>,
+    /// Greatest initiation timestamp accepted from this peer: older ones are replays.
+    pub latest_timestamp: Option<[u8; TIMESTAMP_BYTES]>,
+    pub last_initiation_at: Option<Duration>,
+    pub last_handshake_at: Option<Duration>,
+    pub last_sent_at: Option<Duration>,
+    /// When we last received a packet carrying data (not a keepalive) with nothing sent since.
+    pub unanswered_data_at: Option<Duration>,
+    pub want_initiation: bool,
+    pub want_keepalive: bool,
+    /// Whether the peer is already in the device's work queue.
+    pub queued: bool,
+    pub traffic: TrafficCounters,
+    pub drops: DropCounters,
+}
+
+impl Peer {
+    /// A peer with its staging buffer allocated; nothing later allocates per packet.
+    pub fn new(config: PeerConfig) -> Self {
+        let endpoint = config.endpoint;
+        Self {
+            endpoint,
+            endpoint_source: endpoint.map(|_| EndpointSource::Static),
+            config,
+            previous: None,
+            current: None,
+            next: None,
+            handshake: None,
+            staged: PacketRing::new(STAGED_PACKETS_PER_PEER, RING_SLOT_BYTES),
+            latest_timestamp: None,
+            last_initiation_at: None,
+            last_handshake_at: None,
+            last_sent_at: None,
+            unanswered_data_at: None,
+            want_initiation: false,
+            want_keepalive: false,
+            queued: false,
+            traffic: TrafficCounters::default(),
+            drops: DropCounters::default(),
+        }
+    }
+
+    /// The session holding `local_index`, if any.
+    pub fn slot_of(&self, local_index: u32) -> Option<SessionSlot> {
+        let holds = |s: &Option<Session>| s.as_ref().is_some_and(|s| s.local_index == local_index);
+        if holds(&self.current) {
+            Some(SessionSlot::Current)
+        } else if holds(&self.previous) {
+            Some(SessionSlot::Previous)
+        } else if holds(&self.next) {
+            Some(SessionSlot::Next)
+        } else {
+            None
+        }
+    }
+
+    pub fn session_mut(&mut self, slot: SessionSlot) -> Option<&mut Session> {
+        match slot {
+            SessionSlot::Previous => self.previous.as_mut(),
+            SessionSlot::Current => self.current.as_mut(),
+            SessionSlot::Next => self.next.as_mut(),
+        }
+    }
+
+    /// The session we send on, if it may still be used at `now`.
+    pub fn sending_session(&mut self, now: Duration) -> Option<&mut Session> {
+        self.current.as_mut().filter(|s| s.is_usable(now))
+    }
+
+    /// Makes `session` current; returns the local index of the session pushed out entirely.
+    pub fn install_current(&mut self, session: Session) -> Option<u32> {
+        let evicted = self.previous.take().map(|s| s.local_index);
+        self.previous = self.current.replace(session);
+        evicted
+    }
+
+    /// Records where an authenticated packet came from: replies go there from now on.
+    pub fn roam_to(&mut self, from: SocketAddr) {
+        if self.endpoint != Some(from) {
+            self.endpoint = Some(from);
+            self.endpoint_source = Some(match self.config.endpoint {
+                Some(configured) if configured == from => EndpointSource::Static,
+                _ => EndpointSource::Roamed,
+            });
+        }
+    }
+
+    /// Local indexes of every session and handshake this peer holds.
+    pub fn local_indexes(&self) -> impl Iterator<Item = u32> + '_ {
+        [&self.previous, &self.current, &self.next]
+            .into_iter()
+            .filter_map(|s| s.as_ref().map(|s| s.local_index))
+            .chain(self.handshake.as_ref().map(|h| h.local_index))
+    }
+}

@@ -1,0 +1,122 @@
+//! Counters: drops by reason, for the whole interface and per peer. Counted, never logged,
+//! because a flood must cost an increment, not a line of output.
+
+/// Why a packet was dropped. The names are the keys of `drops` in `dhtun status --json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// A packet ring was full: the newest packet was dropped (tail drop).
+    RingFull,
+    /// A transport packet whose counter was already seen or is older than the window.
+    Replay,
+    /// A message for a session index or from a static key we do not know.
+    UnknownPeer,
+    /// A decrypted packet whose inner source is outside the sending peer's allowed_ips.
+    BadSource,
+    /// Bytes that are not one of our messages, or not an IP packet.
+    Malformed,
+    /// An outbound packet whose destination no peer's allowed_ips covers.
+    NoRoute,
+    /// A message whose MAC or AEAD tag did not verify.
+    Unauthenticated,
+    /// An initiation whose timestamp is not newer than the last accepted one from that peer,
+    /// or one that came too soon after the last.
+    StaleInitiation,
+    /// An outbound packet for a peer with no known endpoint.
+    NoEndpoint,
+    /// A packet staged for a handshake that never completed, or pushed out of the staging queue.
+    HandshakeTimeout,
+    /// A transport packet on a session past its lifetime.
+    Expired,
+    /// A packet larger than the interface MTU.
+    TooLarge,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 12] = [
+        DropReason::RingFull,
+        DropReason::Replay,
+        DropReason::UnknownPeer,
+        DropReason::BadSource,
+        DropReason::Malformed,
+        DropReason::NoRoute,
+        DropReason::Unauthenticated,
+        DropReason::StaleInitiation,
+        DropReason::NoEndpoint,
+        DropReason::HandshakeTimeout,
+        DropReason::Expired,
+        DropReason::TooLarge,
+    ];
+
+    /// The status key for this reason.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::RingFull => "ring_full",
+            DropReason::Replay => "replay",
+            DropReason::UnknownPeer => "unknown_peer",
+            DropReason::BadSource => "bad_source",
+            DropReason::Malformed => "malformed",
+            DropReason::NoRoute => "no_route",
+            DropReason::Unauthenticated => "unauthenticated",
+            DropReason::StaleInitiation => "stale_initiation",
+            DropReason::NoEndpoint => "no_endpoint",
+            DropReason::HandshakeTimeout => "handshake_timeout",
+            DropReason::Expired => "expired",
+            DropReason::TooLarge => "too_large",
+        }
+    }
+
+    fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+/// One counter per drop reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DropCounters([u64; DropReason::ALL.len()]);
+
+impl DropCounters {
+    pub fn count(&mut self, reason: DropReason) {
+        self.add(reason, 1);
+    }
+
+    pub fn add(&mut self, reason: DropReason, n: u64) {
+        let slot = &mut self.0[reason.slot()];
+        *slot = slot.saturating_add(n);
+    }
+
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.0[reason.slot()]
+    }
+
+    /// (name, count) for every reason, in a stable order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        DropReason::ALL.iter().map(|r| (r.name(), self.get(*r)))
+    }
+}
+
+/// Traffic a peer moved, counted after authentication (rx) or encryption (tx).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TrafficCounters {
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_slot_and_name() {
+        let mut counters = DropCounters::default();
+        for (i, reason) in DropReason::ALL.iter().enumerate() {
+            counters.add(*reason, i as u64 + 1);
+        }
+        for (i, reason) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(counters.get(*reason), i as u64 + 1);
+        }
+        let names: std::collections::HashSet<_> = counters.iter().map(|(n, _)| n).collect();
+        assert_eq!(names.len(), DropReason::ALL.len());
+    }
+}

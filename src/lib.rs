@@ -1,1 +1,9 @@
+//! dhtun: a layer-3 VPN. Packets read from a TUN interface are encrypted with Noise and sent over
+//! UDP straight to peers, through fixed-size packet rings, so memory stays constant at any load.
+//!
+//! `core` decides everything and does no I/O; `shell` does the I/O; `config` reads the config
+//! file of the contract.
+
+pub mod config;
 pub mod core;
+pub mod shell;

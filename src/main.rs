@@ -1,1 +1,149 @@
-fn main(){}
+//! The `dhtun` command line, as the contract (CONTRACT.md) fixes it.
+
+use clap::{Parser, Subcommand};
+use dhtun::config::Config;
+use dhtun::core::keys::SecretKey;
+use dhtun::shell::{control, daemon, status::InterfaceStatus};
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "dhtun",
+    version,
+    about = "A layer-3 VPN over Noise and UDP, with peers found by public key in the Mainline DHT, in constant memory"
+)]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a new secret key: 32 random bytes, standard base64, one line
+    Genkey,
+    /// Read a secret key on stdin, print its public key the same way
+    Pubkey,
+    /// Bring up the interface CONFIG describes; runs in the foreground until SIGINT/SIGTERM
+    Up { config: PathBuf },
+    /// Ask the running daemon of IFACE to stop, and wait until it has cleaned up
+    Down { iface: String },
+    /// Re-read the config of the running daemon of IFACE
+    Reload { iface: String },
+    /// Show the interface and its peers (all interfaces when IFACE is absent)
+    Status {
+        iface: Option<String>,
+        /// Print JSON (an array when IFACE is absent)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a standalone Mainline DHT node (server mode)
+    DhtNode {
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: SocketAddr,
+        #[arg(long, value_name = "ADDR:PORT")]
+        bootstrap: Vec<SocketAddr>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_level);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, whatever the error chain holds.
+            let message = format!("{e:#}").replace('\n', " ");
+            eprintln!("dhtun: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Genkey => {
+            let mut seed = [0u8; 32];
+            rand_core::RngCore::try_fill_bytes(&mut rand_core::OsRng, &mut seed)
+                .map_err(|e| anyhow::anyhow!("reading OS randomness: {e}"))?;
+            println!("{}", SecretKey::from_seed(seed).to_base64());
+            Ok(())
+        }
+        Command::Pubkey => {
+            let mut text = String::new();
+            std::io::stdin()
+                .take(4096)
+                .read_to_string(&mut text)
+                .map_err(|e| anyhow::anyhow!("reading the secret key from stdin: {e}"))?;
+            let key = SecretKey::from_base64(&text)
+                .map_err(|e| anyhow::anyhow!("the secret key on stdin is {e}"))?;
+            println!("{}", key.public_key().to_base64());
+            Ok(())
+        }
+        Command::Up { config } => {
+            let config = Config::load(&config)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(daemon::run(config))
+        }
+        Command::Down { iface } => {
+            control::request(&iface, "down")?;
+            Ok(())
+        }
+        Command::Reload { iface } => {
+            control::request(&iface, "reload")?;
+            Ok(())
+        }
+        Command::Status { iface, json } => status(iface, json),
+        Command::DhtNode { .. } => anyhow::bail!(
+            "dht-node is not available in this build yet: DHT discovery is still being written"
+        ),
+    }
+}
+
+fn status(iface: Option<String>, json: bool) -> anyhow::Result<()> {
+    // One interface named: one object. None named: every running interface, as an array.
+    let one = iface.is_some();
+    let names = match iface {
+        Some(name) => vec![name],
+        None => control::interfaces(),
+    };
+    let mut statuses = Vec::with_capacity(names.len());
+    for name in &names {
+        let answer = control::request(name, "status")?;
+        let parsed: InterfaceStatus = serde_json::from_str(&answer).map_err(|e| {
+            anyhow::anyhow!("the {name} daemon answered status with something unreadable: {e}")
+        })?;
+        statuses.push(parsed);
+    }
+    if json {
+        let text = match statuses.first() {
+            Some(status) if one => serde_json::to_string_pretty(status)?,
+            _ => serde_json::to_string_pretty(&statuses)?,
+        };
+        println!("{text}");
+    } else if statuses.is_empty() {
+        println!("no dhtun interfaces are running");
+    } else {
+        let texts: Vec<String> = statuses.iter().map(InterfaceStatus::to_text).collect();
+        print!("{}", texts.join("\n"));
+    }
+    Ok(())
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

@@ -42,7 +42,10 @@ pub struct DeviceConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TunAction {
     /// Send `out[..len]` to `to`.
-    WriteToNetwork { to: SocketAddr, len: usize },
+    WriteToNetwork {
+        to: SocketAddr,
+        len: usize,
+    },
     /// Kept until the peer's handshake completes; call `poll_transmit`.
     Staged,
     Drop(DropReason),
@@ -52,9 +55,14 @@ pub enum TunAction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NetworkAction {
     /// Write the inner packet `out[..len]` to the TUN device.
-    WriteToTun { len: usize },
+    WriteToTun {
+        len: usize,
+    },
     /// Send `out[..len]` to `to` (a handshake response).
-    WriteToNetwork { to: SocketAddr, len: usize },
+    WriteToNetwork {
+        to: SocketAddr,
+        len: usize,
+    },
     /// Nothing to write now; call `poll_transmit`, this may have released work.
     Consumed,
     Drop(DropReason),
@@ -256,14 +264,18 @@ impl Device {
         out: &mut [u8],
     ) -> Result<NetworkAction, (DropReason, Option<PeerId>)> {
         let seed = self.seed();
-        let received = handshake::receive_initiation(&self.secret_key, &self.own_mac1, message, seed)
-            .map_err(|_| (DropReason::Unauthenticated, None))?;
+        let received =
+            handshake::receive_initiation(&self.secret_key, &self.own_mac1, message, seed)
+                .map_err(|_| (DropReason::Unauthenticated, None))?;
         let id = *self
             .by_x25519
             .get(&received.remote_x25519)
             .ok_or((DropReason::UnknownPeer, None))?;
         let local_index = self.fresh_index();
-        let peer = self.peers.get_mut(id).ok_or((DropReason::UnknownPeer, None))?;
+        let peer = self
+            .peers
+            .get_mut(id)
+            .ok_or((DropReason::UnknownPeer, None))?;
         let newer = peer.latest_timestamp.is_none_or(|t| received.timestamp > t);
         let too_soon = peer
             .last_initiation_at
@@ -278,7 +290,12 @@ impl Device {
             .and_then(|s| s.try_into().ok())
             .ok_or((DropReason::TooLarge, Some(id)))?;
         let keys = received
-            .respond(&peer.config.public_key, &peer.config.preshared_key, local_index, response)
+            .respond(
+                &peer.config.public_key,
+                &peer.config.preshared_key,
+                local_index,
+                response,
+            )
             .map_err(|_| (DropReason::Unauthenticated, Some(id)))?;
         peer.latest_timestamp = Some(timestamp);
         peer.last_initiation_at = Some(now);
@@ -308,7 +325,10 @@ impl Device {
             .indexes
             .get(&local_index)
             .ok_or((DropReason::UnknownPeer, None))?;
-        let peer = self.peers.get_mut(id).ok_or((DropReason::UnknownPeer, None))?;
+        let peer = self
+            .peers
+            .get_mut(id)
+            .ok_or((DropReason::UnknownPeer, None))?;
         let attempt = peer
             .handshake
             .as_mut()
@@ -353,7 +373,10 @@ impl Device {
             .indexes
             .get(&local_index)
             .ok_or((DropReason::UnknownPeer, None))?;
-        let peer = self.peers.get_mut(id).ok_or((DropReason::UnknownPeer, None))?;
+        let peer = self
+            .peers
+            .get_mut(id)
+            .ok_or((DropReason::UnknownPeer, None))?;
         let slot = peer
             .slot_of(local_index)
             .ok_or((DropReason::UnknownPeer, Some(id)))?;
@@ -387,7 +410,8 @@ impl Device {
         if plain_len == 0 {
             return Ok(NetworkAction::Consumed);
         }
-        let header = packet::parse(&out[..plain_len]).map_err(|_| (DropReason::Malformed, Some(id)))?;
+        let header =
+            packet::parse(&out[..plain_len]).map_err(|_| (DropReason::Malformed, Some(id)))?;
         if self.routes.lookup(header.source) != Some(id) {
             return Err((DropReason::BadSource, Some(id)));
         }
@@ -409,7 +433,10 @@ impl Device {
             .into_iter()
             .enumerate()
         {
-            if slot.as_ref().is_some_and(|s| s.age(now) >= REJECT_AFTER_TIME) {
+            if slot
+                .as_ref()
+                .is_some_and(|s| s.age(now) >= REJECT_AFTER_TIME)
+            {
                 dead_indexes[i] = slot.take().map(|s| s.local_index);
             }
         }
@@ -476,7 +503,9 @@ impl Device {
             let len = packet.len();
             self.scratch[..len].copy_from_slice(packet);
             peer.staged.pop_front();
-            let written = session.encrypt(&mut self.scratch, len, mtu, now, out).ok()?;
+            let written = session
+                .encrypt(&mut self.scratch, len, mtu, now, out)
+                .ok()?;
             note_sent(peer, written, now);
             return Some(Transmit { to, len: written });
         }

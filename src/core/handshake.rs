@@ -257,10 +257,7 @@ mod tests {
     use crate::core::wire::Message;
 
     fn keys() -> (SecretKey, SecretKey) {
-        (
-            SecretKey::from_seed([1; 32]),
-            SecretKey::from_seed([2; 32]),
-        )
+        (SecretKey::from_seed([1; 32]), SecretKey::from_seed([2; 32]))
     }
 
     fn handshake(
@@ -284,7 +281,10 @@ mod tests {
         };
         let own = Mac1Key::for_receiver(&responder.public_key());
         let received = receive_initiation(responder, &own, msg, [4; 32])?;
-        assert_eq!(&received.remote_x25519, initiator.public_key().x25519_bytes());
+        assert_eq!(
+            &received.remote_x25519,
+            initiator.public_key().x25519_bytes()
+        );
         assert_eq!(received.sender_index, 11);
         let mut resp = [0u8; RESPONSE_LEN];
         let responder_session = received.respond(&initiator.public_key(), &psk_r, 22, &mut resp)?;
@@ -301,9 +301,13 @@ mod tests {
     fn handshake_both_directions_carries_data() {
         let (a, b) = keys();
         for (initiator, responder) in [(&a, &b), (&b, &a)] {
-            let (i, r) =
-                handshake(initiator, responder, PresharedKey::default(), PresharedKey::default())
-                    .unwrap();
+            let (i, r) = handshake(
+                initiator,
+                responder,
+                PresharedKey::default(),
+                PresharedKey::default(),
+            )
+            .unwrap();
             let mut ct = [0u8; 64];
             let mut pt = [0u8; 64];
             let n = i.write_message(0, b"hello", &mut ct).unwrap();
@@ -328,8 +332,16 @@ mod tests {
         let c = SecretKey::from_seed([3; 32]);
         let mut init = [0u8; INITIATION_LEN];
         let ts = tai64n(core::time::Duration::from_secs(1));
-        initiate(&a, &b.public_key(), &PresharedKey::default(), 1, ts, [0; 32], &mut init)
-            .unwrap();
+        initiate(
+            &a,
+            &b.public_key(),
+            &PresharedKey::default(),
+            1,
+            ts,
+            [0; 32],
+            &mut init,
+        )
+        .unwrap();
         let Ok(Message::Initiation(msg)) = Message::parse(&init) else {
             panic!("initiation did not parse");
         };
@@ -343,8 +355,16 @@ mod tests {
         let (a, b) = keys();
         let mut init = [0u8; INITIATION_LEN];
         let ts = tai64n(core::time::Duration::from_secs(1));
-        initiate(&a, &b.public_key(), &PresharedKey::default(), 1, ts, [0; 32], &mut init)
-            .unwrap();
+        initiate(
+            &a,
+            &b.public_key(),
+            &PresharedKey::default(),
+            1,
+            ts,
+            [0; 32],
+            &mut init,
+        )
+        .unwrap();
         init[40] ^= 1;
         // Recompute mac1 so the tamper reaches Noise.
         let [_, mac1, _] = wire::initiation_layout();

@@ -190,9 +190,13 @@ mod tests {
         let (mut a, mut b) = pair();
         let mut wire = [0u8; 256];
         let mut plain = [0u8; 256];
-        let n = a.encrypt(&mut buf(b"abc"), 3, 1420, Duration::ZERO, &mut wire).unwrap();
+        let n = a
+            .encrypt(&mut buf(b"abc"), 3, 1420, Duration::ZERO, &mut wire)
+            .unwrap();
         assert_eq!(n, TRANSPORT_HEADER_LEN + 16 + AEAD_TAG_BYTES);
-        let m = b.decrypt(transport(&wire[..n]), Duration::ZERO, &mut plain).unwrap();
+        let m = b
+            .decrypt(transport(&wire[..n]), Duration::ZERO, &mut plain)
+            .unwrap();
         assert_eq!(m, 16);
         assert_eq!(&plain[..16], b"abc\0\0\0\0\0\0\0\0\0\0\0\0\0");
         assert_eq!(
@@ -206,14 +210,18 @@ mod tests {
         let (mut a, mut b) = pair();
         let mut wire = [0u8; 256];
         let mut plain = [0u8; 256];
-        let n = a.encrypt(&mut buf(b"abcd"), 4, 1420, Duration::ZERO, &mut wire).unwrap();
+        let n = a
+            .encrypt(&mut buf(b"abcd"), 4, 1420, Duration::ZERO, &mut wire)
+            .unwrap();
         let mut forged = wire;
         forged[n - 1] ^= 0x80;
         assert_eq!(
             b.decrypt(transport(&forged[..n]), Duration::ZERO, &mut plain),
             Err(ReceiveError::Unauthenticated)
         );
-        assert!(b.decrypt(transport(&wire[..n]), Duration::ZERO, &mut plain).is_ok());
+        assert!(b
+            .decrypt(transport(&wire[..n]), Duration::ZERO, &mut plain)
+            .is_ok());
     }
 
     #[test]
@@ -221,7 +229,9 @@ mod tests {
         let (mut a, mut b) = pair();
         let mut wire = [0u8; 256];
         let mut plain = [0u8; 256];
-        let n = a.encrypt(&mut buf(b"x"), 1, 1420, Duration::ZERO, &mut wire).unwrap();
+        let n = a
+            .encrypt(&mut buf(b"x"), 1, 1420, Duration::ZERO, &mut wire)
+            .unwrap();
         let late = REJECT_AFTER_TIME;
         assert_eq!(
             a.encrypt(&mut buf(b"x"), 1, 1420, late, &mut wire),

@@ -29,10 +29,12 @@ pub enum DropReason {
     Expired,
     /// A packet larger than the interface MTU.
     TooLarge,
+    /// The kernel refused to send a datagram or write a packet (no route, firewall, ...).
+    SendFailed,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::RingFull,
         DropReason::Replay,
         DropReason::UnknownPeer,
@@ -45,6 +47,7 @@ impl DropReason {
         DropReason::HandshakeTimeout,
         DropReason::Expired,
         DropReason::TooLarge,
+        DropReason::SendFailed,
     ];
 
     /// The status key for this reason.
@@ -62,6 +65,7 @@ impl DropReason {
             DropReason::HandshakeTimeout => "handshake_timeout",
             DropReason::Expired => "expired",
             DropReason::TooLarge => "too_large",
+            DropReason::SendFailed => "send_failed",
         }
     }
 

@@ -92,7 +92,9 @@ impl<'a> Message<'a> {
             TYPE_INITIATION if datagram.len() == INITIATION_LEN => {
                 Ok(Self::Initiation(Initiation(datagram)))
             }
-            TYPE_RESPONSE if datagram.len() == RESPONSE_LEN => Ok(Self::Response(Response(datagram))),
+            TYPE_RESPONSE if datagram.len() == RESPONSE_LEN => {
+                Ok(Self::Response(Response(datagram)))
+            }
             TYPE_TRANSPORT if datagram.len() >= TRANSPORT_MIN_LEN => {
                 Ok(Self::Transport(Transport(datagram)))
             }
@@ -177,7 +179,11 @@ pub fn write_response_header(out: &mut [u8; RESPONSE_LEN], sender: u32, receiver
 }
 
 /// Writes a transport header; the caller encrypts into `out[TRANSPORT_HEADER_LEN..]`.
-pub fn write_transport_header(out: &mut [u8], receiver: u32, counter: u64) -> Result<(), WireError> {
+pub fn write_transport_header(
+    out: &mut [u8],
+    receiver: u32,
+    counter: u64,
+) -> Result<(), WireError> {
     let header = out
         .get_mut(..TRANSPORT_HEADER_LEN)
         .ok_or(WireError::BadLength)?;
@@ -237,9 +243,18 @@ mod tests {
         let mut longer = resp.to_vec();
         longer.push(0);
         assert_eq!(Message::parse(&longer).unwrap_err(), WireError::BadLength);
-        assert_eq!(Message::parse(&[4, 0, 0, 0]).unwrap_err(), WireError::BadLength);
-        assert_eq!(Message::parse(&[9, 0, 0, 0]).unwrap_err(), WireError::UnknownType);
-        assert_eq!(Message::parse(&[4, 1, 0, 0]).unwrap_err(), WireError::UnknownType);
+        assert_eq!(
+            Message::parse(&[4, 0, 0, 0]).unwrap_err(),
+            WireError::BadLength
+        );
+        assert_eq!(
+            Message::parse(&[9, 0, 0, 0]).unwrap_err(),
+            WireError::UnknownType
+        );
+        assert_eq!(
+            Message::parse(&[4, 1, 0, 0]).unwrap_err(),
+            WireError::UnknownType
+        );
     }
 
     #[test]

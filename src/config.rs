@@ -1,0 +1,465 @@
+//! The TOML config file of the contract: parsed, validated, and turned into the core's
+//! `DeviceConfig`. Every error names the file and the line it is about.
+
+use crate::core::keys::{PresharedKey, PublicKey, SecretKey};
+use crate::core::limits::{
+    DEFAULT_MTU, DEFAULT_RING_SLOTS, MAX_ALLOWED_IPS, MAX_MTU, MAX_PEERS, MAX_RING_SLOTS, MIN_MTU,
+    MIN_RING_SLOTS,
+};
+use crate::core::peer::PeerConfig;
+use ipnetwork::IpNetwork;
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+
+/// Default UDP port, the same as WireGuard's so firewall rules carry over.
+pub const DEFAULT_LISTEN_PORT: u16 = 51820;
+pub const DEFAULT_INTERFACE: &str = "dhtun0";
+/// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
+const MAX_IFNAME: usize = 15;
+/// The public Mainline bootstrap nodes, used when `[dht] bootstrap` is absent.
+pub const DEFAULT_BOOTSTRAP: [&str; 3] = [
+    "router.bittorrent.com:6881",
+    "dht.transmissionbt.com:6881",
+    "dht.libtorrent.org:25401",
+];
+
+/// A config error, displayed as `FILE:LINE: message` (or `FILE: message` without a line).
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}: {message}", path.display(), line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// A validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub interface: InterfaceConfig,
+    pub dht: DhtConfig,
+    pub peers: Vec<PeerConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct InterfaceConfig {
+    pub name: String,
+    pub secret_key: SecretKey,
+    pub addresses: Vec<IpNetwork>,
+    pub listen_port: u16,
+    pub mtu: usize,
+    /// Slots in each of the TUN->UDP and UDP->TUN rings.
+    pub ring_slots: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhtConfig {
+    pub enabled: bool,
+    pub bootstrap: Vec<String>,
+    pub port: u16,
+}
+
+impl Config {
+    /// Reads and validates the config at `path`, including the key files it names.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_owned(),
+            line: None,
+            message: format!("cannot read config: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates config `text`; `path` names it in errors and anchors relative key files.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let ctx = Ctx { path, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ctx.err(e.span(), e.message()))?;
+        let interface = ctx.interface(raw.interface)?;
+        let dht = raw.dht.map_or_else(DhtConfig::default, DhtConfig::from);
+        if raw.peer.len() > MAX_PEERS {
+            return Err(ctx.err(None, format!("more than {MAX_PEERS} peers")));
+        }
+        let own = interface.secret_key.public_key();
+        let mut seen_keys: HashMap<PublicKey, usize> = HashMap::new();
+        let mut seen_prefixes: HashMap<IpNetwork, usize> = HashMap::new();
+        let mut peers = Vec::with_capacity(raw.peer.len());
+        for (i, raw_peer) in raw.peer.into_iter().enumerate() {
+            let key_span = raw_peer.public_key.span();
+            let peer = ctx.peer(raw_peer)?;
+            if peer.public_key == own {
+                return Err(ctx.err(Some(key_span), "a peer has this interface's own public key"));
+            }
+            if let Some(first) = seen_keys.insert(peer.public_key, i) {
+                return Err(ctx.err(
+                    Some(key_span),
+                    format!(
+                        "peer {} is listed twice (also peer #{})",
+                        peer.public_key,
+                        first + 1
+                    ),
+                ));
+            }
+            for net in &peer.allowed_ips {
+                if let Some(other) = seen_prefixes.insert(*net, i) {
+                    return Err(ctx.err(
+                        Some(key_span),
+                        format!(
+                            "allowed_ips {net} is given to two peers (#{} and #{})",
+                            other + 1,
+                            i + 1
+                        ),
+                    ));
+                }
+            }
+            peers.push(peer);
+        }
+        if seen_prefixes.len() > MAX_ALLOWED_IPS {
+            return Err(ctx.err(
+                None,
+                format!("more than {MAX_ALLOWED_IPS} allowed_ips in all"),
+            ));
+        }
+        Ok(Config {
+            path: path.to_owned(),
+            interface,
+            dht,
+            peers,
+        })
+    }
+}
+
+impl Default for DhtConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bootstrap: DEFAULT_BOOTSTRAP.iter().map(|s| s.to_string()).collect(),
+            port: 0,
+        }
+    }
+}
+
+impl From<RawDht> for DhtConfig {
+    fn from(raw: RawDht) -> Self {
+        let default = DhtConfig::default();
+        Self {
+            enabled: raw.enabled.unwrap_or(default.enabled),
+            bootstrap: raw.bootstrap.unwrap_or(default.bootstrap),
+            port: raw.port.unwrap_or(default.port),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    interface: RawInterface,
+    dht: Option<RawDht>,
+    #[serde(default)]
+    peer: Vec<RawPeer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInterface {
+    name: Option<Spanned<String>>,
+    private_key_file: Option<Spanned<String>>,
+    private_key: Option<Spanned<String>>,
+    address: Spanned<Vec<Spanned<String>>>,
+    listen_port: Option<u16>,
+    mtu: Option<Spanned<usize>>,
+    ring_slots: Option<Spanned<usize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDht {
+    enabled: Option<bool>,
+    bootstrap: Option<Vec<String>>,
+    port: Option<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    public_key: Spanned<String>,
+    #[serde(default)]
+    allowed_ips: Vec<Spanned<String>>,
+    endpoint: Option<Spanned<String>>,
+    preshared_key_file: Option<Spanned<String>>,
+    preshared_key: Option<Spanned<String>>,
+    persistent_keepalive: Option<Spanned<u64>>,
+}
+
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: Option<std::ops::Range<usize>>, message: impl Into<String>) -> ConfigError {
+        let line = span.map(|s| {
+            let end = s.start.min(self.text.len());
+            self.text.as_bytes()[..end]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1
+        });
+        ConfigError {
+            path: self.path.to_owned(),
+            line,
+            message: message.into(),
+        }
+    }
+
+    fn interface(&self, raw: RawInterface) -> Result<InterfaceConfig, ConfigError> {
+        let name = match raw.name {
+            Some(name) => {
+                let valid = !name.get_ref().is_empty()
+                    && name.get_ref().len() <= MAX_IFNAME
+                    && name
+                        .get_ref()
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                if !valid {
+                    return Err(self.err(
+                        Some(name.span()),
+                        format!(
+                            "interface name {:?}: use 1 to {MAX_IFNAME} letters, digits, '-', '_' or '.'",
+                            name.get_ref()
+                        ),
+                    ));
+                }
+                name.into_inner()
+            }
+            None => DEFAULT_INTERFACE.to_string(),
+        };
+        let secret_key = match (raw.private_key, raw.private_key_file) {
+            (Some(key), None) => SecretKey::from_base64(key.get_ref())
+                .map_err(|e| self.err(Some(key.span()), format!("private_key: {e}")))?,
+            (None, Some(file)) => {
+                let text = self.read_key_file(&file, "private_key_file")?;
+                SecretKey::from_base64(&text).map_err(|e| {
+                    self.err(
+                        Some(file.span()),
+                        format!("private_key_file {}: {e}", file.get_ref()),
+                    )
+                })?
+            }
+            (Some(key), Some(_)) => {
+                return Err(self.err(
+                    Some(key.span()),
+                    "give either private_key or private_key_file, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(self.err(None, "[interface] needs private_key_file or private_key"))
+            }
+        };
+        if raw.address.get_ref().is_empty() {
+            return Err(self.err(
+                Some(raw.address.span()),
+                "address: give at least one address",
+            ));
+        }
+        let addresses = raw
+            .address
+            .get_ref()
+            .iter()
+            .map(|a| self.network(a, "address"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mtu = match raw.mtu {
+            Some(mtu) if !(MIN_MTU..=MAX_MTU).contains(mtu.get_ref()) => {
+                return Err(self.err(
+                    Some(mtu.span()),
+                    format!("mtu {} is outside {MIN_MTU}..={MAX_MTU}", mtu.get_ref()),
+                ))
+            }
+            Some(mtu) => mtu.into_inner(),
+            None => DEFAULT_MTU,
+        };
+        let ring_slots = match raw.ring_slots {
+            Some(slots) if !(MIN_RING_SLOTS..=MAX_RING_SLOTS).contains(slots.get_ref()) => {
+                return Err(self.err(
+                    Some(slots.span()),
+                    format!(
+                        "ring_slots {} is outside {MIN_RING_SLOTS}..={MAX_RING_SLOTS}",
+                        slots.get_ref()
+                    ),
+                ))
+            }
+            Some(slots) => slots.into_inner(),
+            None => DEFAULT_RING_SLOTS,
+        };
+        Ok(InterfaceConfig {
+            name,
+            secret_key,
+            addresses,
+            listen_port: raw.listen_port.unwrap_or(DEFAULT_LISTEN_PORT),
+            mtu,
+            ring_slots,
+        })
+    }
+
+    fn peer(&self, raw: RawPeer) -> Result<PeerConfig, ConfigError> {
+        let public_key = PublicKey::from_base64(raw.public_key.get_ref())
+            .map_err(|e| self.err(Some(raw.public_key.span()), format!("peer public_key: {e}")))?;
+        let allowed_ips = raw
+            .allowed_ips
+            .iter()
+            .map(|a| self.network(a, "allowed_ips").map(masked))
+            .collect::<Result<Vec<_>, _>>()?;
+        let endpoint = raw
+            .endpoint
+            .map(|e| {
+                e.get_ref().parse::<SocketAddr>().map_err(|_| {
+                    self.err(
+                        Some(e.span()),
+                        format!("endpoint {:?}: expected IP:PORT, e.g. 198.18.0.2:51820 or [fd00::2]:51820", e.get_ref()),
+                    )
+                })
+            })
+            .transpose()?;
+        let preshared_key = match (raw.preshared_key, raw.preshared_key_file) {
+            (Some(key), None) => PresharedKey::from_base64(key.get_ref())
+                .map_err(|e| self.err(Some(key.span()), format!("preshared_key: {e}")))?,
+            (None, Some(file)) => {
+                let text = self.read_key_file(&file, "preshared_key_file")?;
+                PresharedKey::from_base64(&text).map_err(|e| {
+                    self.err(
+                        Some(file.span()),
+                        format!("preshared_key_file {}: {e}", file.get_ref()),
+                    )
+                })?
+            }
+            (Some(key), Some(_)) => {
+                return Err(self.err(
+                    Some(key.span()),
+                    "give either preshared_key or preshared_key_file, not both",
+                ))
+            }
+            (None, None) => PresharedKey::default(),
+        };
+        let persistent_keepalive = match raw.persistent_keepalive {
+            Some(secs) if *secs.get_ref() > u64::from(u16::MAX) => {
+                return Err(self.err(
+                    Some(secs.span()),
+                    "persistent_keepalive: at most 65535 seconds (0 turns it off)",
+                ))
+            }
+            Some(secs) if *secs.get_ref() > 0 => Some(Duration::from_secs(secs.into_inner())),
+            _ => None,
+        };
+        Ok(PeerConfig {
+            public_key,
+            preshared_key,
+            allowed_ips,
+            endpoint,
+            persistent_keepalive,
+        })
+    }
+
+    fn network(&self, text: &Spanned<String>, key: &str) -> Result<IpNetwork, ConfigError> {
+        text.get_ref().parse::<IpNetwork>().map_err(|_| {
+            self.err(
+                Some(text.span()),
+                format!("{key} {:?}: expected an address with prefix length, e.g. 100.64.0.1/24 or fd64::1/64", text.get_ref()),
+            )
+        })
+    }
+
+    fn read_key_file(&self, file: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+        let mut path = PathBuf::from(file.get_ref());
+        if path.is_relative() {
+            if let Some(dir) = self.path.parent() {
+                path = dir.join(path);
+            }
+        }
+        std::fs::read_to_string(&path)
+            .map_err(|e| self.err(Some(file.span()), format!("{key} {}: {e}", path.display())))
+    }
+}
+
+/// The network of `net` with host bits cleared: 100.65.2.7/24 routes 100.65.2.0/24.
+fn masked(net: IpNetwork) -> IpNetwork {
+    IpNetwork::new(net.network(), net.prefix()).unwrap_or(net)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_A: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+
+    fn peer_key() -> String {
+        SecretKey::from_seed([2; 32]).public_key().to_base64()
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/dhtun/t.toml"), text)
+    }
+
+    #[test]
+    fn full_config_parses_with_defaults() {
+        let text = format!(
+            "[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\", \"fd64::1/64\"]\n\n\
+             [dht]\nenabled = false\n\n[[peer]]\npublic_key = \"{}\"\n\
+             allowed_ips = [\"100.64.0.2/32\", \"100.65.2.9/24\"]\nendpoint = \"198.18.0.2:51820\"\n\
+             persistent_keepalive = 25\n",
+            peer_key()
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(config.interface.name, "dhtun0");
+        assert_eq!(config.interface.listen_port, 51820);
+        assert_eq!(config.interface.mtu, 1420);
+        assert!(!config.dht.enabled);
+        let peer = &config.peers[0];
+        assert_eq!(
+            peer.allowed_ips[1],
+            "100.65.2.0/24".parse::<IpNetwork>().unwrap()
+        );
+        assert_eq!(peer.persistent_keepalive, Some(Duration::from_secs(25)));
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_line() {
+        let text = format!(
+            "[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\ncolour = 3\n"
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.starts_with("/etc/dhtun/t.toml:4: "), "{err}");
+        assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_their_line() {
+        let cases = [
+            ("[interface]\nprivate_key = \"abc\"\naddress = [\"100.64.0.1/24\"]\n", 2, "private_key"),
+            (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1\"]\n") as &str, 3, "address"),
+            (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\nmtu = 100\n"), 4, "mtu"),
+            (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n[[peer]]\npublic_key = \"{}\"\nendpoint = \"nowhere\"\n", peer_key()), 6, "endpoint"),
+        ];
+        for (text, line, word) in cases {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.line, Some(line), "{err}");
+            assert!(err.to_string().contains(word), "{err}");
+        }
+    }
+
+    #[test]
+    fn duplicate_peers_and_prefixes_are_refused() {
+        let peer = format!(
+            "[[peer]]\npublic_key = \"{}\"\nallowed_ips = [\"100.64.0.2/32\"]\n",
+            peer_key()
+        );
+        let text = format!(
+            "[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n{peer}{peer}"
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("listed twice"), "{err}");
+    }
+}

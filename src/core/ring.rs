@@ -1,0 +1,331 @@
+//! Fixed-size FIFO of packets with tail drop. All memory is allocated once in `new`; pushing,
+//! peeking and popping only copy bytes and move indices, so a full ring costs no allocation and
+//! refuses the newest packet instead of growing.
+
+use core::fmt;
+
+/// Packets of at most `slot_bytes` each, oldest first, with per-packet metadata `M`.
+#[derive(Debug, Clone)]
+pub struct PacketRing<M> {
+    /// Slot `s` occupies `buf[s * slot_bytes..(s + 1) * slot_bytes]`.
+    buf: Box<[u8]>,
+    lens: Box<[u32]>,
+    meta: Box<[M]>,
+    slot_bytes: usize,
+    /// Physical slot of the oldest packet.
+    head: usize,
+    len: usize,
+    queued_bytes: usize,
+}
+
+/// `commit` found no vacant slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingFull;
+
+/// Why `push` refused a packet. The ring is unchanged either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// Every slot is taken: the caller drops the new packet (tail drop).
+    Full,
+    /// The packet is longer than a slot and could never be queued whole.
+    TooLarge,
+}
+
+impl<M: Copy + Default> PacketRing<M> {
+    /// Allocates `slots * slot_bytes` bytes up front; callers bound both from `limits`.
+    /// `slots` below 1 is raised to 1, and `slot_bytes` is capped at `u32::MAX` because lengths
+    /// are stored as `u32`.
+    pub fn new(slots: usize, slot_bytes: usize) -> Self {
+        let slots = slots.max(1);
+        let slot_bytes = slot_bytes.min(u32::MAX as usize);
+        Self {
+            buf: vec![0u8; slots.saturating_mul(slot_bytes)].into_boxed_slice(),
+            lens: vec![0u32; slots].into_boxed_slice(),
+            meta: vec![M::default(); slots].into_boxed_slice(),
+            slot_bytes,
+            head: 0,
+            len: 0,
+            queued_bytes: 0,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.lens.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.len == self.capacity()
+    }
+
+    pub fn slot_bytes(&self) -> usize {
+        self.slot_bytes
+    }
+
+    /// The buffer the next push fills, or None when full (the caller drops the new packet: tail
+    /// drop). It may hold bytes of an earlier packet; nothing is queued until `commit`.
+    pub fn vacant_slot(&mut self) -> Option<&mut [u8]> {
+        if self.is_full() {
+            return None;
+        }
+        let slot = self.physical(self.len);
+        let start = slot * self.slot_bytes;
+        self.buf.get_mut(start..start + self.slot_bytes)
+    }
+
+    /// Publishes the packet written into `vacant_slot` (len clamped to slot_bytes). Err(RingFull)
+    /// if full.
+    pub fn commit(&mut self, len: usize, meta: M) -> Result<(), RingFull> {
+        if self.is_full() {
+            return Err(RingFull);
+        }
+        let len = len.min(self.slot_bytes);
+        let slot = self.physical(self.len);
+        // `slot_bytes` was capped at u32::MAX in `new`, so this never saturates.
+        self.lens[slot] = u32::try_from(len).unwrap_or(u32::MAX);
+        self.meta[slot] = meta;
+        self.len += 1;
+        self.queued_bytes += len;
+        Ok(())
+    }
+
+    /// Copies `packet` in. A packet longer than a slot is `TooLarge` even when the ring is also
+    /// full, since it could never be queued; otherwise a full ring gives `Full`.
+    pub fn push(&mut self, packet: &[u8], meta: M) -> Result<(), PushError> {
+        if packet.len() > self.slot_bytes {
+            return Err(PushError::TooLarge);
+        }
+        let slot = self.vacant_slot().ok_or(PushError::Full)?;
+        slot[..packet.len()].copy_from_slice(packet);
+        self.commit(packet.len(), meta)
+            .map_err(|RingFull| PushError::Full)
+    }
+
+    /// Oldest packet, if any.
+    pub fn front(&self) -> Option<(&[u8], M)> {
+        self.get(0)
+    }
+
+    /// The i-th oldest packet (0 = front), for building a batched send.
+    pub fn get(&self, i: usize) -> Option<(&[u8], M)> {
+        if i >= self.len {
+            return None;
+        }
+        let slot = self.physical(i);
+        let start = slot * self.slot_bytes;
+        let bytes = self.buf.get(start..start + self.lens[slot] as usize)?;
+        Some((bytes, self.meta[slot]))
+    }
+
+    /// Removes up to n oldest packets; returns how many were removed.
+    pub fn pop_front_n(&mut self, n: usize) -> usize {
+        let removed = n.min(self.len);
+        for i in 0..removed {
+            let slot = self.physical(i);
+            self.queued_bytes -= self.lens[slot] as usize;
+        }
+        self.head = self.physical(removed);
+        self.len -= removed;
+        removed
+    }
+
+    /// Removes the oldest packet; false when the ring was empty.
+    pub fn pop_front(&mut self) -> bool {
+        self.pop_front_n(1) == 1
+    }
+
+    pub fn clear(&mut self) {
+        self.head = 0;
+        self.len = 0;
+        self.queued_bytes = 0;
+    }
+
+    /// Total bytes of queued packets (kept as a running sum, O(1)).
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// Physical slot of the `i`-th oldest packet, for `i <= capacity`.
+    fn physical(&self, i: usize) -> usize {
+        // Both terms are below capacity, so one subtraction wraps without a division.
+        let slot = self.head + i;
+        if slot >= self.capacity() {
+            slot - self.capacity()
+        } else {
+            slot
+        }
+    }
+}
+
+impl fmt::Display for RingFull {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("packet ring is full")
+    }
+}
+
+impl std::error::Error for RingFull {}
+
+impl fmt::Display for PushError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Full => "packet ring is full",
+            Self::TooLarge => "packet is larger than a ring slot",
+        })
+    }
+}
+
+impl std::error::Error for PushError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use std::collections::VecDeque;
+
+    fn random_packet(rng: &mut StdRng, max: usize) -> Vec<u8> {
+        let len = rng.gen_range(0..=max);
+        (0..len).map(|_| rng.gen()).collect()
+    }
+
+    fn assert_same(ring: &PacketRing<u32>, model: &VecDeque<(Vec<u8>, u32)>, capacity: usize) {
+        assert!(ring.len() <= capacity);
+        assert_eq!(ring.len(), model.len());
+        assert_eq!(ring.is_empty(), model.is_empty());
+        assert_eq!(ring.is_full(), model.len() == capacity);
+        let bytes: usize = model.iter().map(|(p, _)| p.len()).sum();
+        assert_eq!(ring.queued_bytes(), bytes);
+        for (i, (packet, meta)) in model.iter().enumerate() {
+            assert_eq!(ring.get(i), Some((packet.as_slice(), *meta)), "packet {i}");
+        }
+        assert_eq!(ring.get(model.len()), None);
+        assert_eq!(ring.front(), model.front().map(|(p, m)| (p.as_slice(), *m)));
+    }
+
+    #[test]
+    fn matches_model_on_random_operations() {
+        const SLOT: usize = 48;
+        for seed in 0..32u64 {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let capacity = rng.gen_range(1..=9);
+            let mut ring = PacketRing::<u32>::new(capacity, SLOT);
+            let mut model: VecDeque<(Vec<u8>, u32)> = VecDeque::new();
+            let base = ring.buf.as_ptr();
+            for _ in 0..5_000 {
+                let meta: u32 = rng.gen();
+                match rng.gen_range(0..100) {
+                    0..=39 => {
+                        let packet = random_packet(&mut rng, SLOT + 8);
+                        let expected = if packet.len() > SLOT {
+                            Err(PushError::TooLarge)
+                        } else if model.len() == capacity {
+                            Err(PushError::Full)
+                        } else {
+                            model.push_back((packet.clone(), meta));
+                            Ok(())
+                        };
+                        // A refused push leaves the model untouched, and `assert_same` below
+                        // then proves the ring kept its old contents too.
+                        assert_eq!(ring.push(&packet, meta), expected);
+                    }
+                    40..=64 => {
+                        let fill = random_packet(&mut rng, SLOT);
+                        let claimed = rng.gen_range(0..=SLOT + 8);
+                        match ring.vacant_slot() {
+                            None => {
+                                assert_eq!(model.len(), capacity);
+                                assert_eq!(ring.commit(claimed, meta), Err(RingFull));
+                            }
+                            Some(slot) => {
+                                assert_eq!(slot.len(), SLOT);
+                                slot.fill(0xee);
+                                slot[..fill.len()].copy_from_slice(&fill);
+                                let stored = slot[..claimed.min(SLOT)].to_vec();
+                                assert_eq!(ring.commit(claimed, meta), Ok(()));
+                                model.push_back((stored, meta));
+                            }
+                        }
+                    }
+                    65..=79 => {
+                        let popped = ring.pop_front();
+                        assert_eq!(popped, model.pop_front().is_some());
+                    }
+                    80..=97 => {
+                        let n = rng.gen_range(0..=capacity + 2);
+                        let expected = n.min(model.len());
+                        model.drain(..expected);
+                        assert_eq!(ring.pop_front_n(n), expected);
+                    }
+                    _ => {
+                        ring.clear();
+                        model.clear();
+                    }
+                }
+                assert_same(&ring, &model, capacity);
+                assert_eq!(ring.buf.as_ptr(), base, "backing buffer moved");
+            }
+        }
+    }
+
+    #[test]
+    fn full_ring_drops_newest() {
+        let mut ring = PacketRing::<u8>::new(2, 4);
+        assert_eq!(ring.push(b"a", 1), Ok(()));
+        assert_eq!(ring.push(b"bb", 2), Ok(()));
+        assert_eq!(ring.push(b"ccc", 3), Err(PushError::Full));
+        assert!(ring.vacant_slot().is_none());
+        assert_eq!(ring.commit(1, 4), Err(RingFull));
+        assert_eq!(ring.get(0), Some((&b"a"[..], 1)));
+        assert_eq!(ring.get(1), Some((&b"bb"[..], 2)));
+        assert_eq!(ring.queued_bytes(), 3);
+    }
+
+    #[test]
+    fn too_large_is_refused_not_truncated() {
+        let mut ring = PacketRing::<()>::new(2, 4);
+        assert_eq!(ring.push(b"12345", ()), Err(PushError::TooLarge));
+        assert!(ring.is_empty());
+        assert_eq!(ring.push(b"1234", ()), Ok(()));
+        assert_eq!(ring.front(), Some((&b"1234"[..], ())));
+    }
+
+    #[test]
+    fn commit_clamps_length() {
+        let mut ring = PacketRing::<()>::new(1, 4);
+        ring.vacant_slot().unwrap().copy_from_slice(b"wxyz");
+        assert_eq!(ring.commit(100, ()), Ok(()));
+        assert_eq!(ring.front(), Some((&b"wxyz"[..], ())));
+        assert_eq!(ring.queued_bytes(), 4);
+    }
+
+    #[test]
+    fn zero_slots_become_one() {
+        let mut ring = PacketRing::<()>::new(0, 8);
+        assert_eq!(ring.capacity(), 1);
+        assert_eq!(ring.push(b"x", ()), Ok(()));
+        assert!(ring.is_full());
+    }
+
+    #[test]
+    fn wraps_around_many_times() {
+        let mut ring = PacketRing::<usize>::new(3, 8);
+        let base = ring.buf.as_ptr();
+        for i in 0..10_000usize {
+            let bytes = i.to_le_bytes();
+            assert_eq!(ring.push(&bytes, i), Ok(()));
+            if ring.is_full() {
+                assert_eq!(ring.pop_front_n(2), 2);
+            }
+            let (front, meta) = ring.front().unwrap();
+            assert_eq!(front, &meta.to_le_bytes()[..]);
+        }
+        assert_eq!(ring.buf.as_ptr(), base);
+    }
+}

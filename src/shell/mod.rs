@@ -1,0 +1,9 @@
+//! The I/O shell: the TUN device, the UDP socket, netlink, the control socket and signals. It
+//! moves bytes and time into the core and carries out what the core answers; it makes no
+//! protocol decisions of its own.
+
+pub mod control;
+pub mod daemon;
+pub mod netlink;
+pub mod status;
+pub mod tun;

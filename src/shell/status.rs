@@ -1,0 +1,203 @@
+//! What `dhtun status` shows: a snapshot of one interface, serialised as the contract's JSON,
+//! and the `wg show`-like text a person reads.
+
+use crate::core::device::Device;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    pub interface: String,
+    pub public_key: String,
+    pub listen_port: u16,
+    pub addresses: Vec<String>,
+    pub mtu: usize,
+    pub drops: BTreeMap<String, u64>,
+    pub rings: BTreeMap<String, RingStatus>,
+    pub peers: Vec<PeerStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RingStatus {
+    pub slots: usize,
+    pub queued: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub public_key: String,
+    pub endpoint: Option<String>,
+    pub endpoint_source: Option<String>,
+    pub allowed_ips: Vec<String>,
+    pub last_handshake_secs_ago: Option<u64>,
+    pub persistent_keepalive: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub drops: BTreeMap<String, u64>,
+}
+
+/// What the shell knows that the core does not.
+pub struct ShellFacts<'a> {
+    pub interface: &'a str,
+    pub listen_port: u16,
+    pub addresses: &'a [ipnetwork::IpNetwork],
+    pub mtu: usize,
+    pub rings: [(&'static str, RingStatus); 2],
+}
+
+impl InterfaceStatus {
+    pub fn snapshot(device: &Device, shell: ShellFacts<'_>, now: Duration) -> Self {
+        let peers = device
+            .peers()
+            .iter()
+            .map(|p| PeerStatus {
+                public_key: p.config.public_key.to_base64(),
+                endpoint: p.endpoint.map(|e| e.to_string()),
+                endpoint_source: p.endpoint_source.map(|s| s.name().to_string()),
+                allowed_ips: p.config.allowed_ips.iter().map(|n| n.to_string()).collect(),
+                last_handshake_secs_ago: p
+                    .last_handshake_at
+                    .map(|t| now.saturating_sub(t).as_secs()),
+                persistent_keepalive: p.config.persistent_keepalive.map(|d| d.as_secs()),
+                rx_bytes: p.traffic.rx_bytes,
+                tx_bytes: p.traffic.tx_bytes,
+                rx_packets: p.traffic.rx_packets,
+                tx_packets: p.traffic.tx_packets,
+                drops: p.drops.iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            })
+            .collect();
+        Self {
+            interface: shell.interface.to_string(),
+            public_key: device.secret_key().public_key().to_base64(),
+            listen_port: shell.listen_port,
+            addresses: shell.addresses.iter().map(|a| a.to_string()).collect(),
+            mtu: shell.mtu,
+            drops: device
+                .drops()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            rings: shell
+                .rings
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            peers,
+        }
+    }
+
+    /// The human-readable form, in the spirit of `wg show`.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "interface: {}", self.interface);
+        let _ = writeln!(out, "  public key: {}", self.public_key);
+        let _ = writeln!(out, "  listening port: {}", self.listen_port);
+        let _ = writeln!(
+            out,
+            "  addresses: {}  (mtu {})",
+            self.addresses.join(", "),
+            self.mtu
+        );
+        for (name, ring) in &self.rings {
+            let _ = writeln!(
+                out,
+                "  ring {name}: {}/{} slots in use",
+                ring.queued, ring.slots
+            );
+        }
+        let _ = writeln!(out, "  drops: {}", drops_text(&self.drops));
+        for peer in &self.peers {
+            let _ = writeln!(out, "\npeer: {}", peer.public_key);
+            match (&peer.endpoint, &peer.endpoint_source) {
+                (Some(e), Some(s)) => {
+                    let _ = writeln!(out, "  endpoint: {e} ({s})");
+                }
+                (Some(e), None) => {
+                    let _ = writeln!(out, "  endpoint: {e}");
+                }
+                _ => {
+                    let _ = writeln!(out, "  endpoint: (none yet)");
+                }
+            }
+            let _ = writeln!(out, "  allowed ips: {}", peer.allowed_ips.join(", "));
+            let handshake = peer
+                .last_handshake_secs_ago
+                .map_or_else(|| "never".to_string(), |s| format!("{} ago", ago(s)));
+            let _ = writeln!(out, "  latest handshake: {handshake}");
+            let _ = writeln!(
+                out,
+                "  transfer: {} received ({} packets), {} sent ({} packets)",
+                bytes(peer.rx_bytes),
+                peer.rx_packets,
+                bytes(peer.tx_bytes),
+                peer.tx_packets
+            );
+            if let Some(k) = peer.persistent_keepalive {
+                let _ = writeln!(out, "  persistent keepalive: every {k} seconds");
+            }
+            if peer.drops.values().any(|&v| v > 0) {
+                let _ = writeln!(out, "  drops: {}", drops_text(&peer.drops));
+            }
+        }
+        out
+    }
+}
+
+fn drops_text(drops: &BTreeMap<String, u64>) -> String {
+    let nonzero: Vec<String> = drops
+        .iter()
+        .filter(|(_, &v)| v > 0)
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    if nonzero.is_empty() {
+        "none".to_string()
+    } else {
+        nonzero.join(", ")
+    }
+}
+
+fn ago(secs: u64) -> String {
+    let plural = |n: u64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    match secs {
+        s if s < 60 => plural(s, "second"),
+        s if s < 3600 => format!("{}, {}", plural(s / 60, "minute"), plural(s % 60, "second")),
+        s => format!(
+            "{}, {}",
+            plural(s / 3600, "hour"),
+            plural(s % 3600 / 60, "minute")
+        ),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.2} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_units() {
+        assert_eq!(ago(1), "1 second");
+        assert_eq!(ago(125), "2 minutes, 5 seconds");
+        assert_eq!(ago(3661), "1 hour, 1 minute");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.50 KiB");
+    }
+}

@@ -8,9 +8,9 @@
 use crate::core::handshake::{self, HandshakeError, Mac1Key};
 use crate::core::keys::SecretKey;
 use crate::core::limits::{
-    KEEPALIVE_TIMEOUT, MIN_INITIATION_INTERVAL, REJECT_AFTER_TIME, REKEY_AFTER_MESSAGES,
-    REKEY_AFTER_TIME, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER, RING_SLOT_BYTES,
-    SESSIONS_PER_PEER,
+    ring_slot_bytes, KEEPALIVE_TIMEOUT, MIN_INITIATION_INTERVAL, REJECT_AFTER_TIME,
+    REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT,
+    REKEY_TIMEOUT_JITTER, SESSIONS_PER_PEER,
 };
 use crate::core::packet;
 use crate::core::peer::{HandshakeAttempt, Peer, PeerConfig, PeerId, SessionSlot};
@@ -104,7 +104,7 @@ impl Device {
                 routes.insert(*net, id);
             }
             by_x25519.insert(*peer.public_key.x25519_bytes(), id);
-            peers.push(Peer::new(peer));
+            peers.push(Peer::new(peer, config.mtu));
         }
         Self {
             own_mac1: Mac1Key::for_receiver(&config.secret_key.public_key()),
@@ -117,7 +117,7 @@ impl Device {
             work: VecDeque::with_capacity(peer_count),
             rng: ChaCha20Rng::from_seed(config.rng_seed),
             wall_clock_at_zero: config.wall_clock_at_zero,
-            scratch: vec![0u8; RING_SLOT_BYTES].into_boxed_slice(),
+            scratch: vec![0u8; ring_slot_bytes(config.mtu)].into_boxed_slice(),
             drops: DropCounters::default(),
         }
     }

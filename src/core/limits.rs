@@ -29,9 +29,15 @@ pub const TRANSPORT_OVERHEAD: usize = 32;
 /// less about their content (WireGuard pads to 16 as well).
 pub const PADDING_MULTIPLE: usize = 16;
 
-/// Size of one slot in the packet rings: the largest inner packet plus everything we wrap
-/// around it, rounded up so slots stay cache-line aligned.
-pub const RING_SLOT_BYTES: usize = (MAX_MTU + TRANSPORT_OVERHEAD + PADDING_MULTIPLE + 63) & !63;
+/// Size of one packet-ring slot for an interface of this MTU: the largest inner packet plus
+/// everything we wrap around it, rounded up so slots stay cache-line aligned. Slots follow the
+/// configured MTU, so a 1420-byte interface does not pay for jumbo frames.
+pub const fn ring_slot_bytes(mtu: usize) -> usize {
+    (mtu + TRANSPORT_OVERHEAD + PADDING_MULTIPLE + 63) & !63
+}
+
+/// The largest slot any config can ask for.
+pub const RING_SLOT_BYTES: usize = ring_slot_bytes(MAX_MTU);
 
 // ---------------------------------------------------------------------------------------------
 // Rings
@@ -39,19 +45,20 @@ pub const RING_SLOT_BYTES: usize = (MAX_MTU + TRANSPORT_OVERHEAD + PADDING_MULTI
 
 /// Default slots in each of the TUN->UDP and UDP->TUN rings. 256 packets of 1420 bytes is
 /// 2.9 ms at 1 Gbit/s: enough to absorb one scheduling hiccup of the other side, small enough
-/// that a full ring adds under 3 ms of queueing delay. Memory: 256 x RING_SLOT_BYTES per ring.
+/// that a full ring adds under 3 ms of queueing delay. Memory: 256 x ring_slot_bytes(mtu) per
+/// ring, 368 KiB at the default MTU.
 pub const DEFAULT_RING_SLOTS: usize = 256;
 
 /// Fewest ring slots accepted from config: one full syscall batch must fit.
 pub const MIN_RING_SLOTS: usize = 16;
 
-/// Most ring slots accepted from config: 16384 slots is 147 MiB per ring at the largest MTU,
+/// Most ring slots accepted from config: 16384 slots is 23 MiB per ring at the default MTU,
 /// already far more queue than any link benefits from.
 pub const MAX_RING_SLOTS: usize = 16384;
 
 /// Packets staged per peer while its handshake runs. WireGuard keeps 1024; a handshake takes one
 /// round trip, so a few packets cover what an application sends before it hears back, and the
-/// rest would be retransmitted by TCP anyway. Memory: this x RING_SLOT_BYTES per peer.
+/// rest would be retransmitted by TCP anyway. Memory: this x ring_slot_bytes(mtu) per peer.
 pub const STAGED_PACKETS_PER_PEER: usize = 16;
 
 /// Datagrams moved per batched read or write: enough to amortise a syscall over a burst,
@@ -63,7 +70,7 @@ pub const IO_BATCH: usize = 32;
 // ---------------------------------------------------------------------------------------------
 
 /// Most peers one interface accepts from config. Every peer owns its staging buffer and session
-/// slots, so this caps memory; 1024 peers of staging is 150 MiB at the largest MTU.
+/// slots, so this caps memory; 1024 peers of staging is 23 MiB at the default MTU.
 pub const MAX_PEERS: usize = 1024;
 
 /// Most `allowed_ips` prefixes over all peers: the routing table is sized from config only.

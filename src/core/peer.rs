@@ -3,7 +3,7 @@
 
 use crate::core::handshake::PendingInitiation;
 use crate::core::keys::{PresharedKey, PublicKey};
-use crate::core::limits::{RING_SLOT_BYTES, STAGED_PACKETS_PER_PEER};
+use crate::core::limits::{ring_slot_bytes, STAGED_PACKETS_PER_PEER};
 use crate::core::ring::PacketRing;
 use crate::core::session::Session;
 use crate::core::stats::{DropCounters, TrafficCounters};
@@ -92,7 +92,7 @@ pub struct Peer {
 
 impl Peer {
     /// A peer with its staging buffer allocated; nothing later allocates per packet.
-    pub fn new(config: PeerConfig) -> Self {
+    pub fn new(config: PeerConfig, mtu: usize) -> Self {
         let endpoint = config.endpoint;
         Self {
             endpoint,
@@ -102,7 +102,7 @@ impl Peer {
             current: None,
             next: None,
             handshake: None,
-            staged: PacketRing::new(STAGED_PACKETS_PER_PEER, RING_SLOT_BYTES),
+            staged: PacketRing::new(STAGED_PACKETS_PER_PEER, ring_slot_bytes(mtu)),
             latest_timestamp: None,
             last_initiation_at: None,
             last_handshake_at: None,

@@ -8,7 +8,7 @@
 
 use crate::config::Config;
 use crate::core::device::{Device, DeviceConfig, NetworkAction, TunAction};
-use crate::core::limits::{IO_BATCH, RING_SLOT_BYTES, TIMER_TICK};
+use crate::core::limits::{ring_slot_bytes, IO_BATCH, TIMER_TICK};
 use crate::core::ring::PacketRing;
 use crate::core::stats::DropReason;
 use crate::shell::control::{ControlCommand, ControlRequest, ControlServer};
@@ -174,11 +174,12 @@ impl DataPath {
             rng_seed,
         });
         let slots = config.interface.ring_slots;
+        let slot_bytes = ring_slot_bytes(config.interface.mtu);
         Ok(Self {
             device,
-            to_network: PacketRing::new(slots, RING_SLOT_BYTES),
-            to_tun: PacketRing::new(slots, RING_SLOT_BYTES),
-            read_buf: vec![0u8; RING_SLOT_BYTES].into_boxed_slice(),
+            to_network: PacketRing::new(slots, slot_bytes),
+            to_tun: PacketRing::new(slots, slot_bytes),
+            read_buf: vec![0u8; slot_bytes].into_boxed_slice(),
             started: Instant::now(),
         })
     }

@@ -9,20 +9,25 @@ use crate::core::handshake::{self, HandshakeError, Mac1Key};
 use crate::core::keys::SecretKey;
 use crate::core::limits::{
     ring_slot_bytes, KEEPALIVE_TIMEOUT, MIN_INITIATION_INTERVAL, REJECT_AFTER_TIME,
-    REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT,
-    REKEY_TIMEOUT_JITTER, SESSIONS_PER_PEER,
+    REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME, REKEY_TIMEOUT, SESSIONS_PER_PEER,
 };
 use crate::core::packet;
-use crate::core::peer::{HandshakeAttempt, Peer, PeerConfig, PeerId, SessionSlot};
+use crate::core::peer::{Peer, PeerConfig, PeerId, SessionSlot};
 use crate::core::routing::PrefixTable;
 use crate::core::session::{ReceiveError, SendError, Session};
 use crate::core::stats::{DropCounters, DropReason};
 use crate::core::wire::{self, Initiation, Message, Response, Transport};
 use core::time::Duration;
-use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use transmit::note_sent;
+
+#[cfg(test)]
+mod tests;
+mod timers;
+mod transmit;
 
 /// Everything the device needs to start.
 #[derive(Debug, Clone)]
@@ -423,183 +428,9 @@ impl Device {
             len: header.total_len,
         })
     }
-
-    fn peer_timers(&mut self, id: PeerId, now: Duration) {
-        let Some(peer) = self.peers.get_mut(id) else {
-            return;
-        };
-        let mut dead_indexes: [Option<u32>; SESSIONS_PER_PEER + 1] = [None; SESSIONS_PER_PEER + 1];
-        for (i, slot) in [&mut peer.previous, &mut peer.current, &mut peer.next]
-            .into_iter()
-            .enumerate()
-        {
-            if slot
-                .as_ref()
-                .is_some_and(|s| s.age(now) >= REJECT_AFTER_TIME)
-            {
-                dead_indexes[i] = slot.take().map(|s| s.local_index);
-            }
-        }
-        let mut wake = false;
-        if let Some(attempt) = &peer.handshake {
-            if now >= attempt.next_retry_at {
-                if now.saturating_sub(attempt.started_at) >= REKEY_ATTEMPT_TIME {
-                    dead_indexes[SESSIONS_PER_PEER] = Some(attempt.local_index);
-                    peer.handshake = None;
-                    let dropped = peer.staged.len() as u64;
-                    peer.staged.clear();
-                    peer.drops.add(DropReason::HandshakeTimeout, dropped);
-                    self.drops.add(DropReason::HandshakeTimeout, dropped);
-                } else {
-                    peer.want_initiation = true;
-                    wake = true;
-                }
-            }
-        }
-        let has_session = peer.current.as_ref().is_some_and(|s| s.is_usable(now));
-        if has_session
-            && peer
-                .unanswered_data_at
-                .is_some_and(|t| now.saturating_sub(t) >= KEEPALIVE_TIMEOUT)
-        {
-            peer.want_keepalive = true;
-            wake = true;
-        }
-        if let Some(interval) = peer.config.persistent_keepalive {
-            let idle = peer
-                .last_sent_at
-                .is_none_or(|t| now.saturating_sub(t) >= interval);
-            if idle && peer.endpoint.is_some() {
-                if has_session {
-                    peer.want_keepalive = true;
-                } else if peer.handshake.is_none() {
-                    peer.want_initiation = true;
-                }
-                wake = true;
-            }
-        }
-        for index in dead_indexes.into_iter().flatten() {
-            self.indexes.remove(&index);
-        }
-        if wake {
-            self.enqueue(id);
-        }
-    }
-
-    /// One datagram of pending work for `id`, or None when the peer has nothing left to send.
-    fn next_for_peer(&mut self, id: PeerId, now: Duration, out: &mut [u8]) -> Option<Transmit> {
-        let peer = self.peers.get_mut(id)?;
-        if peer.want_initiation {
-            peer.want_initiation = false;
-            if let Some(transmit) = self.send_initiation(id, now, out) {
-                return Some(transmit);
-            }
-        }
-        let mtu = self.mtu;
-        let peer = self.peers.get_mut(id)?;
-        let to = peer.endpoint?;
-        let session = peer.current.as_mut().filter(|s| s.is_usable(now))?;
-        if let Some((packet, ())) = peer.staged.front() {
-            let len = packet.len();
-            self.scratch[..len].copy_from_slice(packet);
-            peer.staged.pop_front();
-            let written = session
-                .encrypt(&mut self.scratch, len, mtu, now, out)
-                .ok()?;
-            note_sent(peer, written, now);
-            return Some(Transmit { to, len: written });
-        }
-        if peer.want_keepalive {
-            peer.want_keepalive = false;
-            let written = session.encrypt(&mut [], 0, mtu, now, out).ok()?;
-            note_sent(peer, written, now);
-            return Some(Transmit { to, len: written });
-        }
-        None
-    }
-
-    fn send_initiation(&mut self, id: PeerId, now: Duration, out: &mut [u8]) -> Option<Transmit> {
-        let local_index = self.fresh_index();
-        let seed = self.seed();
-        let jitter = Duration::from_millis(
-            self.rng.next_u64() % (REKEY_TIMEOUT_JITTER.as_millis() as u64 + 1),
-        );
-        let timestamp = handshake::tai64n(self.wall_clock_at_zero + now);
-        let peer = self.peers.get_mut(id)?;
-        let to = peer.endpoint?;
-        let buf: &mut [u8; wire::INITIATION_LEN] =
-            out.get_mut(..wire::INITIATION_LEN)?.try_into().ok()?;
-        let pending = handshake::initiate(
-            &self.secret_key,
-            &peer.config.public_key,
-            &peer.config.preshared_key,
-            local_index,
-            timestamp,
-            seed,
-            buf,
-        )
-        .ok()?;
-        let started_at = peer.handshake.as_ref().map_or(now, |h| h.started_at);
-        let old = peer.handshake.replace(HandshakeAttempt {
-            pending: Some(pending),
-            local_index,
-            started_at,
-            next_retry_at: now + REKEY_TIMEOUT + jitter,
-        });
-        peer.traffic.tx_bytes += wire::INITIATION_LEN as u64;
-        if let Some(old) = old {
-            self.indexes.remove(&old.local_index);
-        }
-        self.indexes.insert(local_index, id);
-        Some(Transmit {
-            to,
-            len: wire::INITIATION_LEN,
-        })
-    }
-
-    fn want_initiation(&mut self, id: PeerId) {
-        if let Some(peer) = self.peers.get_mut(id) {
-            peer.want_initiation = true;
-        }
-        self.enqueue(id);
-    }
-
-    fn enqueue(&mut self, id: PeerId) {
-        if let Some(peer) = self.peers.get_mut(id) {
-            if !peer.queued {
-                peer.queued = true;
-                self.work.push_back(id);
-            }
-        }
-    }
-
-    /// A random local index not in use. The table holds at most a few entries per peer, so a
-    /// collision among 2^32 values is rare and a handful of draws always suffices.
-    fn fresh_index(&mut self) -> u32 {
-        loop {
-            let index = self.rng.next_u32();
-            if !self.indexes.contains_key(&index) {
-                return index;
-            }
-        }
-    }
-
-    fn seed(&mut self) -> [u8; 32] {
-        let mut seed = [0u8; 32];
-        self.rng.fill_bytes(&mut seed);
-        seed
-    }
 }
 
 fn needs_rekey(session: &Session, now: Duration) -> bool {
     (session.we_initiated && session.age(now) >= REKEY_AFTER_TIME)
         || session.messages_sent() >= REKEY_AFTER_MESSAGES
-}
-
-fn note_sent(peer: &mut Peer, written: usize, now: Duration) {
-    peer.traffic.tx_bytes += written as u64;
-    peer.traffic.tx_packets += 1;
-    peer.last_sent_at = Some(now);
-    peer.unanswered_data_at = None;
-    peer.want_keepalive = false;
 }

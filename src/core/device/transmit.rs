@@ -1,0 +1,129 @@
+//! What `poll_transmit` sends: handshake initiations, staged packets once a session exists, and
+//! keepalives; plus the small helpers that queue that work and draw session indexes.
+
+use super::{Device, Transmit};
+use crate::core::handshake;
+use crate::core::limits::{REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER};
+use crate::core::peer::{HandshakeAttempt, Peer, PeerId};
+use crate::core::wire;
+use core::time::Duration;
+use rand_chacha::rand_core::RngCore;
+
+impl Device {
+    /// One datagram of pending work for `id`, or None when the peer has nothing left to send.
+    pub(super) fn next_for_peer(
+        &mut self,
+        id: PeerId,
+        now: Duration,
+        out: &mut [u8],
+    ) -> Option<Transmit> {
+        let peer = self.peers.get_mut(id)?;
+        if peer.want_initiation {
+            peer.want_initiation = false;
+            if let Some(transmit) = self.send_initiation(id, now, out) {
+                return Some(transmit);
+            }
+        }
+        let mtu = self.mtu;
+        let peer = self.peers.get_mut(id)?;
+        let to = peer.endpoint?;
+        let session = peer.current.as_mut().filter(|s| s.is_usable(now))?;
+        if let Some((packet, ())) = peer.staged.front() {
+            let len = packet.len();
+            self.scratch[..len].copy_from_slice(packet);
+            peer.staged.pop_front();
+            let written = session
+                .encrypt(&mut self.scratch, len, mtu, now, out)
+                .ok()?;
+            note_sent(peer, written, now);
+            return Some(Transmit { to, len: written });
+        }
+        if peer.want_keepalive {
+            peer.want_keepalive = false;
+            let written = session.encrypt(&mut [], 0, mtu, now, out).ok()?;
+            note_sent(peer, written, now);
+            return Some(Transmit { to, len: written });
+        }
+        None
+    }
+
+    fn send_initiation(&mut self, id: PeerId, now: Duration, out: &mut [u8]) -> Option<Transmit> {
+        let local_index = self.fresh_index();
+        let seed = self.seed();
+        let jitter = Duration::from_millis(
+            self.rng.next_u64() % (REKEY_TIMEOUT_JITTER.as_millis() as u64 + 1),
+        );
+        let timestamp = handshake::tai64n(self.wall_clock_at_zero + now);
+        let peer = self.peers.get_mut(id)?;
+        let to = peer.endpoint?;
+        let buf: &mut [u8; wire::INITIATION_LEN] =
+            out.get_mut(..wire::INITIATION_LEN)?.try_into().ok()?;
+        let pending = handshake::initiate(
+            &self.secret_key,
+            &peer.config.public_key,
+            &peer.config.preshared_key,
+            local_index,
+            timestamp,
+            seed,
+            buf,
+        )
+        .ok()?;
+        let started_at = peer.handshake.as_ref().map_or(now, |h| h.started_at);
+        let old = peer.handshake.replace(HandshakeAttempt {
+            pending: Some(pending),
+            local_index,
+            started_at,
+            next_retry_at: now + REKEY_TIMEOUT + jitter,
+        });
+        peer.traffic.tx_bytes += wire::INITIATION_LEN as u64;
+        if let Some(old) = old {
+            self.indexes.remove(&old.local_index);
+        }
+        self.indexes.insert(local_index, id);
+        Some(Transmit {
+            to,
+            len: wire::INITIATION_LEN,
+        })
+    }
+
+    pub(super) fn want_initiation(&mut self, id: PeerId) {
+        if let Some(peer) = self.peers.get_mut(id) {
+            peer.want_initiation = true;
+        }
+        self.enqueue(id);
+    }
+
+    pub(super) fn enqueue(&mut self, id: PeerId) {
+        if let Some(peer) = self.peers.get_mut(id) {
+            if !peer.queued {
+                peer.queued = true;
+                self.work.push_back(id);
+            }
+        }
+    }
+
+    /// A random local index not in use. The table holds at most a few entries per peer, so a
+    /// collision among 2^32 values is rare and a handful of draws always suffices.
+    pub(super) fn fresh_index(&mut self) -> u32 {
+        loop {
+            let index = self.rng.next_u32();
+            if !self.indexes.contains_key(&index) {
+                return index;
+            }
+        }
+    }
+
+    pub(super) fn seed(&mut self) -> [u8; 32] {
+        let mut seed = [0u8; 32];
+        self.rng.fill_bytes(&mut seed);
+        seed
+    }
+}
+
+pub(super) fn note_sent(peer: &mut Peer, written: usize, now: Duration) {
+    peer.traffic.tx_bytes += written as u64;
+    peer.traffic.tx_packets += 1;
+    peer.last_sent_at = Some(now);
+    peer.unanswered_data_at = None;
+    peer.want_keepalive = false;
+}

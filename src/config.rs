@@ -367,7 +367,7 @@ impl Ctx<'_> {
         text.get_ref().parse::<IpNetwork>().map_err(|_| {
             self.err(
                 Some(text.span()),
-                format!("{key} {:?}: expected an address with prefix length, e.g. 100.64.0.1/24 or fd64::1/64", text.get_ref()),
+                format!("{key} {:?}: expected an address with an optional prefix length, e.g. 100.64.0.1/24 or fd64::1/64", text.get_ref()),
             )
         })
     }
@@ -439,7 +439,7 @@ mod tests {
     fn bad_values_name_their_line() {
         let cases = [
             ("[interface]\nprivate_key = \"abc\"\naddress = [\"100.64.0.1/24\"]\n", 2, "private_key"),
-            (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1\"]\n") as &str, 3, "address"),
+            (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.300/24\"]\n") as &str, 3, "address"),
             (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\nmtu = 100\n"), 4, "mtu"),
             (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n[[peer]]\npublic_key = \"{}\"\nendpoint = \"nowhere\"\n", peer_key()), 6, "endpoint"),
         ];

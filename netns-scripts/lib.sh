@@ -1,0 +1,256 @@
+# shellcheck shell=bash
+# Shared helpers for the dhtun network-namespace scripts (demo.sh, benchmarks).
+# Source this file from a script that runs `set -euo pipefail`; it does nothing by itself.
+#
+# A "lab" is two network namespaces A and B joined by a veth pair on the underlay
+# 198.18.0.0/24 (A = .1, B = .2), with dhtun daemons whose overlay addresses are
+# 100.64.0.1/24 + fd64::1/64 (A) and 100.64.0.2/24 + fd64::2/64 (B). Everything a lab
+# creates is removed by lab_cleanup, which lab_init installs as an EXIT trap.
+#
+# Variables a caller may set before lab_init:
+#   DHTUN_BIN   the dhtun binary (default: target/release/dhtun of this repository)
+#   LAB_TAG     short word in every name (default: lab)
+#   RUST_LOG    daemon log level (default: info)
+
+LAB_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+LAB_TAG=${LAB_TAG:-lab}
+LAB_ID=$$
+LAB_WORK=""
+LAB_NAMESPACES=()
+LAB_DAEMON_PIDS=()
+LAB_DAEMON_IFACES=()
+LAB_DAEMON_LOGS=()
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+have() { command -v "$1" >/dev/null 2>&1; }
+
+need_root() {
+    [[ ${EUID} -eq 0 ]] || die "$1 must run as root (it creates network namespaces); try: sudo $0"
+}
+
+# ensure_tools CMD:PACKAGE ... - install the Debian packages of the commands that are missing.
+ensure_tools() {
+    local pair cmd pkg
+    local missing=()
+    for pair in "$@"; do
+        cmd=${pair%%:*}
+        pkg=${pair#*:}
+        have "$cmd" || missing+=("$pkg")
+    done
+    ((${#missing[@]} == 0)) && return 0
+    have apt-get || die "missing packages (${missing[*]}) and no apt-get to install them"
+    [[ ${EUID} -eq 0 ]] || die "missing packages (${missing[*]}); install them as root"
+    log "installing missing packages: ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# ensure_cargo - make cargo usable (rustup puts it in ~/.cargo/bin, often not on root's PATH).
+ensure_cargo() {
+    if ! have cargo && [[ -x ${HOME:-/root}/.cargo/bin/cargo ]]; then
+        PATH="${HOME:-/root}/.cargo/bin:${PATH}"
+        export PATH
+    fi
+    have cargo || die "cargo not found. Install Rust with rustup (https://rustup.rs):
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y
+    then open a new shell (or: source \"\$HOME/.cargo/env\") and re-run $0"
+}
+
+# ensure_tun - /dev/net/tun must exist for dhtun to create its interface.
+ensure_tun() {
+    [[ -c /dev/net/tun ]] && return 0
+    if have modprobe; then
+        modprobe tun 2>/dev/null || true
+    fi
+    [[ -c /dev/net/tun ]] || die "/dev/net/tun is missing (load the tun kernel module: modprobe tun)"
+}
+
+# lab_init - create the work directory and install the cleanup trap.
+lab_init() {
+    LAB_WORK=$(mktemp -d "/tmp/dhtun-${LAB_TAG}.XXXXXX")
+    trap lab_cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+    DHTUN_BIN=${DHTUN_BIN:-${CARGO_TARGET_DIR:-${LAB_REPO}/target}/release/dhtun}
+    [[ -x ${DHTUN_BIN} ]] || die "dhtun binary not found at ${DHTUN_BIN} (run: cargo build --release)"
+}
+
+# lab_ns NAME-SUFFIX - the namespace name for a suffix (a or b).
+lab_ns() { printf 'dhtun-%s-%s-%s' "${LAB_TAG}" "${LAB_ID}" "$1"; }
+
+# lab_iface SUFFIX - a unique interface name (<= 15 chars; control sockets are global).
+lab_iface() { printf 'dt%s%s' "$1" "$((LAB_ID % 1000000))"; }
+
+# lab_ns_pair - create namespaces A and B joined by a veth pair with the underlay addresses.
+lab_ns_pair() {
+    local a b
+    a=$(lab_ns a)
+    b=$(lab_ns b)
+    ip netns add "$a"
+    LAB_NAMESPACES+=("$a")
+    ip netns add "$b"
+    LAB_NAMESPACES+=("$b")
+    ip -n "$a" link set lo up
+    ip -n "$b" link set lo up
+    ip -n "$a" link add ul0 type veth peer name ul0 netns "$b"
+    ip -n "$a" addr add 198.18.0.1/24 dev ul0
+    ip -n "$b" addr add 198.18.0.2/24 dev ul0
+    ip -n "$a" link set ul0 up
+    ip -n "$b" link set ul0 up
+}
+
+# lab_keypair NAME - write NAME.key (0600) and NAME.pub into the work directory.
+lab_keypair() {
+    local key="${LAB_WORK}/$1.key"
+    (umask 077 && "${DHTUN_BIN}" genkey >"$key")
+    "${DHTUN_BIN}" pubkey <"$key" >"${LAB_WORK}/$1.pub"
+}
+
+# lab_pubkey NAME - print the public key made by lab_keypair NAME.
+lab_pubkey() { cat "${LAB_WORK}/$1.pub"; }
+
+# toml_list "a,b,c" - print ["a", "b", "c"].
+toml_list() {
+    local IFS=,
+    local item out=""
+    for item in $1; do
+        out+="${out:+, }\"${item}\""
+    done
+    printf '[%s]' "$out"
+}
+
+# lab_config OUT IFACE KEYNAME ADDRESSES PORT PEER_KEYNAME PEER_ALLOWED PEER_ENDPOINT
+#   ADDRESSES and PEER_ALLOWED are comma-separated. Writes a config with the DHT disabled and
+#   one statically addressed peer.
+lab_config() {
+    local out=$1 iface=$2 key=$3 addrs=$4 port=$5 peer=$6 allowed=$7 endpoint=$8
+    cat >"$out" <<EOF
+[interface]
+name = "${iface}"
+private_key_file = "${LAB_WORK}/${key}.key"
+address = $(toml_list "$addrs")
+listen_port = ${port}
+
+[dht]
+enabled = false
+
+[[peer]]
+public_key = "$(lab_pubkey "$peer")"
+allowed_ips = $(toml_list "$allowed")
+endpoint = "${endpoint}"
+EOF
+}
+
+# lab_up NS IFACE CONFIG - start `dhtun up CONFIG` in NS and wait until it answers status.
+lab_up() {
+    local ns=$1 iface=$2 config=$3 pid i
+    local logf="${LAB_WORK}/${iface}.log"
+    RUST_LOG=${RUST_LOG:-info} ip netns exec "$ns" "${DHTUN_BIN}" up "$config" >"$logf" 2>&1 &
+    pid=$!
+    LAB_DAEMON_PIDS+=("$pid")
+    LAB_DAEMON_IFACES+=("$iface")
+    LAB_DAEMON_LOGS+=("$logf")
+    for ((i = 0; i < 100; i++)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            cat "$logf" >&2 || true
+            die "dhtun up for ${iface} exited during startup (log above)"
+        fi
+        if "${DHTUN_BIN}" status "$iface" >/dev/null 2>&1; then
+            log "${iface} is up in ${ns} (pid ${pid}, log ${logf})"
+            return 0
+        fi
+        sleep 0.2
+    done
+    cat "$logf" >&2 || true
+    die "dhtun up for ${iface} did not answer status within 20 s (log above)"
+}
+
+# lab_start_pair [EXTRA_ALLOWED_BEHIND_B] - keys, configs and daemons for A and B.
+#   Sets IFACE_A, IFACE_B, NS_A, NS_B.
+lab_start_pair() {
+    local extra_b=${1:-}
+    NS_A=$(lab_ns a)
+    NS_B=$(lab_ns b)
+    IFACE_A=$(lab_iface A)
+    IFACE_B=$(lab_iface B)
+    lab_keypair a
+    lab_keypair b
+    lab_config "${LAB_WORK}/a.toml" "${IFACE_A}" a "100.64.0.1/24,fd64::1/64" 51820 \
+        b "100.64.0.2/32,fd64::2/128${extra_b:+,${extra_b}}" "198.18.0.2:51820"
+    lab_config "${LAB_WORK}/b.toml" "${IFACE_B}" b "100.64.0.2/24,fd64::2/64" 51820 \
+        a "100.64.0.1/32,fd64::1/128" "198.18.0.1:51820"
+    lab_up "${NS_A}" "${IFACE_A}" "${LAB_WORK}/a.toml"
+    lab_up "${NS_B}" "${IFACE_B}" "${LAB_WORK}/b.toml"
+}
+
+# lab_ping NS ADDR [TRIES] - one echo per try (1 s wait); the first may go to the handshake.
+lab_ping() {
+    local ns=$1 addr=$2 tries=${3:-10} i
+    for ((i = 1; i <= tries; i++)); do
+        if ip netns exec "$ns" ping -n -c 1 -W 1 "$addr" >/dev/null 2>&1; then
+            log "ping ${addr} from ${ns}: ok (try ${i})"
+            return 0
+        fi
+    done
+    warn "ping ${addr} from ${ns}: no reply after ${tries} tries"
+    return 1
+}
+
+# lab_show_logs - print the tail of every daemon log.
+lab_show_logs() {
+    local f
+    for f in "${LAB_DAEMON_LOGS[@]}"; do
+        printf -- '----- %s -----\n' "$f" >&2
+        tail -n 40 "$f" >&2 || true
+    done
+}
+
+# lab_stop_all - `dhtun down` every daemon; SIGTERM, then SIGKILL, what does not stop.
+lab_stop_all() {
+    local i pid iface n
+    for ((i = ${#LAB_DAEMON_PIDS[@]} - 1; i >= 0; i--)); do
+        pid=${LAB_DAEMON_PIDS[i]}
+        iface=${LAB_DAEMON_IFACES[i]}
+        kill -0 "$pid" 2>/dev/null || continue
+        timeout 10 "${DHTUN_BIN}" down "$iface" >/dev/null 2>&1 || kill -TERM "$pid" 2>/dev/null || true
+        for ((n = 0; n < 50; n++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            warn "daemon ${iface} (pid ${pid}) did not stop; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+            rm -f "/run/dhtun/${iface}.sock"
+        fi
+        wait "$pid" 2>/dev/null || true
+    done
+    LAB_DAEMON_PIDS=()
+    LAB_DAEMON_IFACES=()
+}
+
+# lab_cleanup - stop daemons, delete namespaces (and so the veth pair), remove the work dir.
+lab_cleanup() {
+    local rc=$? ns pid
+    set +e
+    lab_stop_all
+    for ns in "${LAB_NAMESPACES[@]}"; do
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do
+            kill -KILL "$pid" 2>/dev/null
+        done
+        ip netns del "$ns" 2>/dev/null
+    done
+    LAB_NAMESPACES=()
+    if [[ -n ${LAB_WORK} && -d ${LAB_WORK} ]]; then
+        if ((rc != 0)); then
+            warn "keeping logs and configs in ${LAB_WORK}"
+        else
+            rm -rf "${LAB_WORK}"
+        fi
+    fi
+    return "$rc"
+}

@@ -2,10 +2,12 @@
 //! Time comes in as `now` (time since the daemon started), randomness as a seed, and results go
 //! out as values that say what the shell does next.
 
+pub mod checksum;
 pub mod device;
 pub mod handshake;
 pub mod keys;
 pub mod limits;
+pub mod offload;
 pub mod packet;
 pub mod peer;
 pub mod replay;

@@ -82,6 +82,9 @@ pub struct Peer {
     pub last_sent_at: Option<Duration>,
     /// When we last received a packet carrying data (not a keepalive) with nothing sent since.
     pub unanswered_data_at: Option<Duration>,
+    /// When we first sent data that nothing authenticated from the peer has followed: if that
+    /// lasts, the peer has probably lost our session (a restart) and a new handshake is due.
+    pub sent_data_unanswered_since: Option<Duration>,
     pub want_initiation: bool,
     pub want_keepalive: bool,
     /// Whether the peer is already in the device's work queue.
@@ -108,6 +111,7 @@ impl Peer {
             last_handshake_at: None,
             last_sent_at: None,
             unanswered_data_at: None,
+            sent_data_unanswered_since: None,
             want_initiation: false,
             want_keepalive: false,
             queued: false,

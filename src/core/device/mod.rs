@@ -231,7 +231,7 @@ impl Device {
             match session.encrypt(buf, len, mtu, now, out) {
                 Ok(written) => {
                     let rekey = needs_rekey(session, now);
-                    note_sent(peer, written, now);
+                    note_sent(peer, written, now, true);
                     if rekey && peer.handshake.is_none() {
                         self.want_initiation(id);
                     }
@@ -399,6 +399,7 @@ impl Device {
         let initiator_should_rekey = session.we_initiated
             && session.age(now) >= REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT;
         peer.roam_to(from);
+        peer.sent_data_unanswered_since = None;
         peer.traffic.rx_bytes += wire_len as u64;
         peer.traffic.rx_packets += 1;
         if slot == SessionSlot::Next {

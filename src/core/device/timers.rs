@@ -4,7 +4,7 @@
 
 use super::Device;
 use crate::core::limits::{
-    KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_ATTEMPT_TIME, SESSIONS_PER_PEER,
+    KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT, SESSIONS_PER_PEER,
 };
 use crate::core::peer::PeerId;
 use crate::core::stats::DropReason;
@@ -44,6 +44,24 @@ impl Device {
             }
         }
         let has_session = peer.current.as_ref().is_some_and(|s| s.is_usable(now));
+        // Data went out and nothing came back for a keepalive interval and a retry: the peer
+        // has likely lost our session (it restarted), so stop talking into the void.
+        let unanswered = peer
+            .sent_data_unanswered_since
+            .is_some_and(|t| now.saturating_sub(t) >= KEEPALIVE_TIMEOUT + REKEY_TIMEOUT);
+        // Packets staged while waiting for a responder session that was never confirmed (the
+        // confirming packet was lost) would otherwise wait forever.
+        let stranded = !peer.staged.is_empty()
+            && !has_session
+            && peer
+                .next
+                .as_ref()
+                .is_none_or(|s| s.age(now) >= REKEY_TIMEOUT);
+        if (unanswered || stranded) && peer.handshake.is_none() && peer.endpoint.is_some() {
+            peer.sent_data_unanswered_since = None;
+            peer.want_initiation = true;
+            wake = true;
+        }
         if has_session
             && peer
                 .unanswered_data_at

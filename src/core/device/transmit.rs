@@ -35,13 +35,13 @@ impl Device {
             let written = session
                 .encrypt(&mut self.scratch, len, mtu, now, out)
                 .ok()?;
-            note_sent(peer, written, now);
+            note_sent(peer, written, now, true);
             return Some(Transmit { to, len: written });
         }
         if peer.want_keepalive {
             peer.want_keepalive = false;
             let written = session.encrypt(&mut [], 0, mtu, now, out).ok()?;
-            note_sent(peer, written, now);
+            note_sent(peer, written, now, false);
             return Some(Transmit { to, len: written });
         }
         None
@@ -120,7 +120,10 @@ impl Device {
     }
 }
 
-pub(super) fn note_sent(peer: &mut Peer, written: usize, now: Duration) {
+pub(super) fn note_sent(peer: &mut Peer, written: usize, now: Duration, carries_data: bool) {
+    if carries_data && peer.sent_data_unanswered_since.is_none() {
+        peer.sent_data_unanswered_since = Some(now);
+    }
     peer.traffic.tx_bytes += written as u64;
     peer.traffic.tx_packets += 1;
     peer.last_sent_at = Some(now);

@@ -4,6 +4,8 @@
 
 pub mod control;
 pub mod daemon;
+pub mod datapath;
 pub mod netlink;
 pub mod status;
 pub mod tun;
+pub mod udp;

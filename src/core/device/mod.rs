@@ -144,6 +144,11 @@ impl Device {
         self.drops.count(reason);
     }
 
+    /// Counts `n` drops the shell decided on.
+    pub fn count_drops(&mut self, reason: DropReason, n: u64) {
+        self.drops.add(reason, n);
+    }
+
     /// The inner packet `buf[..len]` was read from the TUN device. `buf` must have room for
     /// padding (a ring slot); `out` receives the datagram to send.
     pub fn handle_tun_packet(

@@ -1,0 +1,301 @@
+//! The packet path between the TUN device and the UDP socket: read a batch, let the core decide
+//! per packet, queue what it answers in a ring, write the ring out in batches.
+//!
+//! Two rings sit in front of the two writes that can block: `to_network` (encrypted datagrams
+//! for the UDP socket) and `to_tun` (decrypted packets for the TUN device). When a ring is full
+//! the newest packet is dropped and counted before any crypto is spent on it, so overload costs
+//! drops, never memory.
+
+use crate::core::device::{Device, NetworkAction, TunAction};
+use crate::core::limits::ring_slot_bytes;
+use crate::core::offload::{self, Group, Segment, VnetHeader, MAX_SUPER_PACKET, VNET_HDR_LEN};
+use crate::core::ring::PacketRing;
+use crate::core::stats::DropReason;
+use crate::shell::tun::TunDevice;
+use crate::shell::udp::UdpIo;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// TUN reads per readiness wake-up: each can be a 64 KiB super-packet.
+const TUN_READS_PER_WAKE: usize = 8;
+/// `recvmmsg` calls per readiness wake-up.
+const UDP_BATCHES_PER_WAKE: usize = 4;
+/// Flush a ring when fewer slots than this are free: one super-packet's worth of segments.
+const FLUSH_HEADROOM: usize = 48;
+/// Packets one TUN write may merge (iovecs: header, first packet's headers and payload, then
+/// one payload per further packet).
+const MAX_MERGE: usize = 64;
+
+pub struct DataPath {
+    pub device: Device,
+    to_network: PacketRing<Option<SocketAddr>>,
+    to_tun: PacketRing<()>,
+    /// A TUN read: virtio-net header and up to a 64 KiB packet.
+    tun_buf: Box<[u8]>,
+    /// One segment cut from a super-packet, with room for padding.
+    segment_buf: Box<[u8]>,
+    /// The rewritten headers of a merged packet (the ring keeps the original until written).
+    merge_headers: [u8; 192],
+    merge_iov: Box<[libc::iovec]>,
+    started: Instant,
+}
+
+impl DataPath {
+    pub fn new(device: Device, mtu: usize, ring_slots: usize) -> Self {
+        let slot = ring_slot_bytes(mtu);
+        Self {
+            device,
+            to_network: PacketRing::new(ring_slots, slot),
+            to_tun: PacketRing::new(ring_slots, slot),
+            tun_buf: vec![0u8; VNET_HDR_LEN + MAX_SUPER_PACKET].into_boxed_slice(),
+            segment_buf: vec![0u8; slot].into_boxed_slice(),
+            merge_headers: [0u8; 192],
+            merge_iov: (0..MAX_MERGE + 2)
+                .map(|_| libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                })
+                .collect(),
+            started: Instant::now(),
+        }
+    }
+
+    /// Time since the daemon started: the core's `now`.
+    pub fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// (slots, queued) of the TUN->UDP and UDP->TUN rings.
+    pub fn ring_occupancy(&self) -> [(usize, usize); 2] {
+        [
+            (self.to_network.capacity(), self.to_network.len()),
+            (self.to_tun.capacity(), self.to_tun.len()),
+        ]
+    }
+
+    pub fn has_network_backlog(&self) -> bool {
+        !self.to_network.is_empty()
+    }
+
+    pub fn has_tun_backlog(&self) -> bool {
+        !self.to_tun.is_empty()
+    }
+
+    /// Reads packets from the TUN device until it runs dry (true) or the batch ends (false).
+    pub fn read_tun(&mut self, tun: &TunDevice, udp: &mut UdpIo) -> bool {
+        for _ in 0..TUN_READS_PER_WAKE {
+            if self.to_network.capacity() - self.to_network.len() < FLUSH_HEADROOM {
+                self.flush_network(udp);
+            }
+            let n = match tun.try_read(&mut self.tun_buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) => {
+                    tracing::warn!("reading from {}: {e}", tun.name());
+                    return true;
+                }
+            };
+            let now = self.now();
+            let Self {
+                device,
+                to_network,
+                tun_buf,
+                segment_buf,
+                ..
+            } = self;
+            let Ok(header) = VnetHeader::parse(&tun_buf[..n]) else {
+                device.count_drop(DropReason::Malformed);
+                continue;
+            };
+            let (_, rest) = tun_buf.split_at_mut(VNET_HDR_LEN);
+            let len = n.saturating_sub(VNET_HDR_LEN);
+            if header.gso_type == offload::GSO_NONE {
+                if header.flags & offload::F_NEEDS_CSUM != 0
+                    && offload::complete_checksum(&mut rest[..len], &header).is_err()
+                {
+                    device.count_drop(DropReason::Malformed);
+                    continue;
+                }
+                // The read buffer has room after the packet for its padding.
+                encapsulate(device, to_network, rest, len, now);
+            } else {
+                let (packet, _) = rest.split_at_mut(len);
+                let split = offload::split(packet, &header, segment_buf, |segment, seg_len| {
+                    encapsulate(device, to_network, segment, seg_len, now);
+                });
+                if split.is_err() {
+                    device.count_drop(DropReason::Malformed);
+                }
+            }
+        }
+        false
+    }
+
+    /// Receives datagrams until the socket runs dry or the batch ends.
+    pub fn read_udp(&mut self, udp: &mut UdpIo, tun: &TunDevice) {
+        for _ in 0..UDP_BATCHES_PER_WAKE {
+            let messages = match udp.recv_batch() {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) => {
+                    // ICMP errors surface here as ECONNREFUSED and friends; they say nothing
+                    // authenticated, so they are only worth a debug line.
+                    tracing::debug!("receiving from the UDP socket: {e}");
+                    return;
+                }
+            };
+            let now = self.now();
+            for i in 0..messages {
+                if self.to_tun.capacity() - self.to_tun.len() < FLUSH_HEADROOM {
+                    self.flush_tun(tun);
+                }
+                let Some(message) = udp.received(i) else {
+                    self.device.count_drop(DropReason::Malformed);
+                    continue;
+                };
+                for datagram in message.data.chunks(message.segment_size) {
+                    self.decapsulate(message.from, datagram, now);
+                }
+            }
+        }
+    }
+
+    /// Moves the core's pending datagrams (handshakes, staged packets, keepalives) into the ring.
+    pub fn drain_transmits(&mut self) {
+        let now = self.now();
+        while let Some(out) = self.to_network.vacant_slot() {
+            let Some(transmit) = self.device.poll_transmit(now, out) else {
+                break;
+            };
+            let _ = self.to_network.commit(transmit.len, Some(transmit.to));
+        }
+    }
+
+    /// Sends queued datagrams; true when the socket is full.
+    pub fn flush_network(&mut self, udp: &mut UdpIo) -> bool {
+        let outcome = udp.send_from(&mut self.to_network);
+        self.device
+            .count_drops(DropReason::SendFailed, outcome.failed as u64);
+        outcome.would_block
+    }
+
+    /// Writes queued packets to the TUN device, merging runs of one TCP flow into one
+    /// super-packet; true when the device would block.
+    pub fn flush_tun(&mut self, tun: &TunDevice) -> bool {
+        while !self.to_tun.is_empty() {
+            let count = self.plan_write();
+            match tun.try_write_vectored(&self.merge_iov[..self.iov_len(count)]) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) => {
+                    tracing::debug!("writing to {}: {e}", tun.name());
+                    self.device
+                        .count_drops(DropReason::SendFailed, count as u64);
+                }
+            }
+            self.to_tun.pop_front_n(count);
+        }
+        false
+    }
+
+    fn decapsulate(&mut self, from: SocketAddr, datagram: &[u8], now: Duration) {
+        let Some(out) = self.to_tun.vacant_slot() else {
+            self.device.count_drop(DropReason::RingFull);
+            return;
+        };
+        match self.device.handle_datagram(from, datagram, now, out) {
+            NetworkAction::WriteToTun { len } => {
+                let _ = self.to_tun.commit(len, ());
+            }
+            NetworkAction::WriteToNetwork { to, len } => {
+                // A handshake response, written into the TUN ring's free slot: move it.
+                let reply = self.to_tun.vacant_slot().and_then(|s| s.get(..len));
+                if reply.is_none_or(|r| self.to_network.push(r, Some(to)).is_err()) {
+                    self.device.count_drop(DropReason::RingFull);
+                }
+            }
+            NetworkAction::Consumed | NetworkAction::Drop(_) => {}
+        }
+    }
+
+    /// Fills `merge_iov` for the next TUN write: the front packet and the packets after it that
+    /// continue its TCP flow. Returns how many ring entries the write covers.
+    fn plan_write(&mut self) -> usize {
+        const ZERO_HEADER: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
+        let Some((first, ())) = self.to_tun.front() else {
+            return 0;
+        };
+        let mut group = Segment::classify(first).map(|s| (s, Group::start(s, first.len())));
+        let mut count = 1;
+        if let Some((segment, group)) = group.as_mut() {
+            while count < MAX_MERGE {
+                let Some((next, ())) = self.to_tun.get(count) else {
+                    break;
+                };
+                let Some(next_segment) = Segment::classify(next) else {
+                    break;
+                };
+                let same_options = offload::options_equal(first, next, segment);
+                if !group.try_append(&next_segment, next.len(), same_options) {
+                    break;
+                }
+                count += 1;
+            }
+        }
+        let iov = |bytes: &[u8]| libc::iovec {
+            iov_base: bytes.as_ptr() as *mut libc::c_void,
+            iov_len: bytes.len(),
+        };
+        match group.filter(|_| count > 1) {
+            Some((_, group)) => {
+                let headers_len = group.headers_len();
+                let mut vnet = [0u8; VNET_HDR_LEN];
+                self.merge_headers[..headers_len].copy_from_slice(&first[..headers_len]);
+                group
+                    .finish(&mut self.merge_headers[..headers_len])
+                    .write(&mut vnet);
+                self.merge_headers[headers_len..headers_len + VNET_HDR_LEN].copy_from_slice(&vnet);
+                self.merge_iov[0] =
+                    iov(&self.merge_headers[headers_len..headers_len + VNET_HDR_LEN]);
+                self.merge_iov[1] = iov(&self.merge_headers[..headers_len]);
+                for i in 0..count {
+                    if let Some((packet, ())) = self.to_tun.get(i) {
+                        self.merge_iov[i + 2] = iov(&packet[headers_len.min(packet.len())..]);
+                    }
+                }
+            }
+            None => {
+                self.merge_iov[0] = iov(&ZERO_HEADER);
+                self.merge_iov[1] = iov(first);
+            }
+        }
+        count
+    }
+
+    fn iov_len(&self, count: usize) -> usize {
+        if count > 1 {
+            count + 2
+        } else {
+            2
+        }
+    }
+}
+
+/// Encrypts one inner packet into the network ring, or drops it when the ring is full.
+fn encapsulate(
+    device: &mut Device,
+    to_network: &mut PacketRing<Option<SocketAddr>>,
+    buf: &mut [u8],
+    len: usize,
+    now: Duration,
+) {
+    // Drop before encrypting: a packet that cannot be queued is not worth the crypto.
+    let Some(out) = to_network.vacant_slot() else {
+        device.count_drop(DropReason::RingFull);
+        return;
+    };
+    if let TunAction::WriteToNetwork { to, len } = device.handle_tun_packet(buf, len, now, out) {
+        let _ = to_network.commit(len, Some(to));
+    }
+}

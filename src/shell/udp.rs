@@ -1,0 +1,480 @@
+//! The tunnel's UDP socket, batched: `recvmmsg` with UDP GRO (the kernel hands over up to 64
+//! datagrams of one sender glued together) and `sendmmsg` with UDP GSO (one message carries a
+//! train of equal-sized datagrams to one destination). All buffers and syscall arrays are
+//! allocated once; where the kernel refuses GSO or GRO, we fall back to one datagram each.
+
+use crate::core::ring::PacketRing;
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::AsRawFd;
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+/// Messages one `recvmmsg` fills. With GRO each can hold 64 datagrams.
+const RECV_MSGS: usize = 8;
+/// One receive buffer: the largest UDP payload GRO can deliver.
+const RECV_BUF_BYTES: usize = 65536;
+/// Messages (datagram trains) one `sendmmsg` carries.
+const SEND_MSGS: usize = 32;
+/// Datagrams one `sendmmsg` carries in all.
+const SEND_SEGMENTS: usize = 128;
+/// The kernel's limit of segments in one GSO send (UDP_MAX_SEGMENTS).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Stay under the 64 KiB an IP packet can hold, headers included.
+const GSO_MAX_BYTES: usize = 65000;
+const CMSG_BYTES: usize = 64;
+const SOL_UDP: libc::c_int = 17;
+const UDP_SEGMENT: libc::c_int = 103;
+const UDP_GRO: libc::c_int = 104;
+
+pub struct UdpIo {
+    socket: UdpSocket,
+    v6: bool,
+    gso: bool,
+    recv_bufs: Box<[u8]>,
+    recv_names: Box<[libc::sockaddr_storage]>,
+    recv_iov: Box<[libc::iovec]>,
+    recv_cmsg: Box<[[u8; CMSG_BYTES]]>,
+    recv_hdrs: Box<[libc::mmsghdr]>,
+    received: usize,
+    send_names: Box<[libc::sockaddr_storage]>,
+    send_iov: Box<[libc::iovec]>,
+    send_cmsg: Box<[[u8; CMSG_BYTES]]>,
+    send_hdrs: Box<[libc::mmsghdr]>,
+    /// Datagrams in each message of the batch being sent.
+    send_counts: [usize; SEND_MSGS],
+}
+
+/// One received message: a datagram, or with GRO several of `segment_size` bytes each (the
+/// last may be shorter).
+pub struct Received<'a> {
+    pub from: SocketAddr,
+    pub data: &'a [u8],
+    pub segment_size: usize,
+}
+
+/// What `send_from` achieved.
+pub struct SendOutcome {
+    /// Datagrams the kernel refused outright (dropped and to be counted).
+    pub failed: usize,
+    /// The socket is full: wait for it to become writable.
+    pub would_block: bool,
+}
+
+impl UdpIo {
+    pub fn new(socket: UdpSocket) -> Self {
+        let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
+        let one: libc::c_int = 1;
+        // GRO is an optimisation: where the kernel says no, datagrams simply come one by one.
+        let _ = setsockopt(&socket, SOL_UDP, UDP_GRO, one);
+        let gso = getsockopt(&socket, SOL_UDP, UDP_SEGMENT).is_ok();
+        // SAFETY: these are plain C structs for which all-zero bytes are a valid value.
+        let zero_storage = || unsafe { zeroed::<libc::sockaddr_storage>() };
+        let zero_hdr = || unsafe { zeroed::<libc::mmsghdr>() };
+        let empty_iov = || libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        Self {
+            socket,
+            v6,
+            gso,
+            recv_bufs: vec![0u8; RECV_MSGS * RECV_BUF_BYTES].into_boxed_slice(),
+            recv_names: (0..RECV_MSGS).map(|_| zero_storage()).collect(),
+            recv_iov: (0..RECV_MSGS).map(|_| empty_iov()).collect(),
+            recv_cmsg: vec![[0u8; CMSG_BYTES]; RECV_MSGS].into_boxed_slice(),
+            recv_hdrs: (0..RECV_MSGS).map(|_| zero_hdr()).collect(),
+            received: 0,
+            send_names: (0..SEND_MSGS).map(|_| zero_storage()).collect(),
+            send_iov: (0..SEND_SEGMENTS).map(|_| empty_iov()).collect(),
+            send_cmsg: vec![[0u8; CMSG_BYTES]; SEND_MSGS].into_boxed_slice(),
+            send_hdrs: (0..SEND_MSGS).map(|_| zero_hdr()).collect(),
+            send_counts: [0; SEND_MSGS],
+        }
+    }
+
+    pub fn local_port(&self) -> u16 {
+        self.socket.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn gso_enabled(&self) -> bool {
+        self.gso
+    }
+
+    pub async fn readable(&self) -> io::Result<()> {
+        self.socket.readable().await
+    }
+
+    pub async fn writable(&self) -> io::Result<()> {
+        self.socket.writable().await
+    }
+
+    /// Receives a batch; returns how many messages `received(i)` now holds (0 when none waited).
+    pub fn recv_batch(&mut self) -> io::Result<usize> {
+        self.received = 0;
+        for i in 0..RECV_MSGS {
+            self.recv_iov[i] = libc::iovec {
+                iov_base: self.recv_bufs[i * RECV_BUF_BYTES..].as_mut_ptr().cast(),
+                iov_len: RECV_BUF_BYTES,
+            };
+            let hdr = &mut self.recv_hdrs[i].msg_hdr;
+            hdr.msg_name = (&mut self.recv_names[i] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdr.msg_iov = &mut self.recv_iov[i];
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = self.recv_cmsg[i].as_mut_ptr().cast();
+            hdr.msg_controllen = CMSG_BYTES as _;
+            hdr.msg_flags = 0;
+            self.recv_hdrs[i].msg_len = 0;
+        }
+        let fd = self.socket.as_raw_fd();
+        let hdrs = self.recv_hdrs.as_mut_ptr();
+        let result = self.socket.try_io(Interest::READABLE, || {
+            // SAFETY: every header points at buffers owned by self that outlive the call, with
+            // their true lengths; the kernel writes only within them.
+            let n = unsafe {
+                libc::recvmmsg(
+                    fd,
+                    hdrs,
+                    RECV_MSGS as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
+            };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        match result {
+            Ok(n) => {
+                self.received = n;
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The i-th message of the last batch; None for a truncated or unreadable one.
+    pub fn received(&self, i: usize) -> Option<Received<'_>> {
+        if i >= self.received {
+            return None;
+        }
+        let mmsg = &self.recv_hdrs[i];
+        if mmsg.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
+            return None;
+        }
+        let len = (mmsg.msg_len as usize).min(RECV_BUF_BYTES);
+        let data = &self.recv_bufs[i * RECV_BUF_BYTES..i * RECV_BUF_BYTES + len];
+        let from = unmap(from_storage(&self.recv_names[i])?);
+        let segment_size = gro_segment_size(&mmsg.msg_hdr).unwrap_or(len).max(1);
+        Some(Received {
+            from,
+            data,
+            segment_size,
+        })
+    }
+
+    /// Sends datagrams from the front of `ring` until it is empty or the socket is full,
+    /// popping what was sent. Equal-sized datagrams to one destination travel as one GSO train.
+    pub fn send_from(&mut self, ring: &mut PacketRing<Option<SocketAddr>>) -> SendOutcome {
+        let mut outcome = SendOutcome {
+            failed: 0,
+            would_block: false,
+        };
+        while !ring.is_empty() {
+            let messages = self.build_batch(ring);
+            if messages == 0 {
+                // Datagrams without a destination: nothing can be done with them.
+                ring.pop_front();
+                outcome.failed += 1;
+                continue;
+            }
+            let fd = self.socket.as_raw_fd();
+            let hdrs = self.send_hdrs.as_mut_ptr();
+            let result = self.socket.try_io(Interest::WRITABLE, || {
+                // SAFETY: headers, names, iovecs and control buffers are owned by self; the
+                // iovecs point into ring slots that stay untouched until this call returns.
+                let n = unsafe {
+                    libc::sendmmsg(fd, hdrs, messages as libc::c_uint, libc::MSG_DONTWAIT)
+                };
+                if n < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(n as usize)
+                }
+            });
+            match result {
+                Ok(sent) => {
+                    let datagrams: usize =
+                        self.send_counts[..sent.max(1).min(messages)].iter().sum();
+                    ring.pop_front_n(datagrams);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    outcome.would_block = true;
+                    return outcome;
+                }
+                Err(e) if self.gso && gso_refused(&e) => {
+                    tracing::info!(
+                        "the kernel refused UDP GSO ({e}); sending datagrams one by one"
+                    );
+                    self.gso = false;
+                }
+                Err(e) => {
+                    // The first message failed (no route, firewall, ...): drop it, go on.
+                    tracing::debug!("sending UDP: {e}");
+                    let dropped = ring.pop_front_n(self.send_counts[0]);
+                    outcome.failed += dropped;
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Fills the send arrays from the ring's front; returns how many messages.
+    fn build_batch(&mut self, ring: &PacketRing<Option<SocketAddr>>) -> usize {
+        let mut messages = 0;
+        let mut segments = 0;
+        let mut i = 0;
+        while messages < SEND_MSGS && segments < SEND_SEGMENTS {
+            let Some((first, Some(to))) = ring.get(i) else {
+                break;
+            };
+            let size = first.len();
+            let iov_start = segments;
+            let mut count = 0;
+            let mut bytes = 0;
+            while let Some((datagram, dest)) = ring.get(i) {
+                let joins = count == 0
+                    || (self.gso
+                        && dest == Some(to)
+                        && datagram.len() <= size
+                        && count < GSO_MAX_SEGMENTS
+                        && bytes + datagram.len() <= GSO_MAX_BYTES);
+                if !joins || segments >= SEND_SEGMENTS {
+                    break;
+                }
+                self.send_iov[segments] = libc::iovec {
+                    iov_base: datagram.as_ptr() as *mut libc::c_void,
+                    iov_len: datagram.len(),
+                };
+                segments += 1;
+                count += 1;
+                bytes += datagram.len();
+                i += 1;
+                // A shorter datagram ends a train: GSO cuts every segment at the first's size.
+                if datagram.len() < size {
+                    break;
+                }
+            }
+            let name_len = to_storage(self.mapped(to), &mut self.send_names[messages]);
+            let hdr = &mut self.send_hdrs[messages].msg_hdr;
+            hdr.msg_name = (&mut self.send_names[messages] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_namelen = name_len;
+            hdr.msg_iov = &mut self.send_iov[iov_start];
+            hdr.msg_iovlen = count as _;
+            hdr.msg_flags = 0;
+            if count > 1 {
+                hdr.msg_control = self.send_cmsg[messages].as_mut_ptr().cast();
+                hdr.msg_controllen =
+                    write_segment_cmsg(&mut self.send_cmsg[messages], size as u16) as _;
+            } else {
+                hdr.msg_control = std::ptr::null_mut();
+                hdr.msg_controllen = 0;
+            }
+            self.send_counts[messages] = count;
+            messages += 1;
+        }
+        messages
+    }
+
+    fn mapped(&self, addr: SocketAddr) -> SocketAddr {
+        match addr {
+            SocketAddr::V4(v4) if self.v6 => {
+                SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port())
+            }
+            _ => addr,
+        }
+    }
+}
+
+/// Binds the tunnel socket: `[::]:port` receives both families where the kernel allows it.
+pub fn bind(port: u16) -> io::Result<std::net::UdpSocket> {
+    let any_v6 = SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+    let socket = match std::net::UdpSocket::bind(any_v6) {
+        Ok(socket) => socket,
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            std::net::UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?
+        }
+        Err(e) => return Err(e),
+    };
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+fn gso_refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::EOPNOTSUPP)
+    )
+}
+
+fn setsockopt(
+    socket: &UdpSocket,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: value is a live c_int and its size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+fn getsockopt(
+    socket: &UdpSocket,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: value and len are live and sized as passed.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc == 0 {
+        Ok(value)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The UDP_GRO control message's segment size, if the kernel attached one.
+fn gro_segment_size(hdr: &libc::msghdr) -> Option<usize> {
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, within
+    // msg_controllen; each data pointer is read only when the header says it holds an int.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == SOL_UDP && (*cmsg).cmsg_type == UDP_GRO {
+                let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+                return usize::try_from(data.read_unaligned()).ok();
+            }
+            cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
+        }
+    }
+    None
+}
+
+/// Writes a UDP_SEGMENT control message into `buf`; returns its length.
+fn write_segment_cmsg(buf: &mut [u8; CMSG_BYTES], segment_size: u16) -> usize {
+    buf.fill(0);
+    // SAFETY: the buffer is CMSG_BYTES long, more than CMSG_SPACE(2); the msghdr is local and
+    // only used to let the macros find the first header inside buf.
+    unsafe {
+        let space = libc::CMSG_SPACE(size_of::<u16>() as u32) as usize;
+        let mut hdr: libc::msghdr = zeroed();
+        hdr.msg_control = buf.as_mut_ptr().cast();
+        hdr.msg_controllen = space as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&hdr);
+        (*cmsg).cmsg_level = SOL_UDP;
+        (*cmsg).cmsg_type = UDP_SEGMENT;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+        libc::CMSG_DATA(cmsg)
+            .cast::<u16>()
+            .write_unaligned(segment_size);
+        space
+    }
+}
+
+fn to_storage(addr: SocketAddr, storage: &mut libc::sockaddr_storage) -> libc::socklen_t {
+    // SAFETY: sockaddr_storage is large and aligned enough for either address type.
+    unsafe {
+        match addr {
+            SocketAddr::V4(v4) => {
+                let sin = (storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+                sin.write(libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: v4.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                    },
+                    sin_zero: [0; 8],
+                });
+                size_of::<libc::sockaddr_in>() as libc::socklen_t
+            }
+            SocketAddr::V6(v6) => {
+                let sin6 = (storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
+                sin6.write(libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: v6.port().to_be(),
+                    sin6_flowinfo: v6.flowinfo(),
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: v6.ip().octets(),
+                    },
+                    sin6_scope_id: v6.scope_id(),
+                });
+                size_of::<libc::sockaddr_in6>() as libc::socklen_t
+            }
+        }
+    }
+}
+
+fn from_storage(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    // SAFETY: the family field says which struct the kernel wrote.
+    unsafe {
+        match i32::from(storage.ss_family) {
+            libc::AF_INET => {
+                let sin = &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+                let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+                Some(SocketAddr::V4(SocketAddrV4::new(
+                    ip,
+                    u16::from_be(sin.sin_port),
+                )))
+            }
+            libc::AF_INET6 => {
+                let sin6 =
+                    &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
+                let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                Some(SocketAddr::V6(SocketAddrV6::new(
+                    ip,
+                    u16::from_be(sin6.sin6_port),
+                    sin6.sin6_flowinfo,
+                    sin6.sin6_scope_id,
+                )))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// IPv4 peers reach a dual-stack socket as ::ffff:a.b.c.d; the core sees plain IPv4.
+pub fn unmap(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}

@@ -31,10 +31,13 @@ pub enum DropReason {
     TooLarge,
     /// The kernel refused to send a datagram or write a packet (no route, firewall, ...).
     SendFailed,
+    /// Datagrams the kernel dropped before we could read them: our socket's receive buffer
+    /// was full (the kernel's count, reported as it reports it).
+    SocketOverflow,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::RingFull,
         DropReason::Replay,
         DropReason::UnknownPeer,
@@ -48,6 +51,7 @@ impl DropReason {
         DropReason::Expired,
         DropReason::TooLarge,
         DropReason::SendFailed,
+        DropReason::SocketOverflow,
     ];
 
     /// The status key for this reason.
@@ -66,6 +70,7 @@ impl DropReason {
             DropReason::Expired => "expired",
             DropReason::TooLarge => "too_large",
             DropReason::SendFailed => "send_failed",
+            DropReason::SocketOverflow => "socket_overflow",
         }
     }
 

@@ -146,6 +146,12 @@ impl DataPath {
                 }
             };
             let now = self.now();
+            let kernel_drops = u64::from(udp.kernel_drops());
+            let counted = self.device.drops().get(DropReason::SocketOverflow);
+            self.device.count_drops(
+                DropReason::SocketOverflow,
+                kernel_drops.saturating_sub(counted),
+            );
             for i in 0..messages {
                 if self.to_tun.capacity() - self.to_tun.len() < FLUSH_HEADROOM {
                     self.flush_tun(tun);

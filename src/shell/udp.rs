@@ -38,6 +38,8 @@ pub struct UdpIo {
     recv_cmsg: Box<[[u8; CMSG_BYTES]]>,
     recv_hdrs: Box<[libc::mmsghdr]>,
     received: usize,
+    /// The kernel's running count of datagrams it dropped because our socket was full.
+    kernel_drops: u32,
     send_names: Box<[libc::sockaddr_storage]>,
     send_iov: Box<[libc::iovec]>,
     send_cmsg: Box<[[u8; CMSG_BYTES]]>,
@@ -68,6 +70,8 @@ impl UdpIo {
         let one: libc::c_int = 1;
         // GRO is an optimisation: where the kernel says no, datagrams simply come one by one.
         let _ = setsockopt(&socket, SOL_UDP, UDP_GRO, one);
+        // The kernel drops datagrams when we fall behind; this makes it tell us how many.
+        let _ = setsockopt(&socket, libc::SOL_SOCKET, libc::SO_RXQ_OVFL, one);
         let gso = getsockopt(&socket, SOL_UDP, UDP_SEGMENT).is_ok();
         // SAFETY: these are plain C structs for which all-zero bytes are a valid value.
         let zero_storage = || unsafe { zeroed::<libc::sockaddr_storage>() };
@@ -86,12 +90,18 @@ impl UdpIo {
             recv_cmsg: vec![[0u8; CMSG_BYTES]; RECV_MSGS].into_boxed_slice(),
             recv_hdrs: (0..RECV_MSGS).map(|_| zero_hdr()).collect(),
             received: 0,
+            kernel_drops: 0,
             send_names: (0..SEND_MSGS).map(|_| zero_storage()).collect(),
             send_iov: (0..SEND_SEGMENTS).map(|_| empty_iov()).collect(),
             send_cmsg: vec![[0u8; CMSG_BYTES]; SEND_MSGS].into_boxed_slice(),
             send_hdrs: (0..SEND_MSGS).map(|_| zero_hdr()).collect(),
             send_counts: [0; SEND_MSGS],
         }
+    }
+
+    /// Datagrams the kernel dropped so far because the socket's receive buffer was full.
+    pub fn kernel_drops(&self) -> u32 {
+        self.kernel_drops
     }
 
     pub fn local_port(&self) -> u16 {
@@ -151,6 +161,15 @@ impl UdpIo {
         match result {
             Ok(n) => {
                 self.received = n;
+                for i in 0..n {
+                    if let Some(count) = cmsg_u32(
+                        &self.recv_hdrs[i].msg_hdr,
+                        libc::SOL_SOCKET,
+                        libc::SO_RXQ_OVFL,
+                    ) {
+                        self.kernel_drops = self.kernel_drops.max(count);
+                    }
+                }
                 Ok(n)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(0),
@@ -170,7 +189,9 @@ impl UdpIo {
         let len = (mmsg.msg_len as usize).min(RECV_BUF_BYTES);
         let data = &self.recv_bufs[i * RECV_BUF_BYTES..i * RECV_BUF_BYTES + len];
         let from = unmap(from_storage(&self.recv_names[i])?);
-        let segment_size = gro_segment_size(&mmsg.msg_hdr).unwrap_or(len).max(1);
+        let segment_size = cmsg_u32(&mmsg.msg_hdr, SOL_UDP, UDP_GRO)
+            .map_or(len, |size| size as usize)
+            .max(1);
         Some(Received {
             from,
             data,
@@ -369,16 +390,17 @@ fn getsockopt(
     }
 }
 
-/// The UDP_GRO control message's segment size, if the kernel attached one.
-fn gro_segment_size(hdr: &libc::msghdr) -> Option<usize> {
+/// The 32-bit value of the control message `level`/`kind`, if the kernel attached one (UDP_GRO's
+/// segment size, SO_RXQ_OVFL's drop count).
+fn cmsg_u32(hdr: &libc::msghdr, level: libc::c_int, kind: libc::c_int) -> Option<u32> {
     // SAFETY: the CMSG_* macros walk the control buffer the kernel filled, within
-    // msg_controllen; each data pointer is read only when the header says it holds an int.
+    // msg_controllen; a data pointer is read only when its header says it holds 4 bytes.
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
         while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == SOL_UDP && (*cmsg).cmsg_type == UDP_GRO {
-                let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
-                return usize::try_from(data.read_unaligned()).ok();
+            let wanted = (*cmsg).cmsg_level == level && (*cmsg).cmsg_type == kind;
+            if wanted && (*cmsg).cmsg_len as usize >= libc::CMSG_LEN(4) as usize {
+                return Some(libc::CMSG_DATA(cmsg).cast::<u32>().read_unaligned());
             }
             cmsg = libc::CMSG_NXTHDR(hdr, cmsg);
         }

@@ -97,7 +97,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Reload { iface } => {
-            control::request(&iface, "reload")?;
+            print!("{}", control::request(&iface, "reload")?);
             Ok(())
         }
         Command::Status { iface, json } => status(iface, json),

@@ -130,6 +130,57 @@ pub const CONTROL_REQUEST_BYTES: usize = 256;
 /// Control connections served at once; more wait in the kernel's listen backlog.
 pub const CONTROL_CONNECTIONS: usize = 8;
 
+/// Peer events (handshake done, endpoint changed, ...) waiting for the shell to log them. The
+/// shell drains them after every batch, so this only overflows if thousands of peers change
+/// state in one batch; the rest are then not logged.
+pub const EVENT_QUEUE: usize = 64;
+
 /// How often the shell calls `Device::handle_timers`. Every timer above is seconds long, so a
 /// tenth of a second is precise enough and costs ten cheap wake-ups a second.
 pub const TIMER_TICK: Duration = Duration::from_millis(100);
+
+// ---------------------------------------------------------------------------------------------
+// DHT
+// ---------------------------------------------------------------------------------------------
+
+/// Largest value a BEP 44 item may carry; nodes refuse anything longer. mainline reports an
+/// oversized put as a timeout after a full lookup, so we refuse it before putting.
+pub const MAX_RECORD_BYTES: usize = 1000;
+
+/// Addresses one record may list. A host has a handful of usable underlay addresses; 16 covers
+/// multi-homed machines with several IPv6 prefixes, and every candidate costs a handshake
+/// attempt, so a longer list would only slow discovery down. At most 17 bytes each, the largest
+/// record (16 IPv6 addresses and a public one) is 294 bytes, well inside `MAX_RECORD_BYTES`.
+pub const MAX_RECORD_CANDIDATES: usize = 16;
+
+/// Items one lookup examines before it gives up. Honest nodes store one item per key, and a
+/// lookup visits about 20 of them; past this, someone is flooding us with junk under a valid
+/// signature and looking further would only cost more work.
+pub const MAX_RESOLVE_ITEMS: usize = 64;
+
+/// How long one lookup may take. Each hop of a Mainline lookup waits at most the 2 s request
+/// timeout and a lookup on the public DHT takes a few hops; past this the DHT is not answering
+/// and the caller is better served trying again later than waiting.
+pub const DHT_RESOLVE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long one publish may take: a lookup to find the closest nodes (as above) plus the puts to
+/// them. mainline bounds both itself; this only guards against it never answering.
+pub const DHT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long the host names of the bootstrap nodes may take to resolve at start: a slow or
+/// absent resolver must not hold the daemon's start-up longer than one DNS retry.
+pub const DHT_BOOTSTRAP_DNS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often the DHT status (routing table size, public address) is refreshed from the node.
+/// Each refresh is two messages to mainline's actor thread, so once a second costs nothing and
+/// keeps `dhtun status` current.
+pub const DHT_STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often a record should be republished when nothing changed. Nodes drop BEP 44 items after
+/// about two hours (libtorrent's default), and Kademlia churn moves a key's closest nodes; every
+/// 30 minutes keeps the record alive with margin for a failed attempt or two.
+pub const DHT_REPUBLISH_INTERVAL: Duration = Duration::from_secs(30 * 60);
+
+/// How long mainline's actor thread may take to answer a status question. It answers between
+/// two steps of its loop (about 50 ms each), so seconds of silence mean it has stopped.
+pub const DHT_ACTOR_TIMEOUT: Duration = Duration::from_secs(5);

@@ -154,15 +154,20 @@ impl Peer {
         evicted
     }
 
-    /// Records where an authenticated packet came from: replies go there from now on.
-    pub fn roam_to(&mut self, from: SocketAddr) {
-        if self.endpoint != Some(from) {
+    /// Records where an authenticated packet came from: replies go there from now on. Returns
+    /// whether the endpoint changed.
+    pub fn roam_to(&mut self, from: SocketAddr) -> bool {
+        if self.endpoint == Some(from) {
+            return false;
+        }
+        {
             self.endpoint = Some(from);
             self.endpoint_source = Some(match self.config.endpoint {
                 Some(configured) if configured == from => EndpointSource::Static,
                 _ => EndpointSource::Roamed,
             });
         }
+        true
     }
 
     /// Local indexes of every session and handshake this peer holds.

@@ -7,11 +7,12 @@
 //! before any crypto is spent on it.
 
 use crate::config::Config;
-use crate::core::device::{Device, DeviceConfig};
+use crate::core::device::{Device, DeviceConfig, PeerEvent};
 use crate::core::limits::TIMER_TICK;
 use crate::shell::control::{ControlCommand, ControlRequest, ControlServer};
 use crate::shell::datapath::DataPath;
 use crate::shell::netlink::{prefixes_needing_routes, Netlink};
+use crate::shell::reload::{reload, Link};
 use crate::shell::status::{InterfaceStatus, RingStatus, ShellFacts};
 use crate::shell::tun::TunDevice;
 use crate::shell::udp::{self, UdpIo};
@@ -44,9 +45,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .link_index(&name)
         .await?
         .with_context(|| format!("interface {name} vanished right after it was created"))?;
-    let mut routes = Vec::new();
-    if let Err(e) = configure_link(&netlink, index, &config, &mut routes).await {
-        teardown(&netlink, index, &routes).await;
+    let mut link = Link {
+        netlink,
+        index,
+        routes: Vec::new(),
+    };
+    if let Err(e) = configure_link(&link.netlink, index, &config, &mut link.routes).await {
+        teardown(&link).await;
         let _ = std::fs::remove_file(control.path());
         return Err(e);
     }
@@ -61,16 +66,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let socket_path = control.path().to_owned();
     let (commands_tx, commands) = mpsc::channel(crate::core::limits::CONTROL_CONNECTIONS);
     let control_task = control.spawn(commands_tx);
-    let facts = Facts {
-        interface: name.clone(),
-        listen_port,
-        addresses: config.interface.addresses.clone(),
-        mtu: config.interface.mtu,
-    };
     tracing::info!(tun_offloads = ?tun.offloads(), udp_gso = udp.gso_enabled(), "data path ready");
-    let outcome = event_loop(&config, &tun, udp, commands, &facts).await;
+    let mut config = config;
+    let outcome = event_loop(&mut config, &mut link, &tun, udp, commands, listen_port).await;
     control_task.abort();
-    teardown(&netlink, index, &routes).await;
+    teardown(&link).await;
     drop(tun);
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!(interface = %name, "interface down");
@@ -79,14 +79,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let _ = reply.send("stopped\n".into());
     }
     Ok(())
-}
-
-/// What status reports that the config alone does not say (the port actually bound).
-struct Facts {
-    interface: String,
-    listen_port: u16,
-    addresses: Vec<IpNetwork>,
-    mtu: usize,
 }
 
 /// What woke the event loop. The select! only waits; the work happens after it, where the
@@ -103,11 +95,12 @@ enum Event<'a> {
 }
 
 async fn event_loop(
-    config: &Config,
+    config: &mut Config,
+    link: &mut Link,
     tun: &TunDevice,
     mut udp: UdpIo,
     mut commands: mpsc::Receiver<ControlCommand>,
-    facts: &Facts,
+    listen_port: u16,
 ) -> anyhow::Result<Option<oneshot::Sender<String>>> {
     let mut path = DataPath::new(
         new_device(config)?,
@@ -135,21 +128,27 @@ async fn event_loop(
         };
         match event {
             Event::Stop => return Ok(None),
-            Event::Hangup => {
-                tracing::warn!(
-                    "SIGHUP: live reload is not supported yet; the running config is kept"
-                );
-            }
+            Event::Hangup => match reload(config, link, &mut path.device).await {
+                Ok(done) => tracing::info!("SIGHUP: {done}"),
+                Err(e) => tracing::warn!("SIGHUP: reload refused, running config kept: {e:#}"),
+            },
             Event::Command(command) => match command.request {
                 ControlRequest::Status => {
-                    let _ = command.reply.send(status_json(&path, facts));
+                    let _ = command.reply.send(status_json(&path, config, listen_port));
                 }
                 ControlRequest::Down => return Ok(Some(command.reply)),
                 ControlRequest::Reload => {
-                    let _ = command.reply.send(
-                        "error: live reload is not supported yet; the running config is kept\n"
-                            .into(),
-                    );
+                    let answer = match reload(config, link, &mut path.device).await {
+                        Ok(done) => {
+                            tracing::info!("{done}");
+                            format!("{done}\n")
+                        }
+                        Err(e) => {
+                            tracing::warn!("reload refused, running config kept: {e:#}");
+                            format!("error: {}\n", format!("{e:#}").replace('\n', " "))
+                        }
+                    };
+                    let _ = command.reply.send(answer);
                 }
             },
             Event::Tick => {
@@ -169,6 +168,7 @@ async fn event_loop(
             Event::UdpReadable => path.read_udp(&mut udp, tun),
             Event::UdpWritable => {}
         }
+        log_peer_events(&mut path.device);
         path.drain_transmits();
         path.flush_network(&mut udp);
         if path.has_tun_backlog() {
@@ -192,16 +192,32 @@ fn new_device(config: &Config) -> anyhow::Result<Device> {
     }))
 }
 
-fn status_json(path: &DataPath, facts: &Facts) -> String {
+/// Peer state changes, at info: the operator's view of handshakes and roaming.
+fn log_peer_events(device: &mut Device) {
+    while let Some(event) = device.poll_event() {
+        match event {
+            PeerEvent::HandshakeCompleted { peer } => tracing::info!(%peer, "handshake completed"),
+            PeerEvent::EndpointChanged { peer, endpoint } => {
+                tracing::info!(%peer, %endpoint, "endpoint changed")
+            }
+            PeerEvent::HandshakeGaveUp { peer } => {
+                tracing::info!(%peer, "no answer to handshakes for 90 s; staged packets dropped")
+            }
+            PeerEvent::SessionExpired { peer } => tracing::info!(%peer, "session expired"),
+        }
+    }
+}
+
+fn status_json(path: &DataPath, config: &Config, listen_port: u16) -> String {
     let [(net_slots, net_queued), (tun_slots, tun_queued)] = path.ring_occupancy();
     let ring = |slots, queued| RingStatus { slots, queued };
     let status = InterfaceStatus::snapshot(
         &path.device,
         ShellFacts {
-            interface: &facts.interface,
-            listen_port: facts.listen_port,
-            addresses: &facts.addresses,
-            mtu: facts.mtu,
+            interface: &config.interface.name,
+            listen_port,
+            addresses: &config.interface.addresses,
+            mtu: config.interface.mtu,
             rings: [
                 ("tun_to_udp", ring(net_slots, net_queued)),
                 ("udp_to_tun", ring(tun_slots, tun_queued)),
@@ -238,8 +254,9 @@ async fn configure_link(
     Ok(())
 }
 
-async fn teardown(netlink: &Netlink, index: u32, routes: &[IpNetwork]) {
-    for route in routes {
+async fn teardown(link: &Link) {
+    let (netlink, index) = (&link.netlink, link.index);
+    for route in &link.routes {
         if let Err(e) = netlink.del_route(index, *route).await {
             tracing::warn!("removing route {route}: {e}");
         }

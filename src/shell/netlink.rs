@@ -113,6 +113,43 @@ impl Netlink {
 
     /// Sets the link MTU. IPv6 needs at least 1280: below that the kernel
     /// silently removes the link's IPv6 addresses and refuses new ones.
+    /// Removes an address from the link; Ok when it is not there.
+    pub async fn del_address(&self, index: u32, addr: IpNetwork) -> Result<(), NetlinkError> {
+        let mut found = pin!(self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .set_address_filter(addr.ip())
+            .set_prefix_length_filter(addr.prefix())
+            .execute());
+        let mut messages = Vec::new();
+        loop {
+            match found.try_next().await {
+                Ok(Some(message)) => messages.push(message),
+                Ok(None) => break,
+                Err(e) => {
+                    return self
+                        .check(index, Err(e), addr.is_ipv6(), |link| {
+                            format!("looking up address {addr} on {link}")
+                        })
+                        .await
+                }
+            }
+        }
+        for message in messages {
+            let result = self.handle.address().del(message).execute().await;
+            if result.as_ref().err().and_then(errno) == Some(libc::EADDRNOTAVAIL) {
+                continue;
+            }
+            self.check(index, result, addr.is_ipv6(), |link| {
+                format!("removing address {addr} from {link}")
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NetlinkError> {
         let message = LinkUnspec::new_with_index(index).mtu(mtu).build();
         let result = self.handle.link().set(message).execute().await;

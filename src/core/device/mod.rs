@@ -6,9 +6,9 @@
 //! per-peer flag and comes out of `poll_transmit`, so no queue grows with traffic.
 
 use crate::core::handshake::{self, HandshakeError, Mac1Key};
-use crate::core::keys::SecretKey;
+use crate::core::keys::{PublicKey, SecretKey};
 use crate::core::limits::{
-    ring_slot_bytes, KEEPALIVE_TIMEOUT, MIN_INITIATION_INTERVAL, REJECT_AFTER_TIME,
+    ring_slot_bytes, EVENT_QUEUE, KEEPALIVE_TIMEOUT, MIN_INITIATION_INTERVAL, REJECT_AFTER_TIME,
     REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME, REKEY_TIMEOUT, SESSIONS_PER_PEER,
 };
 use crate::core::packet;
@@ -24,10 +24,13 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use transmit::note_sent;
 
+mod reconfigure;
 #[cfg(test)]
 mod tests;
 mod timers;
 mod transmit;
+
+pub use reconfigure::Reconfigured;
 
 /// Everything the device needs to start.
 #[derive(Debug, Clone)]
@@ -73,6 +76,25 @@ pub enum NetworkAction {
     Drop(DropReason),
 }
 
+/// Something about a peer an operator wants to know; the shell logs these. Never per packet:
+/// each marks a change of state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerEvent {
+    HandshakeCompleted {
+        peer: PublicKey,
+    },
+    EndpointChanged {
+        peer: PublicKey,
+        endpoint: SocketAddr,
+    },
+    HandshakeGaveUp {
+        peer: PublicKey,
+    },
+    SessionExpired {
+        peer: PublicKey,
+    },
+}
+
 /// A datagram `poll_transmit` wrote into the caller's buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transmit {
@@ -96,6 +118,8 @@ pub struct Device {
     /// Scratch for re-encrypting a staged packet (padding is written in place).
     scratch: Box<[u8]>,
     drops: DropCounters,
+    /// Peer events not yet taken by the shell; bounded, newest dropped when full.
+    events: VecDeque<PeerEvent>,
 }
 
 impl Device {
@@ -124,6 +148,7 @@ impl Device {
             wall_clock_at_zero: config.wall_clock_at_zero,
             scratch: vec![0u8; ring_slot_bytes(config.mtu)].into_boxed_slice(),
             drops: DropCounters::default(),
+            events: VecDeque::with_capacity(EVENT_QUEUE),
         }
     }
 
@@ -142,6 +167,11 @@ impl Device {
     /// Counts a drop the shell decided on (e.g. a full ring).
     pub fn count_drop(&mut self, reason: DropReason) {
         self.drops.count(reason);
+    }
+
+    /// The oldest peer event not yet taken.
+    pub fn poll_event(&mut self) -> Option<PeerEvent> {
+        self.events.pop_front()
     }
 
     /// Counts `n` drops the shell decided on.
@@ -310,7 +340,7 @@ impl Device {
         peer.latest_timestamp = Some(timestamp);
         peer.last_initiation_at = Some(now);
         peer.last_handshake_at = Some(now);
-        peer.roam_to(from);
+        let moved = peer.roam_to(from).then_some(peer.config.public_key);
         let session = Session::new(local_index, remote_index, keys, now, false);
         let replaced = peer.next.replace(session).map(|s| s.local_index);
         peer.traffic.tx_bytes += wire::RESPONSE_LEN as u64;
@@ -318,6 +348,12 @@ impl Device {
             self.indexes.remove(&old);
         }
         self.indexes.insert(local_index, id);
+        if let Some(peer) = moved {
+            self.emit(PeerEvent::EndpointChanged {
+                peer,
+                endpoint: from,
+            });
+        }
         Ok(NetworkAction::WriteToNetwork {
             to: from,
             len: wire::RESPONSE_LEN,
@@ -358,7 +394,8 @@ impl Device {
         };
         peer.handshake = None;
         peer.last_handshake_at = Some(now);
-        peer.roam_to(from);
+        let key = peer.config.public_key;
+        let moved = peer.roam_to(from);
         let session = Session::new(local_index, message.sender(), keys, now, true);
         let evicted = peer.install_current(session);
         // Confirm the session to the responder at once, even with nothing staged to send.
@@ -367,6 +404,13 @@ impl Device {
             self.indexes.remove(&old);
         }
         self.enqueue(id);
+        self.emit(PeerEvent::HandshakeCompleted { peer: key });
+        if moved {
+            self.emit(PeerEvent::EndpointChanged {
+                peer: key,
+                endpoint: from,
+            });
+        }
         Ok(NetworkAction::Consumed)
     }
 
@@ -403,7 +447,8 @@ impl Device {
         })?;
         let initiator_should_rekey = session.we_initiated
             && session.age(now) >= REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT;
-        peer.roam_to(from);
+        let key = peer.config.public_key;
+        let moved = peer.roam_to(from);
         peer.sent_data_unanswered_since = None;
         peer.traffic.rx_bytes += wire_len as u64;
         peer.traffic.rx_packets += 1;
@@ -414,6 +459,13 @@ impl Device {
                 }
             }
             self.enqueue(id);
+            self.emit(PeerEvent::HandshakeCompleted { peer: key });
+        }
+        if moved {
+            self.emit(PeerEvent::EndpointChanged {
+                peer: key,
+                endpoint: from,
+            });
         }
         if initiator_should_rekey && self.peers[id].handshake.is_none() {
             self.want_initiation(id);

@@ -218,3 +218,35 @@ fn garbage_is_never_answered_and_never_panics() {
     let counted: u64 = b.drops().iter().map(|(_, n)| n).sum();
     assert_eq!(counted, 20_000);
 }
+
+#[test]
+fn reconfigure_keeps_sessions_of_peers_that_stay() {
+    let (mut a, mut b) = pair();
+    let now = Duration::from_secs(1);
+    let datagram = handshake(&mut a, &mut b, now);
+    let c = key(3).public_key();
+    let mut widened = peer(key(1).public_key(), "100.64.0.1/32", A_ADDR);
+    widened.allowed_ips.push("100.65.1.0/24".parse().unwrap());
+    let summary = b.reconfigure(vec![peer(c, "100.64.0.3/32", "198.18.0.3:51820"), widened]);
+    assert_eq!((summary.added, summary.changed, summary.removed), (1, 1, 0));
+    // A's session survived the reload, now at a different position in B's peer list.
+    let mut out = buf();
+    let from = A_ADDR.parse().unwrap();
+    assert_eq!(
+        b.handle_datagram(from, &datagram, now, &mut out),
+        NetworkAction::WriteToTun { len: 25 }
+    );
+    // Removing A forgets its sessions at once.
+    let summary = b.reconfigure(vec![peer(c, "100.64.0.3/32", "198.18.0.3:51820")]);
+    assert_eq!(summary.removed, 1);
+    let mut packet = ipv4([100, 64, 0, 1], [100, 64, 0, 2], b"late");
+    let TunAction::WriteToNetwork { len, .. } = a.handle_tun_packet(&mut packet, 24, now, &mut out)
+    else {
+        panic!("A could not send");
+    };
+    let mut inner = buf();
+    assert_eq!(
+        b.handle_datagram(from, &out[..len], now, &mut inner),
+        NetworkAction::Drop(DropReason::UnknownPeer)
+    );
+}

@@ -15,6 +15,12 @@ impl Device {
         let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
+        let key = peer.config.public_key;
+        let current_expired = peer
+            .current
+            .as_ref()
+            .is_some_and(|s| s.age(now) >= REJECT_AFTER_TIME);
+        let mut gave_up = false;
         let mut dead_indexes: [Option<u32>; SESSIONS_PER_PEER + 1] = [None; SESSIONS_PER_PEER + 1];
         for (i, slot) in [&mut peer.previous, &mut peer.current, &mut peer.next]
             .into_iter()
@@ -37,6 +43,7 @@ impl Device {
                     peer.staged.clear();
                     peer.drops.add(DropReason::HandshakeTimeout, dropped);
                     self.drops.add(DropReason::HandshakeTimeout, dropped);
+                    gave_up = true;
                 } else {
                     peer.want_initiation = true;
                     wake = true;
@@ -88,6 +95,12 @@ impl Device {
         }
         if wake {
             self.enqueue(id);
+        }
+        if current_expired {
+            self.emit(super::PeerEvent::SessionExpired { peer: key });
+        }
+        if gave_up {
+            self.emit(super::PeerEvent::HandshakeGaveUp { peer: key });
         }
     }
 }

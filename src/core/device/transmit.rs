@@ -86,6 +86,14 @@ impl Device {
         })
     }
 
+    /// Queues a peer event for the shell; when the queue is full the event is dropped, since
+    /// events only feed the log.
+    pub(super) fn emit(&mut self, event: super::PeerEvent) {
+        if self.events.len() < crate::core::limits::EVENT_QUEUE {
+            self.events.push_back(event);
+        }
+    }
+
     pub(super) fn want_initiation(&mut self, id: PeerId) {
         if let Some(peer) = self.peers.get_mut(id) {
             peer.want_initiation = true;

@@ -601,3 +601,64 @@ fn errors_are_one_clear_line() {
         ));
     }
 }
+
+#[test]
+fn reload_applies_changes_and_refuses_bad_configs() {
+    if !common::netns_available("reload_applies_changes_and_refuses_bad_configs") {
+        return;
+    }
+    let (mut lab, a, b) = Lab::pair("rl", 51826);
+    lab.up_pair(&a, &b, &[], &[]);
+    lab.must_ping(&a, &b.v4);
+    let before = lab.status(&a.iface);
+    let handshake_before = lab.peer_status(&before, &b.public)["last_handshake_secs_ago"].clone();
+
+    // Widen B's allowed_ips in A's config: a route appears, the session stays.
+    let text = lab.config_text(&a, &[(&b, &["100.65.7.0/24"])]);
+    lab.write_file(&format!("{}.toml", a.iface), &text);
+    let out = run_timeout(
+        Command::new(BIN).args(["reload", &a.iface]),
+        Duration::from_secs(20),
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !said.contains("1 changed") {
+        lab.fail(format!(
+            "reload should succeed and report 1 changed peer; {}",
+            describe(&out)
+        ));
+    }
+    let routes = lab.ip_ok(&a.ns, &["route", "show", "100.65.7.0/24"]);
+    if !routes.contains(&format!("dev {}", a.iface)) {
+        lab.fail(format!(
+            "after reload: expected a route 100.65.7.0/24 dev {}, got {routes:?}",
+            a.iface
+        ));
+    }
+    lab.must_ping(&a, &b.v4);
+    let after = lab.status(&a.iface);
+    let handshake_after = &lab.peer_status(&after, &b.public)["last_handshake_secs_ago"];
+    if handshake_before.is_null() || handshake_after.is_null() {
+        lab.fail(format!("the session should survive the reload: handshake ages {handshake_before} then {handshake_after}"));
+    }
+
+    // A broken config is refused with one clear line, and the running state is kept.
+    lab.write_file(&format!("{}.toml", a.iface), "[interface]\nname = 3\n");
+    let out = run_timeout(
+        Command::new(BIN).args(["reload", &a.iface]),
+        Duration::from_secs(20),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || err.lines().count() != 1 || !err.contains(".toml") {
+        lab.fail(format!(
+            "a broken config should be refused in one line naming the file; {}",
+            describe(&out)
+        ));
+    }
+    lab.must_ping(&a, &b.v4);
+    let routes = lab.ip_ok(&a.ns, &["route", "show", "100.65.7.0/24"]);
+    if !routes.contains(&format!("dev {}", a.iface)) {
+        lab.fail(format!(
+            "a refused reload must keep the running routes, got {routes:?}"
+        ));
+    }
+}

@@ -101,9 +101,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { iface, json } => status(iface, json),
-        Command::DhtNode { .. } => anyhow::bail!(
-            "dht-node is not available in this build yet: DHT discovery is still being written"
-        ),
+        Command::DhtNode { listen, bootstrap } => {
+            dhtun::shell::dht::run_dht_node(listen, &bootstrap)
+        }
     }
 }
 

@@ -10,6 +10,7 @@ pub mod limits;
 pub mod offload;
 pub mod packet;
 pub mod peer;
+pub mod record;
 pub mod replay;
 pub mod ring;
 pub mod routing;

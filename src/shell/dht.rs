@@ -1,0 +1,601 @@
+//! The Mainline DHT: publishing our record and looking up peers' records, through the `mainline`
+//! crate, plus the standalone `dhtun dht-node`.
+//!
+//! mainline runs its own actor thread with its own IPv4 UDP socket; its async API only queues a
+//! message to that thread and awaits the answer on a channel, so nothing here blocks the
+//! caller's thread beyond binding the socket at start. Every call into mainline runs in a spawned
+//! task under a time limit: mainline panics when its actor thread has died, and in a task that
+//! panic becomes an error the daemon reports instead of taking the tunnel down with it.
+//!
+//! What the DHT returns is bounded before it costs memory: one lookup examines at most
+//! `MAX_RESOLVE_ITEMS` items, a record lists at most `MAX_RECORD_CANDIDATES` addresses, and
+//! every item that is refused is counted in [`DhtStatus`], never logged one by one.
+//!
+//! mainline 8 in tiny private networks, as measured on loopback:
+//! - The first node of a network (no bootstrap nodes) lists every node that asks it anything in
+//!   its routing table, read-only clients included. A lookup that is told about a read-only
+//!   client waits out the request timeout (2 s) on it. Lookups here return the first valid item
+//!   and do not wait for the end; a publish does. So nodes of a private network should run in
+//!   server mode (publish and lookup then take well under 100 ms), or at least with a shorter
+//!   request timeout.
+//! - A node given its own address as bootstrap node never fills its routing table and spins at
+//!   full speed re-bootstrapping, logging an error each time; our own address is therefore
+//!   dropped from the bootstrap list, which lets every bootstrap node of a network share one list.
+//! - A lookup asked while another one for the same key is still running joins that one: it gets
+//!   the answers collected so far, and nothing newer until that lookup ends.
+
+use crate::core::keys::{PublicKey, SecretKey};
+use crate::core::limits::{
+    DHT_ACTOR_TIMEOUT, DHT_BOOTSTRAP_DNS_TIMEOUT, DHT_PUBLISH_TIMEOUT, DHT_RESOLVE_TIMEOUT,
+    DHT_STATUS_INTERVAL, MAX_RESOLVE_ITEMS,
+};
+use crate::core::record::{is_newer, next_sequence, Record, RECORD_SALT};
+use anyhow::Context as _;
+use futures::StreamExt as _;
+use mainline::async_dht::{AsyncDht, GetMutableOutcomeReceiver};
+use mainline::errors::{ConcurrencyError, PutMutableError, PutQueryError};
+use mainline::MutableItem;
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::task::JoinHandle;
+
+/// How to start a DHT node.
+#[derive(Debug, Clone)]
+pub struct DhtOptions {
+    /// Nodes to join the DHT through, `HOST:PORT` or `IPV4:PORT`. Empty: this node is the first
+    /// of a new network.
+    pub bootstrap: Vec<String>,
+    /// IPv4 address and UDP port of the DHT socket; port 0 picks any free port.
+    pub bind: SocketAddrV4,
+    /// Answer other nodes' requests from the start, as a node of a private network or a
+    /// bootstrap node should. Otherwise mainline starts read-only and switches on its own once
+    /// it has seen that it is reachable.
+    pub server_mode: bool,
+    /// How long to wait for one node's answer; `None` keeps mainline's 2 s. On a local network
+    /// a few hundred milliseconds make lookups that hit a silent node much faster.
+    pub request_timeout: Option<Duration>,
+}
+
+/// A running DHT node. Cheap to clone; the node stops when the last clone is dropped.
+#[derive(Clone)]
+pub struct Dht {
+    inner: Arc<Inner>,
+}
+
+/// The node's state as `dhtun status` shows it. Counters only grow.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DhtStatus {
+    /// Address of the DHT socket.
+    pub local_address: String,
+    pub server_mode: bool,
+    /// Whether the routing table holds at least one node that answered us.
+    pub bootstrapped: bool,
+    pub routing_table_size: usize,
+    /// The address DHT nodes report seeing our packets come from.
+    pub public_address: Option<SocketAddrV4>,
+    /// When our record was last stored, in seconds since the Unix epoch, and its sequence.
+    pub last_publish_unix: Option<u64>,
+    pub last_publish_seq: Option<i64>,
+    /// The latest thing that went wrong, cleared by the next successful publish.
+    pub last_error: Option<String>,
+    pub publishes: u64,
+    pub publish_failures: u64,
+    pub resolves: u64,
+    /// Items refused by lookups: the sum of the three counters below.
+    pub records_ignored: u64,
+    /// Validly signed values that are not a dhtun record we can read.
+    pub records_malformed: u64,
+    /// Values older than one already seen (a replay, or a node that missed an update).
+    pub records_older: u64,
+    /// Values whose signature, key or target did not check out (counted by mainline).
+    pub records_bad_signature: u64,
+}
+
+impl DhtOptions {
+    /// A client node on every local address and `port` (0: any free port).
+    pub fn client(bootstrap: &[String], port: u16) -> Self {
+        Self {
+            bootstrap: bootstrap.to_vec(),
+            bind: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port),
+            server_mode: false,
+            request_timeout: None,
+        }
+    }
+}
+
+/// The public Mainline bootstrap nodes, the default of `[dht] bootstrap`.
+pub fn default_bootstrap() -> Vec<String> {
+    mainline::DEFAULT_BOOTSTRAP_NODES
+        .iter()
+        .map(|node| node.to_string())
+        .collect()
+}
+
+impl Dht {
+    /// Binds the DHT socket and starts the node. Fails with a clear message when the socket
+    /// cannot be bound; bootstrap nodes that do not resolve are only reported in the status,
+    /// since the tunnel's static peers work without the DHT.
+    pub async fn start(options: DhtOptions) -> anyhow::Result<Self> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .context("the DHT node must be started inside a tokio runtime")?;
+        let local = reserve(options.bind)?;
+        let (mut bootstrap, dns_error) = resolve_bootstrap(&options.bootstrap).await;
+        bootstrap.retain(|node| !is_own_address(*node, local));
+        if let Some(error) = &dns_error {
+            tracing::warn!("DHT: {error}");
+        }
+
+        let mut builder = mainline::Dht::builder();
+        builder
+            .bootstrap(&bootstrap)
+            .bind_address(*local.ip())
+            .port(local.port());
+        if options.server_mode {
+            builder.server_mode();
+        }
+        if let Some(timeout) = options.request_timeout {
+            builder.request_timeout(timeout);
+        }
+        // mainline panics instead of failing when its thread dies before answering the start-up
+        // check (a bind that fails in the short window after `reserve` let go of the port).
+        let node = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| builder.build()))
+            .map_err(|_| anyhow::anyhow!("the DHT node on {local} failed to start"))?
+            .map_err(|e| bind_error(local, e))?;
+
+        let status = Arc::new(Mutex::new(DhtStatus {
+            local_address: local.to_string(),
+            server_mode: options.server_mode,
+            last_error: dns_error,
+            ..DhtStatus::default()
+        }));
+        let node = node.as_async();
+        let refresher = runtime.spawn(refresh_status(node.clone(), Arc::clone(&status)));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                node,
+                local,
+                status,
+                last_seq: tokio::sync::Mutex::new(None),
+                refresher,
+            }),
+        })
+    }
+
+    /// Address of the DHT socket.
+    pub fn local_addr(&self) -> SocketAddrV4 {
+        self.inner.local
+    }
+
+    /// The IP DHT nodes report seeing us at, to put in our record.
+    pub fn public_ip(&self) -> Option<IpAddr> {
+        self.inner
+            .status()
+            .public_address
+            .map(|address| IpAddr::V4(*address.ip()))
+    }
+
+    /// Publishes `record` signed by `key`, with a sequence number above every one this node
+    /// used before; returns that number. Publishes of one node run one at a time. Waits for the
+    /// DHT nodes' answers: a publish takes one lookup and one round of puts.
+    pub async fn publish(&self, key: &SecretKey, record: &Record) -> anyhow::Result<i64> {
+        let value = record.encode().context("encoding our DHT record")?;
+        let mut last = self.inner.last_seq.lock().await;
+        let mut seq = next_sequence(*last, unix_now());
+        let mut result = self.put(key, &value, seq).await;
+        if matches!(result, Err(PutFailure::NotMostRecent)) {
+            // The DHT holds a record of ours with a higher sequence: our clock stepped back, or
+            // this key ran elsewhere with a clock ahead of ours. Go past it once.
+            if let Some(newest) = self.newest_sequence(key.public_key()).await {
+                seq = next_sequence(Some(newest.max(seq)), unix_now());
+                result = self.put(key, &value, seq).await;
+            }
+        }
+        // Even a failed put may have reached some nodes, so the next one must go higher.
+        *last = Some(seq);
+        drop(last);
+
+        let mut status = self.inner.status();
+        match result {
+            Ok(stored_at) => {
+                status.publishes += 1;
+                status.last_publish_unix = Some(unix_now().as_secs());
+                status.last_publish_seq = Some(seq);
+                status.last_error = None;
+                tracing::debug!(seq, stored_at, "DHT: published our record");
+                Ok(seq)
+            }
+            Err(failure) => {
+                let message = format!("publishing our record: {failure}");
+                status.publish_failures += 1;
+                status.last_error = Some(message.clone());
+                tracing::warn!("DHT: {message}");
+                Err(anyhow::anyhow!(message))
+            }
+        }
+    }
+
+    /// Looks up `peer`'s record. mainline has checked each item's signature, key and target;
+    /// here an item is refused, and counted, when its value is not a record or when it is older
+    /// than `seen` (the sequence of the record the caller already has). Returns the first record
+    /// newer than `seen`, or `None` when the lookup ends or runs out of time without one. An
+    /// error means the DHT node itself has stopped.
+    pub async fn resolve(
+        &self,
+        peer: &PublicKey,
+        seen: Option<i64>,
+    ) -> anyhow::Result<Option<(i64, Record)>> {
+        self.inner.status().resolves += 1;
+        let node = self.inner.node.clone();
+        let status = Arc::clone(&self.inner.status);
+        let key = *peer.ed25519_bytes();
+        let found = isolated(DHT_RESOLVE_TIMEOUT, lookup(node, status, key, seen)).await?;
+        Ok(found.flatten())
+    }
+
+    /// A snapshot of the node's state; never waits for the node.
+    pub fn status(&self) -> DhtStatus {
+        self.inner.status().clone()
+    }
+
+    /// One put of `value` at `seq`; on success, how many nodes stored it.
+    async fn put(&self, key: &SecretKey, value: &[u8], seq: i64) -> Result<u32, PutFailure> {
+        let item = MutableItem::new(key.signing_key(), value, seq, Some(RECORD_SALT));
+        let node = self.inner.node.clone();
+        let put = async move { node.put_mutable(item, None).await };
+        match isolated(DHT_PUBLISH_TIMEOUT, put).await {
+            Ok(Some(Ok(outcome))) => Ok(outcome.stored_at),
+            Ok(Some(Err(PutMutableError::Concurrency(ConcurrencyError::NotMostRecent)))) => {
+                Err(PutFailure::NotMostRecent)
+            }
+            Ok(Some(Err(error))) => Err(PutFailure::Refused(describe_put_error(&error))),
+            Ok(None) => Err(PutFailure::Refused(format!(
+                "no answer within {} s",
+                DHT_PUBLISH_TIMEOUT.as_secs()
+            ))),
+            Err(error) => Err(PutFailure::Refused(error.to_string())),
+        }
+    }
+
+    /// The highest sequence number the DHT holds for `key`'s record, whatever its value.
+    async fn newest_sequence(&self, key: PublicKey) -> Option<i64> {
+        let node = self.inner.node.clone();
+        let newest = async move {
+            let items = node.get_mutable(key.ed25519_bytes(), Some(RECORD_SALT), None);
+            items
+                .take(MAX_RESOLVE_ITEMS)
+                .fold(None, |newest: Option<i64>, item| async move {
+                    Some(newest.map_or(item.seq(), |n| n.max(item.seq())))
+                })
+                .await
+        };
+        isolated(DHT_RESOLVE_TIMEOUT, newest)
+            .await
+            .ok()
+            .flatten()
+            .flatten()
+    }
+}
+
+/// `dhtun dht-node`: a standalone server-mode node on `listen`, joined to `bootstrap` (or the
+/// first node of a new network when there is none), until SIGINT or SIGTERM.
+pub fn run_dht_node(listen: SocketAddr, bootstrap: &[SocketAddr]) -> anyhow::Result<()> {
+    let SocketAddr::V4(bind) = listen else {
+        anyhow::bail!(
+            "--listen {listen}: the Mainline DHT runs over IPv4 only; give an IPv4 address"
+        );
+    };
+    if let Some(v6) = bootstrap.iter().find(|a| a.is_ipv6()) {
+        anyhow::bail!(
+            "--bootstrap {v6}: the Mainline DHT runs over IPv4 only; give an IPv4 address"
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        // Signals first, so a stop request during start-up is not lost.
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let dht = Dht::start(DhtOptions {
+            bootstrap: bootstrap.iter().map(SocketAddr::to_string).collect(),
+            bind,
+            server_mode: true,
+            request_timeout: None,
+        })
+        .await?;
+        tracing::info!(address = %dht.local_addr(), "DHT node running (server mode)");
+        tokio::select! {
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
+        }
+        tracing::info!("DHT node stopping");
+        Ok(())
+    })
+}
+
+struct Inner {
+    node: AsyncDht,
+    local: SocketAddrV4,
+    status: Arc<Mutex<DhtStatus>>,
+    /// The sequence of our last put; the lock also keeps our puts one at a time, since mainline
+    /// refuses a second put of one key while the first is in flight.
+    last_seq: tokio::sync::Mutex<Option<i64>>,
+    refresher: JoinHandle<()>,
+}
+
+impl Inner {
+    fn status(&self) -> MutexGuard<'_, DhtStatus> {
+        lock(&self.status)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The refresher holds a handle to mainline's thread; stopping it lets that thread end.
+        self.refresher.abort();
+    }
+}
+
+/// Why a put failed.
+#[derive(Debug)]
+enum PutFailure {
+    /// Nodes hold a record of ours with a higher sequence number.
+    NotMostRecent,
+    Refused(String),
+}
+
+impl std::fmt::Display for PutFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PutFailure::NotMostRecent => {
+                f.write_str("DHT nodes hold a newer record of ours (is this key in use elsewhere?)")
+            }
+            PutFailure::Refused(why) => f.write_str(why),
+        }
+    }
+}
+
+/// The first acceptable record among the items a lookup yields.
+async fn lookup(
+    node: AsyncDht,
+    status: Arc<Mutex<DhtStatus>>,
+    key: [u8; 32],
+    seen: Option<i64>,
+) -> Option<(i64, Record)> {
+    let lookup = node.get_mutable_detailed(&key, Some(RECORD_SALT), seen);
+    // Items that fail mainline's checks never reach us; its final tally counts them.
+    tokio::spawn(count_bad_signatures(lookup.outcome, Arc::clone(&status)));
+    let mut items = lookup.items.take(MAX_RESOLVE_ITEMS);
+    while let Some(item) = items.next().await {
+        let seq = item.seq();
+        if seen == Some(seq) {
+            // What we already have, from a node that ignored our "newer than" or a cached reply.
+            continue;
+        }
+        if !is_newer(seen, seq) {
+            count(&status, 1, |s| &mut s.records_older);
+            continue;
+        }
+        if item.key() != &key {
+            count(&status, 1, |s| &mut s.records_bad_signature);
+            continue;
+        }
+        match Record::decode(item.value()) {
+            Ok(record) => return Some((seq, record)),
+            Err(_) => count(&status, 1, |s| &mut s.records_malformed),
+        }
+    }
+    None
+}
+
+async fn count_bad_signatures(outcome: GetMutableOutcomeReceiver, status: Arc<Mutex<DhtStatus>>) {
+    if let Ok(outcome) = tokio::time::timeout(DHT_RESOLVE_TIMEOUT, outcome.recv()).await {
+        if outcome.invalid_values > 0 {
+            count(&status, u64::from(outcome.invalid_values), |s| {
+                &mut s.records_bad_signature
+            });
+        }
+    }
+}
+
+/// Adds `n` to a refusal counter and to their sum.
+fn count(status: &Mutex<DhtStatus>, n: u64, counter: impl FnOnce(&mut DhtStatus) -> &mut u64) {
+    let mut status = lock(status);
+    let counter = counter(&mut status);
+    *counter = counter.saturating_add(n);
+    status.records_ignored = status.records_ignored.saturating_add(n);
+}
+
+/// Keeps the routing-table part of the status current, until the node is dropped or dies.
+async fn refresh_status(node: AsyncDht, status: Arc<Mutex<DhtStatus>>) {
+    loop {
+        let asking = node.clone();
+        let ask = async move {
+            let info = asking.info().await;
+            let table = asking.to_bootstrap().await.len();
+            (info, table)
+        };
+        match isolated(DHT_ACTOR_TIMEOUT, ask).await {
+            Ok(Some((info, table))) => {
+                let mut status = lock(&status);
+                status.routing_table_size = table;
+                status.bootstrapped = table > 0;
+                status.server_mode = info.server_mode();
+                status.public_address = info.public_address();
+            }
+            Ok(None) => {}
+            Err(error) => {
+                let mut status = lock(&status);
+                status.bootstrapped = false;
+                status.last_error = Some(error.to_string());
+                tracing::error!("DHT: {error}");
+                return;
+            }
+        }
+        tokio::time::sleep(DHT_STATUS_INTERVAL).await;
+    }
+}
+
+/// Runs `work` in its own task for at most `limit`: `Ok(None)` when time ran out, an error
+/// when the task panicked (mainline's way of saying its thread has stopped).
+async fn isolated<T: Send + 'static>(
+    limit: Duration,
+    work: impl Future<Output = T> + Send + 'static,
+) -> anyhow::Result<Option<T>> {
+    let mut task = tokio::spawn(work);
+    match tokio::time::timeout(limit, &mut task).await {
+        Ok(Ok(value)) => Ok(Some(value)),
+        Ok(Err(_)) => Err(anyhow::anyhow!("the DHT node stopped unexpectedly")),
+        Err(_) => {
+            task.abort();
+            Ok(None)
+        }
+    }
+}
+
+/// Binds `bind` once to learn whether it can be bound (and, for port 0, which port is free),
+/// then lets go so mainline can bind it: mainline cannot take a socket we opened.
+fn reserve(bind: SocketAddrV4) -> anyhow::Result<SocketAddrV4> {
+    let socket = UdpSocket::bind(bind).map_err(|e| bind_error(bind, e))?;
+    match socket.local_addr() {
+        Ok(SocketAddr::V4(local)) => Ok(local),
+        Ok(other) => anyhow::bail!("the DHT socket bound to {other}, expected an IPv4 address"),
+        Err(e) => Err(e).with_context(|| format!("reading the address of the DHT socket {bind}")),
+    }
+}
+
+fn bind_error(bind: SocketAddrV4, error: std::io::Error) -> anyhow::Error {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
+            "DHT UDP port {} is already in use on {}; choose another port, or 0 for any free one",
+            bind.port(),
+            bind.ip()
+        ),
+        std::io::ErrorKind::AddrNotAvailable => anyhow::anyhow!(
+            "cannot bind the DHT socket to {bind}: {} is not an address of this host",
+            bind.ip()
+        ),
+        std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+            "binding the DHT socket to {bind}: permission denied (ports below 1024 need root)"
+        ),
+        _ => anyhow::anyhow!("binding the DHT socket to {bind}: {error}"),
+    }
+}
+
+/// Whether `node` is this node itself, bound to `local`. Bound to every address, its other
+/// addresses are not known here; loopback is the one a shared list would name.
+fn is_own_address(node: SocketAddrV4, local: SocketAddrV4) -> bool {
+    node.port() == local.port()
+        && (node.ip() == local.ip()
+            || (local.ip().is_unspecified()
+                && (node.ip().is_loopback() || node.ip().is_unspecified())))
+}
+
+/// The IPv4 addresses of the bootstrap nodes, and what went wrong if some did not resolve.
+/// Host names resolve concurrently, in tokio's blocking pool, under one time limit.
+async fn resolve_bootstrap(nodes: &[String]) -> (Vec<SocketAddrV4>, Option<String>) {
+    let lookups = nodes.iter().map(|node| async move {
+        if let Ok(address) = node.parse::<SocketAddr>() {
+            return Ok(vec![address]);
+        }
+        match tokio::time::timeout(DHT_BOOTSTRAP_DNS_TIMEOUT, tokio::net::lookup_host(node)).await {
+            Ok(Ok(found)) => Ok(found.collect::<Vec<_>>()),
+            Ok(Err(e)) => Err(format!("{node}: {e}")),
+            Err(_) => Err(format!("{node}: no answer from the resolver")),
+        }
+    });
+    let mut addresses = Vec::new();
+    let mut failures = Vec::new();
+    for (node, result) in nodes.iter().zip(futures::future::join_all(lookups).await) {
+        match result {
+            Ok(found) => {
+                let before = addresses.len();
+                addresses.extend(found.into_iter().filter_map(|a| match a {
+                    SocketAddr::V4(v4) => Some(v4),
+                    SocketAddr::V6(_) => None,
+                }));
+                if addresses.len() == before {
+                    failures.push(format!("{node}: no IPv4 address (the DHT runs over IPv4)"));
+                }
+            }
+            Err(failure) => failures.push(failure),
+        }
+    }
+    let error = (!failures.is_empty()).then(|| {
+        format!(
+            "{} of {} bootstrap nodes unusable: {}",
+            failures.len(),
+            nodes.len(),
+            failures.join("; ")
+        )
+    });
+    (addresses, error)
+}
+
+fn describe_put_error(error: &PutMutableError) -> String {
+    match error {
+        PutMutableError::Query(PutQueryError::NoClosestNodes) => {
+            "no DHT node to store it at: not bootstrapped (are the bootstrap nodes reachable?)"
+                .to_string()
+        }
+        PutMutableError::Query(PutQueryError::Timeout) => {
+            "no DHT node answered the put".to_string()
+        }
+        PutMutableError::Query(PutQueryError::ErrorResponse(e)) => {
+            format!("DHT nodes refused it: {} {}", e.code, e.description)
+        }
+        PutMutableError::Concurrency(e) => e.to_string(),
+    }
+}
+
+fn lock(status: &Mutex<DhtStatus>) -> MutexGuard<'_, DhtStatus> {
+    // Counters stay meaningful even if a holder panicked; never propagate the poison.
+    status
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(text: &str) -> SocketAddrV4 {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn own_address_is_recognised() {
+        let any = v4("0.0.0.0:6881");
+        assert!(is_own_address(v4("127.0.0.1:6881"), any));
+        assert!(is_own_address(v4("0.0.0.0:6881"), any));
+        assert!(!is_own_address(v4("127.0.0.1:6882"), any));
+        assert!(!is_own_address(v4("198.18.0.254:6881"), any));
+        let one = v4("198.18.0.254:6881");
+        assert!(is_own_address(one, one));
+        assert!(!is_own_address(v4("198.18.0.1:6881"), one));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn bootstrap_literals_resolve_without_dns() {
+        let nodes = ["127.0.0.1:1".to_string(), "[::1]:2".to_string()];
+        let (found, error) = resolve_bootstrap(&nodes).await;
+        assert_eq!(found, [v4("127.0.0.1:1")]);
+        let error = error.unwrap();
+        assert!(
+            error.contains("1 of 2") && error.contains("[::1]:2"),
+            "{error}"
+        );
+        assert_eq!(resolve_bootstrap(&[]).await, (vec![], None));
+    }
+}

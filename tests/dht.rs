@@ -1,0 +1,466 @@
+//! DHT discovery on loopback: a seed node and client nodes on 127.0.0.1 publish and look up
+//! records. Every node is given its bootstrap nodes explicitly, so nothing here ever talks to
+//! the public Mainline DHT. Every wait is bounded and fails with a message saying what did not
+//! happen.
+
+use dhtun::core::keys::{PublicKey, SecretKey};
+use dhtun::core::record::{Record, RECORD_SALT};
+use dhtun::shell::dht::{Dht, DhtOptions, DhtStatus};
+use mainline::MutableItem;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The longest any single step may take before the test fails.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Peers in server mode, as on a private network: every node answers, so nothing waits for a
+/// request to time out.
+#[tokio::test(flavor = "current_thread")]
+async fn server_mode_peers_find_each_other_fast() {
+    let (publish, resolve) = find_each_other(local_options()).await;
+    // Generous bounds: the figures on an idle machine are below 100 ms each (printed above).
+    assert!(
+        publish < Duration::from_secs(2),
+        "publishing took {publish:?}"
+    );
+    assert!(
+        resolve < Duration::from_secs(1),
+        "resolving took {resolve:?}"
+    );
+}
+
+/// Read-only clients, mainline's default until it sees it is reachable. The first-node seed
+/// lists them in its routing table, so a publish waits out the request timeout on the client
+/// that never answers; lookups still return the first valid item at once.
+#[tokio::test(flavor = "current_thread")]
+async fn read_only_clients_find_each_other() {
+    find_each_other(DhtOptions {
+        server_mode: false,
+        ..local_options()
+    })
+    .await;
+}
+
+/// A publishes, B finds it; A publishes a newer record, B finds that. Returns how long the
+/// first publish and the first lookup took.
+async fn find_each_other(options: DhtOptions) -> (Duration, Duration) {
+    let seed = seed().await;
+    let bootstrap = vec![seed.local_addr().to_string()];
+    let peer = || {
+        start(DhtOptions {
+            bootstrap: bootstrap.clone(),
+            ..options.clone()
+        })
+    };
+    let (a, b) = (peer().await, peer().await);
+    let key_a = key(1);
+
+    let first = record(51820, &["127.0.0.1", "198.18.0.1"]);
+    let started = Instant::now();
+    let seq1 = bounded("A's first publish", a.publish(&key_a, &first))
+        .await
+        .expect("publish failed");
+    let publish_time = started.elapsed();
+
+    let started = Instant::now();
+    let (got_seq, got) = resolve_until(&b, &key_a.public_key(), None, "A's first record").await;
+    let resolve_time = started.elapsed();
+    assert_eq!((got_seq, &got), (seq1, &first));
+    eprintln!("loopback: publish took {publish_time:?}, resolve took {resolve_time:?}");
+
+    // A moves: a newer record with other addresses replaces the old one.
+    let second = record(40000, &["127.0.0.2", "2001:db8::7"]);
+    let seq2 = bounded("A's second publish", a.publish(&key_a, &second))
+        .await
+        .expect("publish failed");
+    assert!(seq2 > seq1, "sequence went from {seq1} to {seq2}");
+    let started = Instant::now();
+    let (got_seq, got) =
+        resolve_until(&b, &key_a.public_key(), Some(seq1), "A's second record").await;
+    assert_eq!((got_seq, &got), (seq2, &second));
+    eprintln!(
+        "loopback: resolving the update took {:?}",
+        started.elapsed()
+    );
+
+    // Asking with the newest sequence already seen finds nothing newer.
+    let again = bounded(
+        "a lookup with nothing newer",
+        b.resolve(&key_a.public_key(), Some(seq2)),
+    )
+    .await
+    .expect("lookup failed");
+    assert_eq!(again, None);
+
+    let status = a.status();
+    assert_eq!(status.publishes, 2, "{status:?}");
+    assert_eq!(status.last_publish_seq, Some(seq2));
+    assert!(status.last_error.is_none(), "{status:?}");
+    wait_for(&b, "B to report itself bootstrapped", |s| s.bootstrapped).await;
+    assert_eq!(b.status().records_ignored, 0, "{:?}", b.status());
+    (publish_time, resolve_time)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn records_signed_by_another_key_are_not_accepted() {
+    let seed = seed().await;
+    let (b, c) = (client(&seed).await, client(&seed).await);
+    let (key_a, key_c) = (key(2), key(3));
+
+    // C's own record is reachable, so A's lookup finding nothing below means something.
+    let theirs = record(1000, &["127.0.0.3"]);
+    bounded("C's publish", c.publish(&key_c, &theirs))
+        .await
+        .expect("publish failed");
+    let (_, got) = resolve_until(&b, &key_c.public_key(), None, "C's record").await;
+    assert_eq!(got, theirs);
+
+    // C signs a record and claims it is A's: every honest node refuses to store it.
+    let forged = record(1000, &["127.0.0.66"]).encode().unwrap();
+    let seq = unix_micros();
+    let by_c = MutableItem::new(key_c.signing_key(), &forged, seq, Some(RECORD_SALT));
+    let claimed = MutableItem::new_signed_unchecked(
+        *key_a.public_key().ed25519_bytes(),
+        *by_c.signature(),
+        &forged,
+        seq,
+        Some(RECORD_SALT),
+    );
+    let raw = raw_node(&seed);
+    let put = bounded("the forged put", raw.put_mutable(claimed, None)).await;
+    assert!(
+        put.is_err(),
+        "a node stored a record signed by the wrong key"
+    );
+
+    let found = bounded("the lookup of A", b.resolve(&key_a.public_key(), None))
+        .await
+        .expect("lookup failed");
+    assert_eq!(
+        found, None,
+        "a record for A was accepted though A never published one"
+    );
+}
+
+/// A lying node answers every lookup with a record for A signed by C. mainline's signature
+/// check drops it; the lookup finds nothing and the refusal is counted.
+#[tokio::test(flavor = "current_thread")]
+async fn forged_answers_are_dropped_and_counted() {
+    let (key_a, key_c) = (key(6), key(7));
+    let value = record(1000, &["127.0.0.66"]).encode().unwrap();
+    let seq = unix_micros();
+    let by_c = MutableItem::new(key_c.signing_key(), &value, seq, Some(RECORD_SALT));
+    let liar = Liar::start(
+        *key_a.public_key().ed25519_bytes(),
+        *by_c.signature(),
+        value,
+        seq,
+    );
+    let b = start(DhtOptions {
+        bootstrap: vec![liar.address.to_string()],
+        ..local_options()
+    })
+    .await;
+    let found = bounded("the lookup of A", b.resolve(&key_a.public_key(), None))
+        .await
+        .expect("lookup failed");
+    assert_eq!(found, None, "a forged record was accepted");
+    wait_for(&b, "the forged answer to be counted", |s| {
+        s.records_bad_signature >= 1
+    })
+    .await;
+    assert!(liar.answered(), "the lying node was never asked");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn malformed_values_are_ignored_and_counted() {
+    let seed = seed().await;
+    let (a, b) = (client(&seed).await, client(&seed).await);
+    let key_a = key(4);
+
+    // Correctly signed by A's key, but not a record: a future format, or a buggy publisher.
+    let raw = raw_node(&seed);
+    let junk = MutableItem::new(
+        key_a.signing_key(),
+        b"\x09junk",
+        unix_micros(),
+        Some(RECORD_SALT),
+    );
+    bounded("the junk put", raw.put_mutable(junk, None))
+        .await
+        .expect("the junk put failed");
+
+    let found = bounded("the lookup of junk", b.resolve(&key_a.public_key(), None))
+        .await
+        .expect("lookup failed");
+    assert_eq!(found, None);
+    let status = b.status();
+    assert!(status.records_malformed >= 1, "{status:?}");
+    assert_eq!(
+        status.records_ignored, status.records_malformed,
+        "{status:?}"
+    );
+
+    // A's next publish goes above the junk's sequence and is found again.
+    let good = record(5000, &["127.0.0.4"]);
+    let seq = bounded("A's publish", a.publish(&key_a, &good))
+        .await
+        .expect("publish failed");
+    let (got_seq, got) = resolve_until(&b, &key_a.public_key(), None, "A's record").await;
+    assert_eq!((got_seq, got), (seq, good));
+}
+
+/// `dhtun dht-node` serves as the seed, and stops cleanly on SIGTERM. It is given its own
+/// address as bootstrap node, as a list shared by all bootstrap nodes of a network would.
+#[tokio::test(flavor = "current_thread")]
+async fn dht_node_command_is_a_seed() {
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let log = std::env::temp_dir().join(format!("dhtun-dht-node-{}.log", std::process::id()));
+    let mut node = Command::new(env!("CARGO_BIN_EXE_dhtun"))
+        .args(["dht-node", "--listen", &address, "--bootstrap", &address])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("creating the dht-node log"))
+        .spawn()
+        .expect("starting dhtun dht-node");
+    let seed = vec![format!("127.0.0.1:{port}")];
+    let a = start(DhtOptions {
+        bootstrap: seed.clone(),
+        ..local_options()
+    })
+    .await;
+    let b = start(DhtOptions {
+        bootstrap: seed,
+        ..local_options()
+    })
+    .await;
+    let key_a = key(5);
+    let mine = record(6000, &["127.0.0.5"]);
+    // The node may still be starting; the first publish waits for it.
+    let seq = bounded("A's publish through dht-node", async {
+        loop {
+            match a.publish(&key_a, &mine).await {
+                Ok(seq) => return seq,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await;
+    let (got_seq, got) = resolve_until(&b, &key_a.public_key(), None, "A's record").await;
+    assert_eq!((got_seq, got), (seq, mine));
+
+    // SAFETY: kill(2) with the pid of a child we spawned and have not waited for yet.
+    let signalled = unsafe { libc::kill(node.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(signalled, 0, "sending SIGTERM to dht-node");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = node.try_wait().expect("waiting for dht-node") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = node.kill();
+            panic!("dht-node did not exit within 5 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        status.success(),
+        "dht-node exited with {status}: {log_text}"
+    );
+    // Bootstrapping from itself would make mainline re-bootstrap in a tight loop, logging an
+    // error each time.
+    let errors = log_text.matches("Could not bootstrap").count();
+    assert!(
+        errors < 5,
+        "dht-node logged {errors} bootstrap errors:\n{log_text}"
+    );
+}
+
+#[test]
+fn dht_node_refuses_a_port_in_use() {
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_dhtun"))
+        .args(["dht-node", "--listen", &address])
+        .output()
+        .expect("running dhtun dht-node");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("already in use"), "stderr: {stderr}");
+}
+
+/// A server-mode node on loopback with no bootstrap nodes yet.
+fn local_options() -> DhtOptions {
+    DhtOptions {
+        bootstrap: Vec::new(),
+        bind: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0),
+        server_mode: true,
+        request_timeout: None,
+    }
+}
+
+/// The first node of a new network.
+async fn seed() -> Dht {
+    start(local_options()).await
+}
+
+async fn client(seed: &Dht) -> Dht {
+    start(DhtOptions {
+        bootstrap: vec![seed.local_addr().to_string()],
+        ..local_options()
+    })
+    .await
+}
+
+async fn start(options: DhtOptions) -> Dht {
+    bounded("starting a node", Dht::start(options))
+        .await
+        .expect("starting a DHT node")
+}
+
+/// A bare mainline node, to put what dhtun itself never would. In server mode like the others,
+/// so no lookup waits on it.
+fn raw_node(seed: &Dht) -> mainline::async_dht::AsyncDht {
+    mainline::Dht::builder()
+        .server_mode()
+        .bootstrap(&[seed.local_addr()])
+        .bind_address(Ipv4Addr::LOCALHOST)
+        .port(0)
+        .build()
+        .expect("starting a raw mainline node")
+        .as_async()
+}
+
+/// Looks `peer` up until a record newer than `seen` comes back.
+async fn resolve_until(
+    dht: &Dht,
+    peer: &PublicKey,
+    seen: Option<i64>,
+    what: &str,
+) -> (i64, Record) {
+    bounded(what, async {
+        loop {
+            match dht.resolve(peer, seen).await {
+                Ok(Some(found)) => return found,
+                Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => panic!("looking up {what}: {e}"),
+            }
+        }
+    })
+    .await
+}
+
+async fn wait_for(dht: &Dht, what: &str, done: impl Fn(&DhtStatus) -> bool) {
+    bounded(what, async {
+        while !done(&dht.status()) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
+/// Runs `work`, failing the test if it takes longer than `WAIT`; a result that is an error
+/// fails it too, through the caller's `expect`.
+async fn bounded<T>(what: &str, work: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(WAIT, work).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
+    }
+}
+
+fn key(n: u8) -> SecretKey {
+    SecretKey::from_seed([n; 32])
+}
+
+fn record(port: u16, addresses: &[&str]) -> Record {
+    let addresses: Vec<IpAddr> = addresses.iter().map(|a| a.parse().unwrap()).collect();
+    Record::new(port, &addresses, None).unwrap()
+}
+
+fn unix_micros() -> i64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    i64::try_from(now.as_micros()).unwrap()
+}
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A fake DHT node on loopback that answers every request, whatever it asks, with the same
+/// BEP 44 item: key `k`, signature `sig`, value `v`, sequence `seq`.
+struct Liar {
+    address: std::net::SocketAddr,
+    answers: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Liar {
+    fn start(k: [u8; 32], sig: [u8; 64], v: Vec<u8>, seq: i64) -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let address = socket.local_addr().unwrap();
+        let answers = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (counted, stopping) = (Arc::clone(&answers), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !stopping.load(Ordering::Relaxed) {
+                let Ok((len, from)) = socket.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Some(tid) = transaction_id(&buf[..len]) else {
+                    continue;
+                };
+                // A bencoded KRPC response, keys in sorted order.
+                let mut out = b"d1:rd2:id20:".to_vec();
+                out.extend_from_slice(&[0x42; 20]);
+                out.extend_from_slice(b"1:k32:");
+                out.extend_from_slice(&k);
+                out.extend_from_slice(format!("3:seqi{seq}e3:sig64:").as_bytes());
+                out.extend_from_slice(&sig);
+                out.extend_from_slice(b"5:token4:liar");
+                out.extend_from_slice(format!("1:v{}:", v.len()).as_bytes());
+                out.extend_from_slice(&v);
+                out.extend_from_slice(b"e1:t4:");
+                out.extend_from_slice(&tid);
+                out.extend_from_slice(b"1:y1:re");
+                let _ = socket.send_to(&out, from);
+                counted.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Self {
+            address,
+            answers,
+            stop,
+        }
+    }
+
+    fn answered(&self) -> bool {
+        self.answers.load(Ordering::Relaxed) > 0
+    }
+}
+
+impl Drop for Liar {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The 4-byte transaction id of a KRPC message mainline sent (`1:t4:` and four bytes).
+fn transaction_id(message: &[u8]) -> Option<[u8; 4]> {
+    let at = message.windows(5).position(|w| w == b"1:t4:")? + 5;
+    message.get(at..at + 4)?.try_into().ok()
+}

@@ -20,12 +20,6 @@ pub const DEFAULT_LISTEN_PORT: u16 = 51820;
 pub const DEFAULT_INTERFACE: &str = "dhtun0";
 /// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
 const MAX_IFNAME: usize = 15;
-/// The public Mainline bootstrap nodes, used when `[dht] bootstrap` is absent.
-pub const DEFAULT_BOOTSTRAP: [&str; 3] = [
-    "router.bittorrent.com:6881",
-    "dht.transmissionbt.com:6881",
-    "dht.libtorrent.org:25401",
-];
 
 /// A config error, displayed as `FILE:LINE: message` (or `FILE: message` without a line).
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +55,11 @@ pub struct DhtConfig {
     pub enabled: bool,
     pub bootstrap: Vec<String>,
     pub port: u16,
+    /// Answer other nodes from the start (private networks); otherwise mainline starts
+    /// read-only and switches once it sees it is reachable.
+    pub server_mode: bool,
+    /// How long to wait for one DHT node's answer; None keeps mainline's 2 s.
+    pub request_timeout: Option<Duration>,
 }
 
 impl Config {
@@ -136,8 +135,10 @@ impl Default for DhtConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            bootstrap: DEFAULT_BOOTSTRAP.iter().map(|s| s.to_string()).collect(),
+            bootstrap: crate::shell::dht::default_bootstrap(),
             port: 0,
+            server_mode: false,
+            request_timeout: None,
         }
     }
 }
@@ -149,6 +150,11 @@ impl From<RawDht> for DhtConfig {
             enabled: raw.enabled.unwrap_or(default.enabled),
             bootstrap: raw.bootstrap.unwrap_or(default.bootstrap),
             port: raw.port.unwrap_or(default.port),
+            server_mode: raw.server_mode.unwrap_or(default.server_mode),
+            request_timeout: raw
+                .request_timeout_ms
+                .filter(|&ms| ms > 0)
+                .map(Duration::from_millis),
         }
     }
 }
@@ -180,6 +186,8 @@ struct RawDht {
     enabled: Option<bool>,
     bootstrap: Option<Vec<String>>,
     port: Option<u16>,
+    server_mode: Option<bool>,
+    request_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]

@@ -138,8 +138,10 @@ fn status(iface: Option<String>, json: bool) -> anyhow::Result<()> {
 }
 
 fn init_logging(level: &str) {
+    // mainline reports at ERROR what is normal in small or isolated DHTs (an empty routing
+    // table); our own DHT code logs what matters and `dhtun status` shows the DHT's last error.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(format!("{level},mainline=off")))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)

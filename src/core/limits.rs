@@ -171,6 +171,21 @@ pub const DHT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(60);
 /// absent resolver must not hold the daemon's start-up longer than one DNS retry.
 pub const DHT_BOOTSTRAP_DNS_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Least time between two lookups of one peer's record while we cannot reach it: a lookup
+/// costs dozens of DHT messages, and a record changes only when the peer moves.
+pub const DHT_RESOLVE_RETRY: Duration = Duration::from_secs(10);
+
+/// How often a peer's record is looked up even while its session works, so a peer that moved
+/// is found before the old path dies.
+pub const DHT_RESOLVE_REFRESH: Duration = Duration::from_secs(5 * 60);
+
+/// Lookups running at once; more peers wait their turn.
+pub const DHT_RESOLVES_IN_FLIGHT: usize = 8;
+
+/// Addresses one handshake initiation is sent to at once: the current endpoint, the configured
+/// one, and every candidate of the peer's record.
+pub const MAX_INITIATION_TARGETS: usize = MAX_RECORD_CANDIDATES + 2;
+
 /// How often the DHT status (routing table size, public address) is refreshed from the node.
 /// Each refresh is two messages to mainline's actor thread, so once a second costs nothing and
 /// keeps `dhtun status` current.

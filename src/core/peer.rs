@@ -3,11 +3,13 @@
 
 use crate::core::handshake::PendingInitiation;
 use crate::core::keys::{PresharedKey, PublicKey};
-use crate::core::limits::{ring_slot_bytes, STAGED_PACKETS_PER_PEER};
+use crate::core::limits::{
+    ring_slot_bytes, MAX_INITIATION_TARGETS, MAX_RECORD_CANDIDATES, STAGED_PACKETS_PER_PEER,
+};
 use crate::core::ring::PacketRing;
 use crate::core::session::Session;
 use crate::core::stats::{DropCounters, TrafficCounters};
-use crate::core::wire::TIMESTAMP_BYTES;
+use crate::core::wire::{INITIATION_LEN, TIMESTAMP_BYTES};
 use core::time::Duration;
 use ipnetwork::IpNetwork;
 use std::net::SocketAddr;
@@ -91,6 +93,21 @@ pub struct Peer {
     pub queued: bool,
     pub traffic: TrafficCounters,
     pub drops: DropCounters,
+    /// What the DHT said about this peer.
+    pub discovery: Discovery,
+    /// The latest initiation, resent to every other target of `initiation_targets`.
+    pub initiation_copy: [u8; INITIATION_LEN],
+    /// Index of the next target the latest initiation still goes to; None when all have it.
+    pub fanout_next: Option<usize>,
+}
+
+/// A peer's DHT record as we last saw it, and when we asked.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Discovery {
+    pub sequence: Option<i64>,
+    pub record_at: Option<Duration>,
+    pub candidates: [Option<SocketAddr>; MAX_RECORD_CANDIDATES],
+    pub last_lookup_at: Option<Duration>,
 }
 
 impl Peer {
@@ -117,7 +134,33 @@ impl Peer {
             queued: false,
             traffic: TrafficCounters::default(),
             drops: DropCounters::default(),
+            discovery: Discovery::default(),
+            initiation_copy: [0; INITIATION_LEN],
+            fanout_next: None,
         }
+    }
+
+    /// Where a handshake initiation goes: the current endpoint, the configured endpoint, and
+    /// the DHT candidates, without repeats. The first that answers wins.
+    pub fn initiation_targets(&self) -> [Option<SocketAddr>; MAX_INITIATION_TARGETS] {
+        let mut targets = [None; MAX_INITIATION_TARGETS];
+        let all = [self.endpoint, self.config.endpoint]
+            .into_iter()
+            .chain(self.discovery.candidates)
+            .flatten();
+        let mut n = 0;
+        for address in all {
+            if n < MAX_INITIATION_TARGETS && !targets[..n].contains(&Some(address)) {
+                targets[n] = Some(address);
+                n += 1;
+            }
+        }
+        targets
+    }
+
+    /// Whether we know any address to reach this peer at.
+    pub fn reachable(&self) -> bool {
+        self.initiation_targets()[0].is_some()
     }
 
     /// The session holding `local_index`, if any.
@@ -162,9 +205,12 @@ impl Peer {
         }
         {
             self.endpoint = Some(from);
-            self.endpoint_source = Some(match self.config.endpoint {
-                Some(configured) if configured == from => EndpointSource::Static,
-                _ => EndpointSource::Roamed,
+            self.endpoint_source = Some(if self.config.endpoint == Some(from) {
+                EndpointSource::Static
+            } else if self.discovery.candidates.contains(&Some(from)) {
+                EndpointSource::Dht
+            } else {
+                EndpointSource::Roamed
             });
         }
         true

@@ -11,6 +11,8 @@ use crate::core::device::{Device, DeviceConfig, PeerEvent};
 use crate::core::limits::TIMER_TICK;
 use crate::shell::control::{ControlCommand, ControlRequest, ControlServer};
 use crate::shell::datapath::DataPath;
+use crate::shell::dht::DhtStatus;
+use crate::shell::discovery::{Discovery, Lookup};
 use crate::shell::netlink::{prefixes_needing_routes, Netlink};
 use crate::shell::reload::{reload, Link};
 use crate::shell::status::{InterfaceStatus, RingStatus, ShellFacts};
@@ -67,8 +69,39 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (commands_tx, commands) = mpsc::channel(crate::core::limits::CONTROL_CONNECTIONS);
     let control_task = control.spawn(commands_tx);
     tracing::info!(tun_offloads = ?tun.offloads(), udp_gso = udp.gso_enabled(), "data path ready");
+    let discovery = if config.dht.enabled {
+        let secret = config.interface.secret_key.clone();
+        match Discovery::start(
+            &config.dht,
+            secret,
+            listen_port,
+            link.netlink.clone(),
+            index,
+        )
+        .await
+        {
+            Ok(discovery) => Some(discovery),
+            Err(e) => {
+                control_task.abort();
+                teardown(&link).await;
+                let _ = std::fs::remove_file(&socket_path);
+                return Err(e.context("starting the DHT node ([dht] in the config)"));
+            }
+        }
+    } else {
+        None
+    };
     let mut config = config;
-    let outcome = event_loop(&mut config, &mut link, &tun, udp, commands, listen_port).await;
+    let outcome = event_loop(
+        &mut config,
+        &mut link,
+        &tun,
+        udp,
+        commands,
+        listen_port,
+        discovery,
+    )
+    .await;
     control_task.abort();
     teardown(&link).await;
     drop(tun);
@@ -92,6 +125,7 @@ enum Event<'a> {
     TunWritable(AsyncFdReadyGuard<'a, tun::Device>),
     UdpReadable,
     UdpWritable,
+    Lookup(Lookup),
 }
 
 async fn event_loop(
@@ -101,6 +135,7 @@ async fn event_loop(
     mut udp: UdpIo,
     mut commands: mpsc::Receiver<ControlCommand>,
     listen_port: u16,
+    mut discovery: Option<Discovery>,
 ) -> anyhow::Result<Option<oneshot::Sender<String>>> {
     let mut path = DataPath::new(
         new_device(config)?,
@@ -125,6 +160,7 @@ async fn event_loop(
             ready = udp.readable() => { ready?; Event::UdpReadable }
             ready = udp.writable(), if network_backlog => { ready?; Event::UdpWritable }
             ready = tun.writable(), if tun_backlog => Event::TunWritable(ready?),
+            Some(lookup) = next_lookup(&mut discovery) => Event::Lookup(lookup),
         };
         match event {
             Event::Stop => return Ok(None),
@@ -134,7 +170,10 @@ async fn event_loop(
             },
             Event::Command(command) => match command.request {
                 ControlRequest::Status => {
-                    let _ = command.reply.send(status_json(&path, config, listen_port));
+                    let dht = discovery.as_ref().map(Discovery::status);
+                    let _ = command
+                        .reply
+                        .send(status_json(&path, config, listen_port, dht));
                 }
                 ControlRequest::Down => return Ok(Some(command.reply)),
                 ControlRequest::Reload => {
@@ -154,6 +193,15 @@ async fn event_loop(
             Event::Tick => {
                 let now = path.now();
                 path.device.handle_timers(now);
+                if let Some(discovery) = discovery.as_mut() {
+                    discovery.start_lookups(&mut path.device, now);
+                }
+            }
+            Event::Lookup(lookup) => {
+                if let Some(discovery) = discovery.as_mut() {
+                    let now = path.now();
+                    discovery.apply(&mut path.device, lookup, now);
+                }
             }
             Event::TunReadable(mut guard) => {
                 if path.read_tun(tun, &mut udp) {
@@ -208,7 +256,20 @@ fn log_peer_events(device: &mut Device) {
     }
 }
 
-fn status_json(path: &DataPath, config: &Config, listen_port: u16) -> String {
+/// The next finished DHT lookup; never, when discovery is off.
+async fn next_lookup(discovery: &mut Option<Discovery>) -> Option<Lookup> {
+    match discovery {
+        Some(discovery) => discovery.next_result().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn status_json(
+    path: &DataPath,
+    config: &Config,
+    listen_port: u16,
+    dht: Option<DhtStatus>,
+) -> String {
     let [(net_slots, net_queued), (tun_slots, tun_queued)] = path.ring_occupancy();
     let ring = |slots, queued| RingStatus { slots, queued };
     let status = InterfaceStatus::snapshot(
@@ -222,6 +283,7 @@ fn status_json(path: &DataPath, config: &Config, listen_port: u16) -> String {
                 ("tun_to_udp", ring(net_slots, net_queued)),
                 ("udp_to_tun", ring(tun_slots, tun_queued)),
             ],
+            dht,
         },
         path.now(),
     );

@@ -6,6 +6,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod dht;
+pub mod discovery;
 pub mod netlink;
 pub mod reload;
 pub mod status;

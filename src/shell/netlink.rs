@@ -113,6 +113,29 @@ impl Netlink {
 
     /// Sets the link MTU. IPv6 needs at least 1280: below that the kernel
     /// silently removes the link's IPv6 addresses and refuses new ones.
+    /// Every address on every link, with its link's index (both families).
+    pub async fn all_addresses(&self) -> Result<Vec<(u32, IpAddr)>, NetlinkError> {
+        let mut dump = pin!(self.handle.address().get().execute());
+        let mut found = Vec::new();
+        loop {
+            match dump.try_next().await {
+                Ok(Some(message)) => {
+                    let address = message.attributes.iter().find_map(|a| match a {
+                        AddressAttribute::Address(ip) => Some(*ip),
+                        _ => None,
+                    });
+                    if let Some(ip) = address {
+                        found.push((message.header.index, ip));
+                    }
+                }
+                Ok(None) => return Ok(found),
+                Err(e) => {
+                    return Err(classify("listing addresses".to_string(), e, false));
+                }
+            }
+        }
+    }
+
     /// Removes an address from the link; Ok when it is not there.
     pub async fn del_address(&self, index: u32, addr: IpNetwork) -> Result<(), NetlinkError> {
         let mut found = pin!(self

@@ -16,6 +16,8 @@ pub struct InterfaceStatus {
     pub mtu: usize,
     pub drops: BTreeMap<String, u64>,
     pub rings: BTreeMap<String, RingStatus>,
+    /// The DHT node, or null when discovery is off.
+    pub dht: Option<crate::shell::dht::DhtStatus>,
     pub peers: Vec<PeerStatus>,
 }
 
@@ -38,6 +40,9 @@ pub struct PeerStatus {
     pub rx_packets: u64,
     pub tx_packets: u64,
     pub drops: BTreeMap<String, u64>,
+    /// Sequence number of the peer's DHT record we last accepted, and how long ago.
+    pub dht_sequence: Option<i64>,
+    pub dht_record_age_secs: Option<u64>,
 }
 
 /// What the shell knows that the core does not.
@@ -47,6 +52,7 @@ pub struct ShellFacts<'a> {
     pub addresses: &'a [ipnetwork::IpNetwork],
     pub mtu: usize,
     pub rings: [(&'static str, RingStatus); 2],
+    pub dht: Option<crate::shell::dht::DhtStatus>,
 }
 
 impl InterfaceStatus {
@@ -68,6 +74,11 @@ impl InterfaceStatus {
                 rx_packets: p.traffic.rx_packets,
                 tx_packets: p.traffic.tx_packets,
                 drops: p.drops.iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                dht_sequence: p.discovery.sequence,
+                dht_record_age_secs: p
+                    .discovery
+                    .record_at
+                    .map(|t| now.saturating_sub(t).as_secs()),
             })
             .collect();
         Self {
@@ -86,6 +97,7 @@ impl InterfaceStatus {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
+            dht: shell.dht,
             peers,
         }
     }
@@ -110,6 +122,33 @@ impl InterfaceStatus {
             );
         }
         let _ = writeln!(out, "  drops: {}", drops_text(&self.drops));
+        match &self.dht {
+            Some(dht) => {
+                let state = if dht.bootstrapped {
+                    "bootstrapped"
+                } else {
+                    "not bootstrapped"
+                };
+                let _ = writeln!(
+                    out,
+                    "  dht: {state}, {} nodes known, listening on {}",
+                    dht.routing_table_size, dht.local_address
+                );
+                if let Some(at) = dht.last_publish_unix {
+                    let _ = writeln!(
+                        out,
+                        "  dht record: sequence {}, published at unix time {at}",
+                        dht.last_publish_seq.unwrap_or_default()
+                    );
+                }
+                if let Some(error) = &dht.last_error {
+                    let _ = writeln!(out, "  dht last error: {error}");
+                }
+            }
+            None => {
+                let _ = writeln!(out, "  dht: off");
+            }
+        }
         for peer in &self.peers {
             let _ = writeln!(out, "\npeer: {}", peer.public_key);
             match (&peer.endpoint, &peer.endpoint_source) {
@@ -124,6 +163,9 @@ impl InterfaceStatus {
                 }
             }
             let _ = writeln!(out, "  allowed ips: {}", peer.allowed_ips.join(", "));
+            if let (Some(seq), Some(age)) = (peer.dht_sequence, peer.dht_record_age_secs) {
+                let _ = writeln!(out, "  dht record: sequence {seq}, found {} ago", ago(age));
+            }
             let handshake = peer
                 .last_handshake_secs_ago
                 .map_or_else(|| "never".to_string(), |s| format!("{} ago", ago(s)));

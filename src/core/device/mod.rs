@@ -24,6 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use transmit::note_sent;
 
+mod discovery;
 mod reconfigure;
 #[cfg(test)]
 mod tests;
@@ -276,7 +277,7 @@ impl Device {
                 Err(SendError::Expired) => {}
             }
         }
-        if peer.endpoint.is_none() && peer.next.is_none() {
+        if !peer.reachable() && peer.next.is_none() {
             peer.drops.count(DropReason::NoEndpoint);
             return Err(DropReason::NoEndpoint);
         }

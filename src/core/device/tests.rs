@@ -250,3 +250,40 @@ fn reconfigure_keeps_sessions_of_peers_that_stay() {
         NetworkAction::Drop(DropReason::UnknownPeer)
     );
 }
+
+#[test]
+fn a_record_from_the_dht_makes_an_unknown_endpoint_reachable() {
+    // A as B's peer, without an endpoint: B cannot send to it yet.
+    let mut a_cfg = peer(key(1).public_key(), "100.64.0.1/32", A_ADDR);
+    a_cfg.endpoint = None;
+    let mut b = Device::new(DeviceConfig {
+        secret_key: key(2),
+        mtu: MTU,
+        peers: vec![a_cfg],
+        wall_clock_at_zero: Duration::from_secs(1_700_000_000),
+        rng_seed: [2; 32],
+    });
+    let now = Duration::from_secs(1);
+    let mut out = buf();
+    let mut packet = ipv4([100, 64, 0, 2], [100, 64, 0, 1], b"hi");
+    assert_eq!(
+        b.handle_tun_packet(&mut packet, 22, now, &mut out),
+        TunAction::Drop(DropReason::NoEndpoint)
+    );
+    // The lookup is due at once, then not again right away.
+    assert_eq!(b.next_lookup(now), Some((key(1).public_key(), None)));
+    assert_eq!(b.next_lookup(now), None);
+    let old: SocketAddr = "198.18.9.9:51820".parse().unwrap();
+    let fresh: SocketAddr = A_ADDR.parse().unwrap();
+    b.record_found(&key(1).public_key(), 7, &[old, fresh], now);
+    // One initiation, sent to each candidate.
+    let mut targets = Vec::new();
+    while let Some(t) = b.poll_transmit(now, &mut out) {
+        assert_eq!(out[0], wire::TYPE_INITIATION);
+        targets.push(t.to);
+    }
+    assert_eq!(targets, vec![old, fresh]);
+    // An older record changes nothing.
+    b.record_found(&key(1).public_key(), 6, &[old], now);
+    assert_eq!(b.peers()[0].discovery.sequence, Some(7));
+}

@@ -64,7 +64,7 @@ impl Device {
                 .next
                 .as_ref()
                 .is_none_or(|s| s.age(now) >= REKEY_TIMEOUT);
-        if (unanswered || stranded) && peer.handshake.is_none() && peer.endpoint.is_some() {
+        if (unanswered || stranded) && peer.handshake.is_none() && peer.reachable() {
             peer.sent_data_unanswered_since = None;
             peer.want_initiation = true;
             wake = true;
@@ -81,7 +81,7 @@ impl Device {
             let idle = peer
                 .last_sent_at
                 .is_none_or(|t| now.saturating_sub(t) >= interval);
-            if idle && peer.endpoint.is_some() {
+            if idle && peer.reachable() {
                 if has_session {
                     peer.want_keepalive = true;
                 } else if peer.handshake.is_none() {

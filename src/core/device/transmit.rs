@@ -24,6 +24,10 @@ impl Device {
                 return Some(transmit);
             }
         }
+        let peer = self.peers.get_mut(id)?;
+        if let Some(transmit) = fan_out(peer, out) {
+            return Some(transmit);
+        }
         let mtu = self.mtu;
         let peer = self.peers.get_mut(id)?;
         let to = peer.endpoint?;
@@ -55,7 +59,7 @@ impl Device {
         );
         let timestamp = handshake::tai64n(self.wall_clock_at_zero + now);
         let peer = self.peers.get_mut(id)?;
-        let to = peer.endpoint?;
+        let to = peer.initiation_targets()[0]?;
         let buf: &mut [u8; wire::INITIATION_LEN] =
             out.get_mut(..wire::INITIATION_LEN)?.try_into().ok()?;
         let pending = handshake::initiate(
@@ -76,6 +80,9 @@ impl Device {
             next_retry_at: now + REKEY_TIMEOUT + jitter,
         });
         peer.traffic.tx_bytes += wire::INITIATION_LEN as u64;
+        // The same bytes go to every other address we know; whichever answers wins.
+        peer.initiation_copy.copy_from_slice(buf);
+        peer.fanout_next = Some(1);
         if let Some(old) = old {
             self.indexes.remove(&old.local_index);
         }
@@ -126,6 +133,24 @@ impl Device {
         self.rng.fill_bytes(&mut seed);
         seed
     }
+}
+
+/// The latest initiation, to the next address that has not had it yet.
+fn fan_out(peer: &mut Peer, out: &mut [u8]) -> Option<Transmit> {
+    let next = peer.fanout_next?;
+    let targets = peer.initiation_targets();
+    let Some(Some(to)) = targets.get(next).copied() else {
+        peer.fanout_next = None;
+        return None;
+    };
+    peer.fanout_next = Some(next + 1);
+    out.get_mut(..wire::INITIATION_LEN)?
+        .copy_from_slice(&peer.initiation_copy);
+    peer.traffic.tx_bytes += wire::INITIATION_LEN as u64;
+    Some(Transmit {
+        to,
+        len: wire::INITIATION_LEN,
+    })
 }
 
 pub(super) fn note_sent(peer: &mut Peer, written: usize, now: Duration, carries_data: bool) {

@@ -1,0 +1,72 @@
+//! Discovery through the DHT, as decisions: which peer's record to look up next, and what to do
+//! with a record that came back. The shell does the lookups and hands the answers in.
+
+use super::Device;
+use crate::core::keys::PublicKey;
+use crate::core::limits::{DHT_RESOLVE_REFRESH, DHT_RESOLVE_RETRY, MAX_RECORD_CANDIDATES};
+use crate::core::peer::Peer;
+use core::time::Duration;
+use std::net::SocketAddr;
+
+impl Device {
+    /// The next peer whose record should be looked up now, with the newest sequence number
+    /// already seen for it; marks it as asked. Call until None.
+    pub fn next_lookup(&mut self, now: Duration) -> Option<(PublicKey, Option<i64>)> {
+        let peer = self.peers.iter_mut().find(|p| lookup_due(p, now))?;
+        peer.discovery.last_lookup_at = Some(now);
+        Some((peer.config.public_key, peer.discovery.sequence))
+    }
+
+    /// A verified record of `peer` arrived: remember its addresses, and if we have no working
+    /// session, start a handshake to every address we know at once.
+    pub fn record_found(
+        &mut self,
+        peer: &PublicKey,
+        sequence: i64,
+        candidates: &[SocketAddr],
+        now: Duration,
+    ) {
+        let Some(id) = self.peers.iter().position(|p| &p.config.public_key == peer) else {
+            return;
+        };
+        let peer = &mut self.peers[id];
+        if peer.discovery.sequence.is_some_and(|seen| seen >= sequence) {
+            return;
+        }
+        peer.discovery.sequence = Some(sequence);
+        peer.discovery.record_at = Some(now);
+        peer.discovery.candidates = [None; MAX_RECORD_CANDIDATES];
+        for (slot, address) in peer.discovery.candidates.iter_mut().zip(candidates) {
+            *slot = Some(*address);
+        }
+        let connected = peer.current.as_ref().is_some_and(|s| s.is_usable(now));
+        if connected {
+            return;
+        }
+        if peer.handshake.is_some() {
+            // A handshake is already out: show the new addresses the same initiation now.
+            peer.fanout_next = Some(0);
+            self.enqueue(id);
+        } else {
+            self.want_initiation(id);
+        }
+    }
+}
+
+/// A peer is looked up when we cannot reach it (no address at all, or a handshake that went
+/// unanswered for a retry), at most every DHT_RESOLVE_RETRY, and otherwise every
+/// DHT_RESOLVE_REFRESH to notice a move early.
+fn lookup_due(peer: &Peer, now: Duration) -> bool {
+    let since_last = peer.discovery.last_lookup_at.map(|t| now.saturating_sub(t));
+    let connected = peer.current.as_ref().is_some_and(|s| s.is_usable(now));
+    let unanswered = peer
+        .handshake
+        .as_ref()
+        .is_some_and(|h| now.saturating_sub(h.started_at) >= crate::core::limits::REKEY_TIMEOUT);
+    let stuck = !connected && (!peer.reachable() || unanswered);
+    match since_last {
+        None => true,
+        Some(elapsed) if stuck => elapsed >= DHT_RESOLVE_RETRY,
+        Some(elapsed) => elapsed >= DHT_RESOLVE_REFRESH,
+    }
+}

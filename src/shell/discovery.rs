@@ -1,0 +1,188 @@
+//! Discovery in the daemon: runs the DHT node, keeps our record published, and carries out
+//! the lookups the core asks for, handing each verified record back to it.
+//!
+//! Publishing runs in its own task: it lists the host's addresses over netlink, and publishes
+//! when they change, when DHT nodes first tell us our public address, and every
+//! DHT_REPUBLISH_INTERVAL. Lookups run in tasks of their own, at most DHT_RESOLVES_IN_FLIGHT at a
+//! time, and report back over a bounded channel.
+
+use crate::config::DhtConfig;
+use crate::core::device::Device;
+use crate::core::keys::{PublicKey, SecretKey};
+use crate::core::limits::{DHT_REPUBLISH_INTERVAL, DHT_RESOLVES_IN_FLIGHT, MAX_RECORD_CANDIDATES};
+use crate::core::record::{is_usable_address, Record};
+use crate::shell::dht::{Dht, DhtOptions, DhtStatus};
+use crate::shell::netlink::Netlink;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// How often the publisher checks whether our addresses changed.
+const ADDRESS_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the publisher retries while the first publish has not succeeded.
+const FIRST_PUBLISH_RETRY: Duration = Duration::from_secs(2);
+
+/// The answer to one lookup.
+pub struct Lookup {
+    pub peer: PublicKey,
+    pub found: Option<(i64, Record)>,
+}
+
+pub struct Discovery {
+    dht: Dht,
+    in_flight: usize,
+    results_tx: mpsc::Sender<Lookup>,
+    results: mpsc::Receiver<Lookup>,
+    publisher: JoinHandle<()>,
+}
+
+impl Discovery {
+    /// Starts the DHT node and the publisher. `tun_index` is our own interface, whose overlay
+    /// addresses are never published as ways to reach us.
+    pub async fn start(
+        config: &DhtConfig,
+        secret: SecretKey,
+        listen_port: u16,
+        netlink: Netlink,
+        tun_index: u32,
+    ) -> anyhow::Result<Self> {
+        let options = DhtOptions {
+            bootstrap: config.bootstrap.clone(),
+            bind: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, config.port),
+            server_mode: config.server_mode,
+            request_timeout: config.request_timeout,
+        };
+        let dht = Dht::start(options).await?;
+        let publisher = tokio::spawn(publish_forever(
+            dht.clone(),
+            secret,
+            listen_port,
+            netlink,
+            tun_index,
+        ));
+        let (results_tx, results) = mpsc::channel(DHT_RESOLVES_IN_FLIGHT);
+        Ok(Self {
+            dht,
+            in_flight: 0,
+            results_tx,
+            results,
+            publisher,
+        })
+    }
+
+    /// Starts the lookups the core wants now, up to the in-flight limit.
+    pub fn start_lookups(&mut self, device: &mut Device, now: Duration) {
+        while self.in_flight < DHT_RESOLVES_IN_FLIGHT {
+            let Some((peer, seen)) = device.next_lookup(now) else {
+                return;
+            };
+            self.in_flight += 1;
+            let dht = self.dht.clone();
+            let results = self.results_tx.clone();
+            tokio::spawn(async move {
+                let found = match dht.resolve(&peer, seen).await {
+                    Ok(found) => found,
+                    Err(e) => {
+                        tracing::debug!(%peer, "DHT lookup failed: {e:#}");
+                        None
+                    }
+                };
+                // The channel holds as many answers as lookups may run, so this never drops.
+                let _ = results.try_send(Lookup { peer, found });
+            });
+        }
+    }
+
+    /// The next finished lookup.
+    pub async fn next_result(&mut self) -> Option<Lookup> {
+        self.results.recv().await
+    }
+
+    /// Hands a finished lookup to the core.
+    pub fn apply(&mut self, device: &mut Device, lookup: Lookup, now: Duration) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some((sequence, record)) = lookup.found {
+            let candidates: Vec<SocketAddr> = record.candidates().collect();
+            tracing::debug!(peer = %lookup.peer, sequence, ?candidates, "DHT record found");
+            device.record_found(&lookup.peer, sequence, &candidates, now);
+        }
+    }
+
+    pub fn status(&self) -> DhtStatus {
+        self.dht.status()
+    }
+}
+
+impl Drop for Discovery {
+    fn drop(&mut self) {
+        self.publisher.abort();
+    }
+}
+
+/// Keeps our record on the DHT: publishes when what we would publish changes, and every
+/// DHT_REPUBLISH_INTERVAL otherwise.
+async fn publish_forever(
+    dht: Dht,
+    secret: SecretKey,
+    listen_port: u16,
+    netlink: Netlink,
+    tun_index: u32,
+) {
+    let mut published: Option<(Record, tokio::time::Instant)> = None;
+    loop {
+        let record = match current_record(&dht, &netlink, listen_port, tun_index).await {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::warn!("cannot build our DHT record: {e:#}");
+                tokio::time::sleep(ADDRESS_CHECK_INTERVAL).await;
+                continue;
+            }
+        };
+        let due = match &published {
+            None => true,
+            Some((last, at)) => last != &record || at.elapsed() >= DHT_REPUBLISH_INTERVAL,
+        };
+        if due {
+            match dht.publish(&secret, &record).await {
+                Ok(sequence) => {
+                    tracing::info!(
+                        sequence,
+                        addresses = ?record.candidates().collect::<Vec<_>>(),
+                        "published our DHT record"
+                    );
+                    published = Some((record, tokio::time::Instant::now()));
+                }
+                Err(e) => tracing::warn!("publishing our DHT record failed: {e:#}"),
+            }
+        }
+        let pause = if published.is_some() {
+            ADDRESS_CHECK_INTERVAL
+        } else {
+            FIRST_PUBLISH_RETRY
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Our record as of now: the host's usable addresses (not loopback, not our own tunnel), our
+/// tunnel port, and the public address DHT nodes report.
+async fn current_record(
+    dht: &Dht,
+    netlink: &Netlink,
+    listen_port: u16,
+    tun_index: u32,
+) -> anyhow::Result<Record> {
+    let mut addresses: Vec<IpAddr> = netlink
+        .all_addresses()
+        .await?
+        .into_iter()
+        .filter(|(index, ip)| *index != tun_index && !ip.is_loopback() && is_usable_address(*ip))
+        .map(|(_, ip)| ip)
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    addresses.truncate(MAX_RECORD_CANDIDATES);
+    let public = dht.public_ip().filter(|ip| !addresses.contains(ip));
+    Ok(Record::new(listen_port, &addresses, public)?)
+}

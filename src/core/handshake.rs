@@ -54,7 +54,8 @@ impl Mac1Key {
         mac.finalize().into_bytes().into()
     }
 
-    fn verify(&self, input: &[u8], tag: &[u8]) -> bool {
+    /// Whether `tag` is the mac1 of `input` under this key (constant time).
+    pub fn verify(&self, input: &[u8], tag: &[u8]) -> bool {
         let mut mac = new_mac(&self.0);
         mac.update(input);
         mac.verify_slice(tag).is_ok()

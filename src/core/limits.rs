@@ -116,6 +116,28 @@ pub const REKEY_AFTER_MESSAGES: u64 = 1 << 60;
 /// Never use a nonce at or above this: leaves room below 2^64 so the counter cannot wrap.
 pub const REJECT_AFTER_MESSAGES: u64 = u64::MAX - (1 << 13);
 
+/// The secret behind handshake cookies is replaced this often, so a cookie (proof that a sender
+/// receives at its address) stops working two minutes after it was handed out, as in WireGuard.
+pub const COOKIE_SECRET_LIFETIME: Duration = Duration::from_secs(120);
+
+/// An initiator uses a received cookie for this long: a little less than the responder keeps
+/// accepting it, so clocks a few seconds apart do not matter.
+pub const COOKIE_USE_LIFETIME: Duration = Duration::from_secs(110);
+
+/// Initiations per second we do the Curve25519 work for before demanding cookies. Each costs
+/// about 0.1 ms of one core, so this caps handshake work at a few percent of a core while
+/// leaving room for hundreds of peers reconnecting at once.
+pub const UNDER_LOAD_INITIATIONS_PER_SECOND: u32 = 100;
+
+/// Initiations per second one source address may have processed, and the burst it may save up:
+/// a peer needs one per five seconds; a flood from one address gets a handful.
+pub const INITIATIONS_PER_SECOND_PER_SOURCE: u32 = 20;
+pub const INITIATION_BURST_PER_SOURCE: u32 = 5;
+
+/// Buckets of the per-source rate limiter. Sources hash (with a secret key) into this fixed
+/// table, so it never grows with the number of senders; colliding senders share a bucket.
+pub const RATE_LIMIT_BUCKETS: usize = 4096;
+
 /// Minimum gap between two initiations we accept from one peer: a replayed or flooded burst
 /// of valid initiations costs at most one handshake per this interval.
 pub const MIN_INITIATION_INTERVAL: Duration = Duration::from_millis(50);

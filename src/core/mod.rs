@@ -3,6 +3,7 @@
 //! out as values that say what the shell does next.
 
 pub mod checksum;
+pub mod cookie;
 pub mod device;
 pub mod handshake;
 pub mod keys;
@@ -10,6 +11,7 @@ pub mod limits;
 pub mod offload;
 pub mod packet;
 pub mod peer;
+pub mod ratelimit;
 pub mod record;
 pub mod replay;
 pub mod ring;

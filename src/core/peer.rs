@@ -99,6 +99,8 @@ pub struct Peer {
     pub initiation_copy: [u8; INITIATION_LEN],
     /// Index of the next target the latest initiation still goes to; None when all have it.
     pub fanout_next: Option<usize>,
+    /// The cookie the peer gave us when it was under load; proves our address in mac2.
+    pub cookie: Option<crate::core::cookie::Cookie>,
 }
 
 /// A peer's DHT record as we last saw it, and when we asked.
@@ -137,6 +139,7 @@ impl Peer {
             discovery: Discovery::default(),
             initiation_copy: [0; INITIATION_LEN],
             fanout_next: None,
+            cookie: None,
         }
     }
 

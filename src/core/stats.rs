@@ -34,10 +34,15 @@ pub enum DropReason {
     /// Datagrams the kernel dropped before we could read them: our socket's receive buffer
     /// was full (the kernel's count, reported as it reports it).
     SocketOverflow,
+    /// An initiation answered with a cookie reply instead of a handshake: we are under load
+    /// and the sender has not yet proven it receives at its address.
+    UnderLoad,
+    /// An initiation over its source address's rate limit.
+    RateLimited,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::RingFull,
         DropReason::Replay,
         DropReason::UnknownPeer,
@@ -52,6 +57,8 @@ impl DropReason {
         DropReason::TooLarge,
         DropReason::SendFailed,
         DropReason::SocketOverflow,
+        DropReason::UnderLoad,
+        DropReason::RateLimited,
     ];
 
     /// The status key for this reason.
@@ -71,6 +78,8 @@ impl DropReason {
             DropReason::TooLarge => "too_large",
             DropReason::SendFailed => "send_failed",
             DropReason::SocketOverflow => "socket_overflow",
+            DropReason::UnderLoad => "under_load",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 

@@ -7,10 +7,11 @@
 //! ```text
 //! initiation (148 B): type=1 | 0 0 0 | sender u32 | noise msg 1 (108) | mac1 (16) | mac2 (16)
 //! response    (92 B): type=2 | 0 0 0 | sender u32 | receiver u32 | noise msg 2 (48) | mac1 | mac2
+//! cookie      (64 B): type=3 | 0 0 0 | receiver u32 | nonce (24) | encrypted cookie (16) | tag (16)
 //! transport  (>=32 B): type=4 | 0 0 0 | receiver u32 | counter u64 | ciphertext + tag (>=16)
 //! ```
-//! Type 3 is kept for a cookie reply. A view's constructor checks the type, the reserved bytes
-//! and the length, so no accessor can panic.
+//! A view's constructor checks the type, the reserved bytes and the length, so no accessor can
+//! panic.
 
 /// Message type bytes.
 pub const TYPE_INITIATION: u8 = 1;
@@ -51,6 +52,15 @@ mod response {
     pub const LEN: usize = MAC2.end;
 }
 
+mod cookie_reply {
+    use super::*;
+    pub const RECEIVER: core::ops::Range<usize> = 4..8;
+    pub const NONCE: core::ops::Range<usize> = 8..32;
+    pub const COOKIE: core::ops::Range<usize> = 32..32 + MAC_BYTES;
+    pub const TAG: core::ops::Range<usize> = COOKIE.end..COOKIE.end + AEAD_TAG_BYTES;
+    pub const LEN: usize = TAG.end;
+}
+
 mod transport {
     pub const RECEIVER: core::ops::Range<usize> = 4..8;
     pub const COUNTER: core::ops::Range<usize> = 8..16;
@@ -59,6 +69,7 @@ mod transport {
 
 pub const INITIATION_LEN: usize = initiation::LEN;
 pub const RESPONSE_LEN: usize = response::LEN;
+pub const COOKIE_REPLY_LEN: usize = cookie_reply::LEN;
 pub const TRANSPORT_HEADER_LEN: usize = transport::HEADER_LEN;
 /// A transport message carrying nothing (a keepalive) is just header and tag.
 pub const TRANSPORT_MIN_LEN: usize = TRANSPORT_HEADER_LEN + AEAD_TAG_BYTES;
@@ -77,6 +88,7 @@ pub enum WireError {
 pub enum Message<'a> {
     Initiation(Initiation<'a>),
     Response(Response<'a>),
+    CookieReply(CookieReply<'a>),
     Transport(Transport<'a>),
 }
 
@@ -95,10 +107,15 @@ impl<'a> Message<'a> {
             TYPE_RESPONSE if datagram.len() == RESPONSE_LEN => {
                 Ok(Self::Response(Response(datagram)))
             }
+            TYPE_COOKIE_REPLY if datagram.len() == COOKIE_REPLY_LEN => {
+                Ok(Self::CookieReply(CookieReply(datagram)))
+            }
             TYPE_TRANSPORT if datagram.len() >= TRANSPORT_MIN_LEN => {
                 Ok(Self::Transport(Transport(datagram)))
             }
-            TYPE_INITIATION | TYPE_RESPONSE | TYPE_TRANSPORT => Err(WireError::BadLength),
+            TYPE_INITIATION | TYPE_RESPONSE | TYPE_COOKIE_REPLY | TYPE_TRANSPORT => {
+                Err(WireError::BadLength)
+            }
             _ => Err(WireError::UnknownType),
         }
     }
@@ -121,6 +138,33 @@ impl<'a> Initiation<'a> {
     }
     pub fn mac1(&self) -> &'a [u8] {
         &self.0[initiation::MAC1]
+    }
+    /// Everything mac2 covers: the message up to the mac2 field.
+    pub fn mac2_input(&self) -> &'a [u8] {
+        &self.0[..initiation::MAC2.start]
+    }
+    pub fn mac2(&self) -> &'a [u8] {
+        &self.0[initiation::MAC2]
+    }
+}
+
+/// A length-checked cookie reply.
+#[derive(Debug, Clone, Copy)]
+pub struct CookieReply<'a>(&'a [u8]);
+
+impl<'a> CookieReply<'a> {
+    /// The initiation's sender index this reply answers.
+    pub fn receiver(&self) -> u32 {
+        read_u32(self.0, cookie_reply::RECEIVER)
+    }
+    pub fn nonce(&self) -> &'a [u8] {
+        &self.0[cookie_reply::NONCE]
+    }
+    pub fn sealed_cookie(&self) -> &'a [u8] {
+        &self.0[cookie_reply::COOKIE]
+    }
+    pub fn tag(&self) -> &'a [u8] {
+        &self.0[cookie_reply::TAG]
     }
 }
 
@@ -198,6 +242,16 @@ pub fn initiation_layout() -> [core::ops::Range<usize>; 3] {
     [initiation::NOISE, initiation::MAC1, initiation::MAC2]
 }
 
+pub fn write_cookie_reply_header(out: &mut [u8; COOKIE_REPLY_LEN], receiver: u32) {
+    out[..4].copy_from_slice(&[TYPE_COOKIE_REPLY, 0, 0, 0]);
+    out[cookie_reply::RECEIVER].copy_from_slice(&receiver.to_le_bytes());
+}
+
+/// Where a cookie reply's nonce, encrypted cookie and tag go.
+pub fn cookie_reply_layout() -> [core::ops::Range<usize>; 3] {
+    [cookie_reply::NONCE, cookie_reply::COOKIE, cookie_reply::TAG]
+}
+
 /// Where the noise bytes and the two macs of a response go.
 pub fn response_layout() -> [core::ops::Range<usize>; 3] {
     [response::NOISE, response::MAC1, response::MAC2]
@@ -266,6 +320,9 @@ mod tests {
             rng.fill(&mut buf[..len]);
             if rng.gen_bool(0.5) {
                 buf[0] = rng.gen_range(0..6);
+                if rng.gen_bool(0.2) {
+                    buf[0] = TYPE_COOKIE_REPLY;
+                }
                 buf[1..4].fill(0);
             }
             if let Ok(message) = Message::parse(&buf[..len]) {
@@ -275,6 +332,9 @@ mod tests {
                     }
                     Message::Response(m) => {
                         let _ = (m.sender(), m.receiver(), m.noise(), m.mac1());
+                    }
+                    Message::CookieReply(m) => {
+                        let _ = (m.receiver(), m.nonce(), m.sealed_cookie(), m.tag());
                     }
                     Message::Transport(m) => {
                         let _ = (m.receiver(), m.counter(), m.ciphertext());

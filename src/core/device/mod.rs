@@ -5,6 +5,7 @@
 //! triggers for later (a handshake to send, staged packets to flush, a keepalive) waits in a
 //! per-peer flag and comes out of `poll_transmit`, so no queue grows with traffic.
 
+use crate::core::cookie::CookieMaker;
 use crate::core::handshake::{self, HandshakeError, Mac1Key};
 use crate::core::keys::{PublicKey, SecretKey};
 use crate::core::limits::{
@@ -13,12 +14,13 @@ use crate::core::limits::{
 };
 use crate::core::packet;
 use crate::core::peer::{Peer, PeerConfig, PeerId, SessionSlot};
+use crate::core::ratelimit::RateLimiter;
 use crate::core::routing::PrefixTable;
 use crate::core::session::{ReceiveError, SendError, Session};
 use crate::core::stats::{DropCounters, DropReason};
 use crate::core::wire::{self, Initiation, Message, Response, Transport};
 use core::time::Duration;
-use rand_chacha::rand_core::SeedableRng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -30,6 +32,7 @@ mod reconfigure;
 mod tests;
 mod timers;
 mod transmit;
+mod under_load;
 
 pub use reconfigure::Reconfigured;
 
@@ -121,6 +124,8 @@ pub struct Device {
     drops: DropCounters,
     /// Peer events not yet taken by the shell; bounded, newest dropped when full.
     events: VecDeque<PeerEvent>,
+    limiter: RateLimiter,
+    cookies: CookieMaker,
 }
 
 impl Device {
@@ -136,6 +141,17 @@ impl Device {
             by_x25519.insert(*peer.public_key.x25519_bytes(), id);
             peers.push(Peer::new(peer, config.mtu));
         }
+        let mut rng = ChaCha20Rng::from_seed(config.rng_seed);
+        let mut limiter_key = [0u8; 16];
+        rng.fill_bytes(&mut limiter_key);
+        let mut cookie_secret = [0u8; 32];
+        rng.fill_bytes(&mut cookie_secret);
+        let limiter = RateLimiter::new(limiter_key);
+        let cookies = CookieMaker::new(
+            &config.secret_key.public_key(),
+            cookie_secret,
+            Duration::ZERO,
+        );
         Self {
             own_mac1: Mac1Key::for_receiver(&config.secret_key.public_key()),
             secret_key: config.secret_key,
@@ -145,11 +161,13 @@ impl Device {
             by_x25519,
             indexes: HashMap::with_capacity(peer_count * (SESSIONS_PER_PEER + 1)),
             work: VecDeque::with_capacity(peer_count),
-            rng: ChaCha20Rng::from_seed(config.rng_seed),
+            rng,
             wall_clock_at_zero: config.wall_clock_at_zero,
             scratch: vec![0u8; ring_slot_bytes(config.mtu)].into_boxed_slice(),
             drops: DropCounters::default(),
             events: VecDeque::with_capacity(EVENT_QUEUE),
+            limiter,
+            cookies,
         }
     }
 
@@ -210,6 +228,7 @@ impl Device {
             Err(_) => Err((DropReason::Malformed, None)),
             Ok(Message::Initiation(m)) => self.on_initiation(from, m, now, out),
             Ok(Message::Response(m)) => self.on_response(from, m, now),
+            Ok(Message::CookieReply(m)) => self.on_cookie_reply(m, now),
             Ok(Message::Transport(m)) => self.on_transport(from, m, datagram.len(), now, out),
         };
         match result {
@@ -304,6 +323,25 @@ impl Device {
         now: Duration,
         out: &mut [u8],
     ) -> Result<NetworkAction, (DropReason, Option<PeerId>)> {
+        // Everything before the Curve25519 work must be cheap: mac1, load, rate.
+        if !self.own_mac1.verify(message.mac1_input(), message.mac1()) {
+            return Err((DropReason::Unauthenticated, None));
+        }
+        if self.limiter.note_initiation(now) {
+            if self.cookies.needs_rotation(now) {
+                let fresh = self.seed();
+                self.cookies.rotate(now, fresh);
+            }
+            if !self
+                .cookies
+                .mac2_valid(from, message.mac2_input(), message.mac2())
+            {
+                return self.send_cookie(from, message, out);
+            }
+        }
+        if !self.limiter.allow(from.ip(), now) {
+            return Err((DropReason::RateLimited, None));
+        }
         let seed = self.seed();
         let received =
             handshake::receive_initiation(&self.secret_key, &self.own_mac1, message, seed)

@@ -287,3 +287,64 @@ fn a_record_from_the_dht_makes_an_unknown_endpoint_reachable() {
     b.record_found(&key(1).public_key(), 6, &[old], now);
     assert_eq!(b.peers()[0].discovery.sequence, Some(7));
 }
+
+#[test]
+fn under_load_an_initiation_needs_a_cookie_first() {
+    use crate::core::limits::UNDER_LOAD_INITIATIONS_PER_SECOND;
+    let (mut a, mut b) = pair();
+    let from: SocketAddr = A_ADDR.parse().unwrap();
+    let b_addr: SocketAddr = B_ADDR.parse().unwrap();
+    let mut out = buf();
+    let mut reply = buf();
+    // The flood comes from another address, as an attacker's would.
+    let attacker: SocketAddr = "198.18.0.66:4444".parse().unwrap();
+    let flood = |b: &mut Device, initiation: &[u8], now: Duration| {
+        let mut scratch = buf();
+        for _ in 0..=UNDER_LOAD_INITIATIONS_PER_SECOND {
+            b.handle_datagram(attacker, initiation, now, &mut scratch);
+        }
+    };
+    // A's first initiation, replayed in a flood, puts B under load.
+    let t0 = Duration::from_secs(1);
+    let mut packet = ipv4([100, 64, 0, 1], [100, 64, 0, 2], b"x");
+    a.handle_tun_packet(&mut packet, 21, t0, &mut out);
+    let init = a.poll_transmit(t0, &mut out).unwrap();
+    let first = out[..init.len].to_vec();
+    flood(&mut b, &first, t0);
+    assert!(b.drops().get(DropReason::UnderLoad) > 0);
+    // A retries; B answers with a cookie, not a handshake.
+    let t1 = t0 + Duration::from_millis(5500);
+    flood(&mut b, &first, t1);
+    a.handle_timers(t1);
+    let retry = a.poll_transmit(t1, &mut out).expect("a retry");
+    let action = b.handle_datagram(from, &out[..retry.len], t1, &mut reply);
+    assert_eq!(
+        action,
+        NetworkAction::WriteToNetwork {
+            to: from,
+            len: wire::COOKIE_REPLY_LEN
+        }
+    );
+    assert_eq!(
+        a.handle_datagram(b_addr, &reply[..wire::COOKIE_REPLY_LEN], t1, &mut out),
+        NetworkAction::Consumed
+    );
+    // The next retry carries mac2 and gets a real response, load or not.
+    let t2 = t1 + Duration::from_millis(5500);
+    flood(&mut b, &first, t2);
+    a.handle_timers(t2);
+    let retry = a.poll_transmit(t2, &mut out).expect("a second retry");
+    let action = b.handle_datagram(from, &out[..retry.len], t2, &mut reply);
+    assert_eq!(
+        action,
+        NetworkAction::WriteToNetwork {
+            to: from,
+            len: wire::RESPONSE_LEN
+        }
+    );
+    assert_eq!(
+        a.handle_datagram(b_addr, &reply[..wire::RESPONSE_LEN], t2, &mut out),
+        NetworkAction::Consumed
+    );
+    assert!(a.peers()[0].current.is_some());
+}

@@ -72,6 +72,7 @@ impl Device {
             buf,
         )
         .ok()?;
+        super::under_load::stamp_mac2(peer, buf, now);
         let started_at = peer.handshake.as_ref().map_or(now, |h| h.started_at);
         let old = peer.handshake.replace(HandshakeAttempt {
             pending: Some(pending),

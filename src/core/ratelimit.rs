@@ -1,0 +1,138 @@
+//! Limits on handshake work: a token bucket per source address, in a fixed table that never
+//! grows with the number of senders, and a one-second load estimate that tells the device when
+//! to demand cookies before doing any Curve25519 work.
+
+use crate::core::limits::{
+    INITIATIONS_PER_SECOND_PER_SOURCE, INITIATION_BURST_PER_SOURCE, RATE_LIMIT_BUCKETS,
+    UNDER_LOAD_INITIATIONS_PER_SECOND,
+};
+use blake2::digest::Mac;
+use core::time::Duration;
+use std::net::IpAddr;
+
+const SECOND: Duration = Duration::from_secs(1);
+/// Tokens are counted in thousandths so slow refill rates stay exact.
+const MILLI: u64 = 1000;
+
+pub struct RateLimiter {
+    /// Secret key of the bucket hash, so a sender cannot aim at someone else's bucket.
+    key: [u8; 16],
+    buckets: Box<[Bucket]>,
+    window_start: Duration,
+    window_count: u32,
+    previous_window_count: u32,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Bucket {
+    milli_tokens: u64,
+    refilled_at: Duration,
+    used: bool,
+}
+
+impl RateLimiter {
+    pub fn new(key: [u8; 16]) -> Self {
+        Self {
+            key,
+            buckets: vec![Bucket::default(); RATE_LIMIT_BUCKETS].into_boxed_slice(),
+            window_start: Duration::ZERO,
+            window_count: 0,
+            previous_window_count: 0,
+        }
+    }
+
+    /// Counts one initiation toward the load estimate and says whether we are under load: more
+    /// than UNDER_LOAD_INITIATIONS_PER_SECOND in this second or the last.
+    pub fn note_initiation(&mut self, now: Duration) -> bool {
+        let elapsed = now.saturating_sub(self.window_start);
+        if elapsed >= SECOND {
+            self.previous_window_count = if elapsed >= 2 * SECOND {
+                0
+            } else {
+                self.window_count
+            };
+            self.window_start = now;
+            self.window_count = 0;
+        }
+        self.window_count = self.window_count.saturating_add(1);
+        self.window_count > UNDER_LOAD_INITIATIONS_PER_SECOND
+            || self.previous_window_count > UNDER_LOAD_INITIATIONS_PER_SECOND
+    }
+
+    /// Whether `source` may have one more initiation processed now; takes a token if so.
+    pub fn allow(&mut self, source: IpAddr, now: Duration) -> bool {
+        let index = self.bucket_of(source);
+        let bucket = &mut self.buckets[index];
+        let capacity = u64::from(INITIATION_BURST_PER_SOURCE) * MILLI;
+        if !bucket.used {
+            *bucket = Bucket {
+                milli_tokens: capacity,
+                refilled_at: now,
+                used: true,
+            };
+        }
+        let elapsed_ms = now
+            .saturating_sub(bucket.refilled_at)
+            .as_millis()
+            .min(u128::from(u32::MAX)) as u64;
+        let refill = elapsed_ms * u64::from(INITIATIONS_PER_SECOND_PER_SOURCE);
+        bucket.milli_tokens = (bucket.milli_tokens + refill).min(capacity);
+        bucket.refilled_at = now;
+        if bucket.milli_tokens >= MILLI {
+            bucket.milli_tokens -= MILLI;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn bucket_of(&self, source: IpAddr) -> usize {
+        let mut mac =
+            match blake2::Blake2sMac::<blake2::digest::consts::U8>::new_from_slice(&self.key) {
+                Ok(mac) => mac,
+                Err(_) => unreachable!("a 16-byte key is valid for BLAKE2s"),
+            };
+        match source {
+            IpAddr::V4(v4) => mac.update(&v4.octets()),
+            // A sender owns a whole /64 at least: limit the prefix, not each address in it.
+            IpAddr::V6(v6) => mac.update(&v6.octets()[..8]),
+        }
+        let digest: [u8; 8] = mac.finalize().into_bytes().into();
+        (u64::from_le_bytes(digest) % RATE_LIMIT_BUCKETS as u64) as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_gets_its_burst_then_its_rate() {
+        let mut limiter = RateLimiter::new([1; 16]);
+        let source: IpAddr = "198.18.0.1".parse().unwrap();
+        let now = Duration::from_secs(10);
+        let allowed = (0..100).filter(|_| limiter.allow(source, now)).count();
+        assert_eq!(allowed, INITIATION_BURST_PER_SOURCE as usize);
+        // One second later, a second's worth of tokens (capped at the burst) is back.
+        let later = now + SECOND;
+        let allowed = (0..100).filter(|_| limiter.allow(source, later)).count();
+        assert_eq!(allowed, INITIATION_BURST_PER_SOURCE as usize);
+        // Another source is not affected by the first one's flood.
+        let other: IpAddr = "198.18.0.2".parse().unwrap();
+        assert!(limiter.allow(other, later));
+    }
+
+    #[test]
+    fn load_is_noticed_and_forgotten() {
+        let mut limiter = RateLimiter::new([1; 16]);
+        let t = Duration::from_secs(5);
+        let loaded = (0..=UNDER_LOAD_INITIATIONS_PER_SECOND)
+            .map(|_| limiter.note_initiation(t))
+            .last();
+        assert_eq!(loaded, Some(true));
+        // Still under load in the next second, because the last one was loaded.
+        assert!(limiter.note_initiation(t + SECOND));
+        // Quiet for two seconds: no longer.
+        assert!(!limiter.note_initiation(t + 3 * SECOND));
+    }
+}

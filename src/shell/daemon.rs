@@ -14,12 +14,14 @@ use crate::shell::datapath::DataPath;
 use crate::shell::dht::DhtStatus;
 use crate::shell::discovery::{Discovery, Lookup};
 use crate::shell::netlink::{prefixes_needing_routes, Netlink};
+use crate::shell::privileges;
 use crate::shell::reload::{reload, Link};
 use crate::shell::status::{InterfaceStatus, RingStatus, ShellFacts};
 use crate::shell::tun::TunDevice;
 use crate::shell::udp::{self, UdpIo};
 use anyhow::Context as _;
 use ipnetwork::IpNetwork;
+use sd_notify::NotifyState;
 use std::io;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::unix::AsyncFdReadyGuard;
@@ -91,6 +93,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    match privileges::keep_only_net_admin() {
+        Ok(true) => tracing::debug!("dropped every capability but CAP_NET_ADMIN"),
+        Ok(false) => tracing::debug!("running without CAP_NET_ADMIN: reloads cannot change routes"),
+        Err(e) => tracing::warn!("could not drop privileges: {e}"),
+    }
+    // systemd (Type=notify) learns that the interface, its addresses and routes are up.
+    let _ = sd_notify::notify(&[
+        NotifyState::Ready,
+        NotifyState::Status(&format!("{name} up, {} peers", config.peers.len())),
+    ]);
     let mut config = config;
     let outcome = event_loop(
         &mut config,
@@ -102,6 +114,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         discovery,
     )
     .await;
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
     control_task.abort();
     teardown(&link).await;
     drop(tun);

@@ -8,6 +8,7 @@ pub mod datapath;
 pub mod dht;
 pub mod discovery;
 pub mod netlink;
+pub mod privileges;
 pub mod reload;
 pub mod status;
 pub mod tun;

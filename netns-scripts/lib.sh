@@ -254,3 +254,116 @@ lab_cleanup() {
     fi
     return "$rc"
 }
+
+# ---------------------------------------------------------------------------------------------
+# wireguard-go peers, for comparison benchmarks (bench.sh --compare).
+#
+# There is no WireGuard kernel module on the machines this runs on, so wireguard-go is the
+# userspace peer to compare against. Its control (UAPI) socket is /var/run/wireguard/IFACE.sock,
+# a filesystem path shared by all namespaces, so each lab uses unique interface names, and a
+# wireguard-go that is SIGKILLed leaves a stale socket behind: lab_wg_stop_all stops them with
+# SIGTERM first (wireguard-go then removes its interface and socket itself). Overlay:
+# 100.64.1.1/24 (A) and 100.64.1.2/24 (B) on UDP port 51821 of the same underlay as dhtun.
+
+LAB_WG_PIDS=()
+LAB_WG_IFACES=()
+LAB_WG_RUN_DIR=/var/run/wireguard
+
+# lab_wg_iface SUFFIX - a unique wireguard-go interface name (<= 15 chars).
+lab_wg_iface() { printf 'wg%s%s' "$1" "$((LAB_ID % 1000000))"; }
+
+# lab_wg_keypair NAME - write NAME.wgkey (0600) and NAME.wgpub into the work directory.
+lab_wg_keypair() {
+    local key="${LAB_WORK}/$1.wgkey"
+    (umask 077 && wg genkey >"$key")
+    wg pubkey <"$key" >"${LAB_WORK}/$1.wgpub"
+}
+
+# lab_wg_up NS IFACE KEYNAME ADDRESS PORT PEER_KEYNAME PEER_ALLOWED PEER_ENDPOINT
+#   Start `wireguard-go -f IFACE` in NS, configure it with `wg setconf`, add ADDRESS, set it up.
+lab_wg_up() {
+    local ns=$1 iface=$2 key=$3 addr=$4 port=$5 peer=$6 allowed=$7 endpoint=$8 pid i
+    local logf="${LAB_WORK}/${iface}.log" conf="${LAB_WORK}/${iface}.conf"
+    [[ -e ${LAB_WG_RUN_DIR}/${iface}.sock ]] && die "${LAB_WG_RUN_DIR}/${iface}.sock already exists"
+    # -f keeps it in the foreground, so $! is wireguard-go itself (its memory is what we sample);
+    # WG_PROCESS_FOREGROUND=1 also silences its "use the kernel module instead" banner.
+    WG_PROCESS_FOREGROUND=1 LOG_LEVEL=error ip netns exec "$ns" wireguard-go -f "$iface" >"$logf" 2>&1 &
+    pid=$!
+    LAB_WG_PIDS+=("$pid")
+    LAB_WG_IFACES+=("$iface")
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || {
+            cat "$logf" >&2 || true
+            die "wireguard-go for ${iface} exited during startup (log above)"
+        }
+        [[ -S ${LAB_WG_RUN_DIR}/${iface}.sock ]] && break
+        sleep 0.1
+    done
+    [[ -S ${LAB_WG_RUN_DIR}/${iface}.sock ]] || die "wireguard-go for ${iface} did not open its socket within 10 s"
+    (
+        umask 077
+        cat >"$conf" <<CONF
+[Interface]
+PrivateKey = $(cat "${LAB_WORK}/${key}.wgkey")
+ListenPort = ${port}
+
+[Peer]
+PublicKey = $(cat "${LAB_WORK}/${peer}.wgpub")
+AllowedIPs = ${allowed}
+Endpoint = ${endpoint}
+CONF
+    )
+    ip netns exec "$ns" wg setconf "$iface" "$conf"
+    ip -n "$ns" addr add "$addr" dev "$iface"
+    ip -n "$ns" link set "$iface" up
+    log "wireguard-go ${iface} is up in ${ns} (pid ${pid}, log ${logf})"
+}
+
+# lab_wg_start_pair - wireguard-go peers A and B on the lab's namespaces (lab_ns_pair first).
+#   Sets WG_IFACE_A, WG_IFACE_B, WG_PID_A, WG_PID_B.
+# shellcheck disable=SC2034 # the WG_PID_* results are for the sourcing script
+lab_wg_start_pair() {
+    WG_IFACE_A=$(lab_wg_iface A)
+    WG_IFACE_B=$(lab_wg_iface B)
+    lab_wg_keypair wga
+    lab_wg_keypair wgb
+    lab_wg_up "$(lab_ns a)" "${WG_IFACE_A}" wga 100.64.1.1/24 51821 wgb 100.64.1.2/32 198.18.0.2:51821
+    WG_PID_A=${LAB_WG_PIDS[-1]}
+    lab_wg_up "$(lab_ns b)" "${WG_IFACE_B}" wgb 100.64.1.2/24 51821 wga 100.64.1.1/32 198.18.0.1:51821
+    WG_PID_B=${LAB_WG_PIDS[-1]}
+}
+
+# lab_wg_stop_all - SIGTERM every wireguard-go (SIGKILL after 5 s) and remove stale sockets.
+lab_wg_stop_all() {
+    local i pid iface n
+    for ((i = ${#LAB_WG_PIDS[@]} - 1; i >= 0; i--)); do
+        pid=${LAB_WG_PIDS[i]}
+        iface=${LAB_WG_IFACES[i]}
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid" 2>/dev/null || true
+            for ((n = 0; n < 50; n++)); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+            done
+            if kill -0 "$pid" 2>/dev/null; then
+                warn "wireguard-go ${iface} (pid ${pid}) did not stop; killing it"
+                kill -KILL "$pid" 2>/dev/null || true
+            fi
+            wait "$pid" 2>/dev/null || true
+        fi
+        rm -f "${LAB_WG_RUN_DIR}/${iface}.sock"
+    done
+    LAB_WG_PIDS=()
+    LAB_WG_IFACES=()
+}
+
+# lab_cleanup_wg - lab_cleanup that first stops wireguard-go; keeps the script's exit status.
+#   Install it in place of lab_cleanup after lab_init: trap lab_cleanup_wg EXIT
+lab_cleanup_wg() {
+    local rc=$?
+    set +e
+    lab_wg_stop_all
+    # lab_cleanup reads the exit status from $?, so hand it over unchanged.
+    (exit "$rc")
+    lab_cleanup
+}

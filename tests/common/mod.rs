@@ -429,6 +429,31 @@ impl Lab {
             .unwrap_or_else(|| panic!("no daemon for {iface} in this lab"))
     }
 
+    /// The pid of the daemon of `iface`. `ip netns exec` execs the command it is given, so the
+    /// spawned child is the daemon itself; checked through /proc/PID/comm, because a wrapper
+    /// process here would make every /proc figure read from it (memory above all) meaningless.
+    #[track_caller]
+    pub fn daemon_pid(&mut self, iface: &str) -> u32 {
+        let pid = match self.daemon_mut(iface).child.as_ref() {
+            Some(child) => child.id(),
+            None => self.fail(format!("daemon for {iface} has no running child")),
+        };
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let want = Path::new(BIN)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        // comm is cut to 15 bytes by the kernel.
+        if comm.trim() != want.chars().take(15).collect::<String>() {
+            self.fail(format!(
+                "pid {pid} of the daemon for {iface} is {:?}, not {want:?}: \
+                 `ip netns exec` did not exec the daemon in place",
+                comm.trim()
+            ));
+        }
+        pid
+    }
+
     /// Has the daemon of `iface` exited? Returns its status if so.
     pub fn daemon_exited(&mut self, iface: &str) -> Option<ExitStatus> {
         let d = self.daemon_mut(iface);
@@ -758,6 +783,66 @@ where
         drop(file);
         f()
     })
+}
+
+/// Resident memory of a process, in KiB, from /proc/PID/status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcMemory {
+    /// VmRSS: resident now.
+    pub rss_kib: u64,
+    /// VmHWM: the most that was ever resident (the kernel's own peak, not sampled by us).
+    pub hwm_kib: u64,
+    /// RssFile: the resident part that maps files, mostly the program's and libraries' code.
+    /// It depends on the build (a debug binary keeps far more code pages), not on the load.
+    pub file_kib: u64,
+}
+
+impl ProcMemory {
+    /// Resident memory that the process itself allocated (heap, stacks, buffers): VmRSS less the
+    /// file-backed pages.
+    pub fn private_kib(&self) -> u64 {
+        self.rss_kib.saturating_sub(self.file_kib)
+    }
+}
+
+/// Read VmRSS, VmHWM and RssFile of `pid`.
+pub fn proc_memory(pid: u32) -> Result<ProcMemory, String> {
+    let path = format!("/proc/{pid}/status");
+    let text = fs::read_to_string(&path).map_err(|e| format!("read {path}: {e}"))?;
+    let field = |name: &str| -> Result<u64, String> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("{path} has no {name} line"))
+    };
+    Ok(ProcMemory {
+        rss_kib: field("VmRSS:")?,
+        hwm_kib: field("VmHWM:")?,
+        file_kib: field("RssFile:")?,
+    })
+}
+
+/// A counter of the `Udp:` lines of namespace `ns`'s /proc/net/snmp, e.g. "RcvbufErrors" (datagrams
+/// dropped because a socket's receive buffer was full).
+pub fn netns_udp_counter(ns: &str, name: &str) -> Result<u64, String> {
+    let name = name.to_string();
+    in_netns(ns, move || {
+        // thread-self, not self: only this thread has joined the namespace.
+        let text = fs::read_to_string("/proc/thread-self/net/snmp")
+            .map_err(|e| format!("read /proc/thread-self/net/snmp: {e}"))?;
+        let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+        let (Some(head), Some(values)) = (udp.next(), udp.next()) else {
+            return Err("no Udp: lines in /proc/net/snmp".to_string());
+        };
+        head.split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(h, _)| *h == name)
+            .and_then(|(_, v)| v.parse().ok())
+            .ok_or_else(|| format!("no Udp {name} counter in /proc/net/snmp"))
+    })
+    .join()
+    .unwrap_or_else(|_| Err("snmp reader thread panicked".to_string()))
 }
 
 /// Run a command to completion (no timeout; for commands that cannot block).

@@ -197,11 +197,13 @@ pub fn complete_checksum(packet: &mut [u8], header: &VnetHeader) -> Result<(), O
 pub struct Segment {
     key: FlowKey,
     ip_len: u8,
+    /// TCP header with options, or the 8-byte UDP header.
     tcp_len: u8,
     seq: u32,
     payload_len: u16,
     psh: bool,
     is_v6: bool,
+    udp: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,49 +216,61 @@ struct FlowKey {
 }
 
 impl Segment {
-    /// A TCP segment that may merge with its neighbours: plain ACK or PSH+ACK with payload, no
-    /// IP options or fragments, a valid checksum (a merged packet's checksum is recomputed by
-    /// the kernel, so a bad one must not be laundered through a merge).
+    /// A packet that may merge with its neighbours: a TCP segment with plain ACK or PSH+ACK
+    /// and payload, or a UDP datagram with payload; no IP options or fragments; a valid
+    /// checksum (a merged packet's checksum is recomputed by the kernel, so a bad one must not
+    /// be laundered through a merge).
     pub fn classify(packet: &[u8]) -> Option<Segment> {
         let version = packet.first()? >> 4;
-        let (ip_len, is_v6) = match version {
+        let (ip_len, is_v6, protocol) = match version {
             4 => {
-                if packet.first()? & 0x0f != 5 || packet.get(9)? != &PROTO_TCP {
-                    return None;
-                }
                 let flags = read_u16(packet, IPV4_FLAGS);
-                // More-fragments set or a fragment offset: leave it alone.
-                if flags & 0x3fff != 0
+                // Options, more-fragments or a fragment offset: leave it alone.
+                if packet.first()? & 0x0f != 5
+                    || flags & 0x3fff != 0
                     || usize::from(read_u16(packet, IPV4_TOTAL_LEN)) != packet.len()
                 {
                     return None;
                 }
-                (20usize, false)
+                (20usize, false, *packet.get(9)?)
             }
             6 => {
-                if packet.get(6)? != &PROTO_TCP
-                    || usize::from(read_u16(packet, IPV6_PAYLOAD_LEN)) + IPV6_HEADER != packet.len()
-                {
+                if usize::from(read_u16(packet, IPV6_PAYLOAD_LEN)) + IPV6_HEADER != packet.len() {
                     return None;
                 }
-                (IPV6_HEADER, true)
+                (IPV6_HEADER, true, *packet.get(6)?)
             }
             _ => return None,
         };
-        let tcp_len = usize::from(packet.get(ip_len + 12)? >> 4) * 4;
-        if tcp_len < 20 || packet.len() <= ip_len + tcp_len {
+        let udp = match protocol {
+            PROTO_TCP => false,
+            PROTO_UDP => true,
+            _ => return None,
+        };
+        let header_len = if udp {
+            UDP_HEADER
+        } else {
+            usize::from(packet.get(ip_len + 12)? >> 4) * 4
+        };
+        if header_len < min_header(udp) || packet.len() <= ip_len + header_len {
             return None;
         }
-        let flags = packet[ip_len + TCP_FLAGS];
+        let flags = if udp {
+            TCP_ACK
+        } else {
+            packet[ip_len + TCP_FLAGS]
+        };
         if flags != TCP_ACK && flags != TCP_ACK | TCP_PSH {
             return None;
         }
         let transport_len = packet.len() - ip_len;
-        if checksum::finish(
-            &packet[ip_len..],
-            pseudo_sum(packet, is_v6, PROTO_TCP, transport_len),
-        ) != 0
-        {
+        if udp && usize::from(read_u16(packet, ip_len + UDP_LEN)) != transport_len {
+            return None;
+        }
+        // IPv4 UDP may go without a checksum (zero): then there is nothing to verify.
+        let unchecked = udp && !is_v6 && read_u16(packet, ip_len + UDP_CHECKSUM) == 0;
+        let pseudo = pseudo_sum(packet, is_v6, protocol, transport_len);
+        if !unchecked && checksum::finish(&packet[ip_len..], pseudo) != 0 {
             return None;
         }
         let mut addresses = [0u8; 32];
@@ -273,16 +287,36 @@ impl Segment {
             key: FlowKey {
                 addresses,
                 ports,
-                ack: read_u32(packet, ip_len + 8),
+                ack: if udp { 0 } else { read_u32(packet, ip_len + 8) },
                 ip_bits,
             },
             ip_len: ip_len as u8,
-            tcp_len: tcp_len as u8,
-            seq: read_u32(packet, ip_len + TCP_SEQ),
-            payload_len: (packet.len() - ip_len - tcp_len) as u16,
+            tcp_len: header_len as u8,
+            seq: if udp {
+                0
+            } else {
+                read_u32(packet, ip_len + TCP_SEQ)
+            },
+            payload_len: (packet.len() - ip_len - header_len) as u16,
             psh: flags & TCP_PSH != 0,
             is_v6,
+            udp,
         })
+    }
+}
+
+impl Segment {
+    /// A UDP datagram (merging it needs UDP segmentation offload), not a TCP segment.
+    pub fn is_udp(&self) -> bool {
+        self.udp
+    }
+}
+
+fn min_header(udp: bool) -> usize {
+    if udp {
+        UDP_HEADER
+    } else {
+        20
     }
 }
 
@@ -316,8 +350,9 @@ impl Group {
     pub fn try_append(&mut self, next: &Segment, len: usize, options_equal: bool) -> bool {
         let fits = self.total_len + usize::from(next.payload_len) <= MAX_SUPER_PACKET;
         let continues = next.key == self.first.key
+            && next.udp == self.first.udp
             && next.tcp_len == self.first.tcp_len
-            && next.seq == self.next_seq
+            && (next.udp || next.seq == self.next_seq)
             && next.payload_len <= self.first.payload_len
             && !self.ended;
         if !(fits && continues && options_equal) || len < usize::from(next.ip_len) {
@@ -352,34 +387,44 @@ impl Group {
             write_u16(first_packet, IPV4_TOTAL_LEN, self.total_len as u16);
             ipv4_header_checksum(first_packet, ip_len);
         }
-        if self.psh {
-            first_packet[ip_len + TCP_FLAGS] |= TCP_PSH;
-        }
-        // The kernel completes the checksum from the pseudo-header sum we leave in the field.
-        let pseudo = pseudo_sum(
-            first_packet,
-            self.first.is_v6,
-            PROTO_TCP,
-            self.total_len - ip_len,
-        );
-        write_u16(first_packet, ip_len + TCP_CHECKSUM, checksum::fold(pseudo));
-        VnetHeader {
-            flags: F_NEEDS_CSUM,
-            gso_type: if self.first.is_v6 {
+        let transport_len = self.total_len - ip_len;
+        let (protocol, checksum_offset, gso_type) = if self.first.udp {
+            write_u16(first_packet, ip_len + UDP_LEN, transport_len as u16);
+            (PROTO_UDP, UDP_CHECKSUM, GSO_UDP_L4)
+        } else {
+            if self.psh {
+                first_packet[ip_len + TCP_FLAGS] |= TCP_PSH;
+            }
+            let gso = if self.first.is_v6 {
                 GSO_TCPV6
             } else {
                 GSO_TCPV4
-            },
+            };
+            (PROTO_TCP, TCP_CHECKSUM, gso)
+        };
+        // The kernel completes the checksum from the pseudo-header sum we leave in the field.
+        let pseudo = pseudo_sum(first_packet, self.first.is_v6, protocol, transport_len);
+        write_u16(
+            first_packet,
+            ip_len + checksum_offset,
+            checksum::fold(pseudo),
+        );
+        VnetHeader {
+            flags: F_NEEDS_CSUM,
+            gso_type,
             hdr_len: self.headers_len() as u16,
             gso_size: self.first.payload_len,
             csum_start: ip_len as u16,
-            csum_offset: TCP_CHECKSUM as u16,
+            csum_offset: checksum_offset as u16,
         }
     }
 }
 
-/// TCP options of two segments are equal (they must be, to merge).
+/// TCP options of two segments are equal (they must be, to merge); UDP has none.
 pub fn options_equal(a: &[u8], b: &[u8], first: &Segment) -> bool {
+    if first.udp {
+        return true;
+    }
     let start = usize::from(first.ip_len) + 20;
     let end = usize::from(first.ip_len) + usize::from(first.tcp_len);
     a.get(start..end) == b.get(start..end)

@@ -154,6 +154,7 @@ async fn event_loop(
         new_device(config)?,
         config.interface.mtu,
         config.interface.ring_slots,
+        tun.offloads(),
     );
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;

@@ -11,7 +11,7 @@ use crate::core::limits::ring_slot_bytes;
 use crate::core::offload::{self, Group, Segment, VnetHeader, MAX_SUPER_PACKET, VNET_HDR_LEN};
 use crate::core::ring::PacketRing;
 use crate::core::stats::DropReason;
-use crate::shell::tun::TunDevice;
+use crate::shell::tun::{Offloads, TunDevice};
 use crate::shell::udp::UdpIo;
 use std::io;
 use std::net::SocketAddr;
@@ -38,14 +38,17 @@ pub struct DataPath {
     /// The rewritten headers of a merged packet (the ring keeps the original until written).
     merge_headers: [u8; 192],
     merge_iov: Box<[libc::iovec]>,
+    /// What the TUN device accepts: which packets may be merged on write.
+    offloads: Offloads,
     started: Instant,
 }
 
 impl DataPath {
-    pub fn new(device: Device, mtu: usize, ring_slots: usize) -> Self {
+    pub fn new(device: Device, mtu: usize, ring_slots: usize, offloads: Offloads) -> Self {
         let slot = ring_slot_bytes(mtu);
         Self {
             device,
+            offloads,
             to_network: PacketRing::new(ring_slots, slot),
             to_tun: PacketRing::new(ring_slots, slot),
             tun_buf: vec![0u8; VNET_HDR_LEN + MAX_SUPER_PACKET].into_boxed_slice(),
@@ -232,7 +235,14 @@ impl DataPath {
         let Some((first, ())) = self.to_tun.front() else {
             return 0;
         };
-        let mut group = Segment::classify(first).map(|s| (s, Group::start(s, first.len())));
+        let mergeable = |s: &Segment| match self.offloads {
+            Offloads::TcpAndUdp => true,
+            Offloads::Tcp => !s.is_udp(),
+            Offloads::None => false,
+        };
+        let mut group = Segment::classify(first)
+            .filter(mergeable)
+            .map(|s| (s, Group::start(s, first.len())));
         let mut count = 1;
         if let Some((segment, group)) = group.as_mut() {
             while count < MAX_MERGE {

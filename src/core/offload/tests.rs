@@ -197,3 +197,85 @@ fn random_headers_never_panic() {
         let _ = Segment::classify(&packet);
     }
 }
+
+/// A UDP super-packet as the kernel writes it with USO.
+fn udp_super_packet(v6: bool, payload: &[u8], segment: usize) -> (Vec<u8>, VnetHeader) {
+    let ip_len = if v6 { 40 } else { 20 };
+    let total = ip_len + 8 + payload.len();
+    let mut p = vec![0u8; total];
+    if v6 {
+        p[0] = 0x60;
+        p[4..6].copy_from_slice(&((total - 40) as u16).to_be_bytes());
+        p[6] = PROTO_UDP;
+        p[7] = 64;
+        p[8..24].copy_from_slice(&"fd64::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        p[24..40].copy_from_slice(&"fd64::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    } else {
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = PROTO_UDP;
+        p[12..16].copy_from_slice(&[100, 64, 0, 1]);
+        p[16..20].copy_from_slice(&[100, 64, 0, 2]);
+        ipv4_header_checksum(&mut p, 20);
+    }
+    p[ip_len..ip_len + 2].copy_from_slice(&40000u16.to_be_bytes());
+    p[ip_len + 2..ip_len + 4].copy_from_slice(&5201u16.to_be_bytes());
+    p[ip_len + 4..ip_len + 6].copy_from_slice(&((total - ip_len) as u16).to_be_bytes());
+    p[ip_len + 8..].copy_from_slice(payload);
+    let pseudo = pseudo_sum(&p, v6, PROTO_UDP, total - ip_len);
+    write_u16(&mut p, ip_len + UDP_CHECKSUM, checksum::fold(pseudo));
+    let header = VnetHeader {
+        flags: F_NEEDS_CSUM,
+        gso_type: GSO_UDP_L4,
+        hdr_len: (ip_len + 8) as u16,
+        gso_size: segment as u16,
+        csum_start: ip_len as u16,
+        csum_offset: UDP_CHECKSUM as u16,
+    };
+    (p, header)
+}
+
+#[test]
+fn udp_datagrams_coalesce_and_split_back() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+    for round in 0..100 {
+        let v6 = round % 2 == 0;
+        let size = 1364;
+        let len = rng.gen_range(1..size * 30);
+        let payload: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        let (mut packet, header) = udp_super_packet(v6, &payload, size);
+        let original = packet.clone();
+        let mut segments = split_all(&mut packet, &header);
+        for s in &segments {
+            assert!(valid(s), "a split UDP datagram has a bad checksum");
+        }
+        let first = Segment::classify(&segments[0]).expect("a coalescable datagram");
+        let mut group = Group::start(first, segments[0].len());
+        for s in &segments[1..] {
+            let next = Segment::classify(s).expect("a coalescable datagram");
+            assert!(group.try_append(&next, s.len(), options_equal(&segments[0], s, &first)));
+        }
+        let mut merged = segments[0].clone();
+        let vnet = group.finish(&mut merged);
+        for s in &segments[1..] {
+            merged.extend_from_slice(&s[group.headers_len()..]);
+        }
+        if segments.len() == 1 {
+            continue;
+        }
+        let ip_len = if v6 { 40 } else { 20 };
+        let first_difference =
+            (ip_len..original.len().max(merged.len())).find(|&i| merged.get(i) != original.get(i));
+        assert_eq!(
+            first_difference, None,
+            "round {round}: merged differs from the original"
+        );
+        assert_eq!(vnet.gso_type, GSO_UDP_L4);
+        let again = split_all(&mut merged, &vnet);
+        segments
+            .iter_mut()
+            .zip(&again)
+            .for_each(|(a, b)| assert_eq!(a, b));
+    }
+}

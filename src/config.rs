@@ -48,6 +48,10 @@ pub struct InterfaceConfig {
     pub mtu: usize,
     /// Slots in each of the TUN->UDP and UDP->TUN rings.
     pub ring_slots: usize,
+    /// Log level of the daemon (error, warn, info, debug, trace).
+    pub log_level: String,
+    /// Where to serve Prometheus metrics (text format over HTTP); off when None.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,6 +182,8 @@ struct RawInterface {
     listen_port: Option<u16>,
     mtu: Option<Spanned<usize>>,
     ring_slots: Option<Spanned<usize>>,
+    log_level: Option<Spanned<String>>,
+    metrics_listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -303,6 +309,36 @@ impl Ctx<'_> {
             Some(slots) => slots.into_inner(),
             None => DEFAULT_RING_SLOTS,
         };
+        let log_level = match raw.log_level {
+            Some(level)
+                if !["error", "warn", "info", "debug", "trace"]
+                    .contains(&level.get_ref().as_str()) =>
+            {
+                return Err(self.err(
+                    Some(level.span()),
+                    format!(
+                        "log_level {:?}: use error, warn, info, debug or trace",
+                        level.get_ref()
+                    ),
+                ))
+            }
+            Some(level) => level.into_inner(),
+            None => "info".to_string(),
+        };
+        let metrics_listen = raw
+            .metrics_listen
+            .map(|m| {
+                m.get_ref().parse::<SocketAddr>().map_err(|_| {
+                    self.err(
+                        Some(m.span()),
+                        format!(
+                            "metrics_listen {:?}: expected IP:PORT, e.g. 127.0.0.1:9586",
+                            m.get_ref()
+                        ),
+                    )
+                })
+            })
+            .transpose()?;
         Ok(InterfaceConfig {
             name,
             secret_key,
@@ -310,6 +346,8 @@ impl Ctx<'_> {
             listen_port: raw.listen_port.unwrap_or(DEFAULT_LISTEN_PORT),
             mtu,
             ring_slots,
+            log_level,
+            metrics_listen,
         })
     }
 

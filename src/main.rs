@@ -16,9 +16,10 @@ use std::process::ExitCode;
     about = "A layer-3 VPN over Noise and UDP, with peers found by public key in the Mainline DHT, in constant memory"
 )]
 struct Cli {
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it
-    #[arg(long, global = true, default_value = "info")]
-    log_level: String,
+    /// Log level (error, warn, info, debug, trace); overrides [interface] log_level, and
+    /// RUST_LOG overrides both. Default: info
+    #[arg(long, global = true)]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -53,8 +54,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log_level);
-    match run(cli.command) {
+    match run(cli.command, cli.log_level) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line, whatever the error chain holds.
@@ -65,7 +65,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+fn run(command: Command, log_level: Option<String>) -> anyhow::Result<()> {
+    // `up` logs at the level its config asks for, unless the command line or RUST_LOG says
+    // otherwise; every other command logs at the command line's level or info.
+    if !matches!(command, Command::Up { .. }) {
+        init_logging(log_level.as_deref().unwrap_or("info"));
+    }
     match command {
         Command::Genkey => {
             let mut seed = [0u8; 32];
@@ -87,6 +92,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Up { config } => {
             let config = Config::load(&config)?;
+            init_logging(log_level.as_deref().unwrap_or(&config.interface.log_level));
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;

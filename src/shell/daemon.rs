@@ -13,6 +13,7 @@ use crate::shell::control::{ControlCommand, ControlRequest, ControlServer};
 use crate::shell::datapath::DataPath;
 use crate::shell::dht::DhtStatus;
 use crate::shell::discovery::{Discovery, Lookup};
+use crate::shell::metrics;
 use crate::shell::netlink::{prefixes_needing_routes, Netlink};
 use crate::shell::privileges;
 use crate::shell::reload::{reload, Link};
@@ -25,7 +26,7 @@ use sd_notify::NotifyState;
 use std::io;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::unix::AsyncFdReadyGuard;
-use tokio::net::UdpSocket;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 
@@ -69,6 +70,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let socket_path = control.path().to_owned();
     let (commands_tx, commands) = mpsc::channel(crate::core::limits::CONTROL_CONNECTIONS);
+    let metrics_task = match config.interface.metrics_listen {
+        Some(address) => match TcpListener::bind(address).await {
+            Ok(listener) => Some(metrics::spawn(listener, commands_tx.clone())),
+            Err(e) => {
+                teardown(&link).await;
+                let _ = std::fs::remove_file(&socket_path);
+                anyhow::bail!("metrics_listen {address} in {}: {e}", config.path.display());
+            }
+        },
+        None => None,
+    };
     let control_task = control.spawn(commands_tx);
     tracing::info!(tun_offloads = ?tun.offloads(), udp_gso = udp.gso_enabled(), "data path ready");
     let discovery = if config.dht.enabled {
@@ -116,6 +128,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await;
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     control_task.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     teardown(&link).await;
     drop(tun);
     let _ = std::fs::remove_file(&socket_path);

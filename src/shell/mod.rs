@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod dht;
 pub mod discovery;
+pub mod metrics;
 pub mod netlink;
 pub mod privileges;
 pub mod reload;

@@ -84,6 +84,10 @@ fn needs_restart(old: &Config, new: &Config) -> Option<&'static str> {
         Some("[interface] mtu")
     } else if o.ring_slots != n.ring_slots {
         Some("[interface] ring_slots")
+    } else if o.log_level != n.log_level {
+        Some("[interface] log_level")
+    } else if o.metrics_listen != n.metrics_listen {
+        Some("[interface] metrics_listen")
     } else if old.dht != new.dht {
         Some("the [dht] section")
     } else {

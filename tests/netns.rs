@@ -739,3 +739,154 @@ fn datagram_len(seq: u32) -> usize {
         1200
     }
 }
+
+#[test]
+fn errors_an_operator_meets() {
+    if !common::netns_available("errors_an_operator_meets") {
+        return;
+    }
+    let (mut lab, a, b) = Lab::pair("op", 51828);
+    let config = |lab: &Lab, me: &common::Node, extra: &str| {
+        let text = lab.config_text(me, &[(&b, &[])]) + extra;
+        lab.write_file(&format!("{}-{}.toml", me.iface, extra.len()), &text)
+    };
+    let must_say = |lab: &Lab, lines: &[String], words: &[&str], what: &str| {
+        let lower = lines[0].to_lowercase();
+        if !words.iter().all(|w| lower.contains(&w.to_lowercase())) {
+            lab.fail(format!(
+                "{what}: the error should mention {words:?}, got {:?}",
+                lines[0]
+            ));
+        }
+    };
+
+    // The same peer twice, and one prefix given to two peers.
+    let twice = format!(
+        "\n[[peer]]\npublic_key = \"{}\"\nallowed_ips = [\"100.64.0.9/32\"]\n",
+        b.public
+    );
+    let lines = up_must_fail(
+        &lab,
+        Some(&a.ns),
+        &config(&lab, &a, &twice),
+        "a peer listed twice",
+    );
+    must_say(&lab, &lines, &["listed twice"], "a peer listed twice");
+    let other = lab.pubkey(&lab.genkey());
+    let overlap = format!(
+        "\n[[peer]]\npublic_key = \"{other}\"\nallowed_ips = [\"{}/32\"]\n",
+        b.v4
+    );
+    let lines = up_must_fail(
+        &lab,
+        Some(&a.ns),
+        &config(&lab, &a, &overlap),
+        "overlapping allowed_ips",
+    );
+    must_say(
+        &lab,
+        &lines,
+        &["allowed_ips", "two peers"],
+        "overlapping allowed_ips",
+    );
+
+    // A running daemon holds the interface's control socket and its port.
+    lab.up(&a, &[(&b, &[])]);
+    let path = config(&lab, &a, "");
+    let lines = up_must_fail(&lab, Some(&a.ns), &path, "the same interface twice");
+    must_say(
+        &lab,
+        &lines,
+        &[&a.iface, "already running"],
+        "the same interface twice",
+    );
+    let mut second = a.clone();
+    second.iface = lab.iface_name("y");
+    let lines = up_must_fail(
+        &lab,
+        Some(&a.ns),
+        &config(&lab, &second, ""),
+        "a port in use",
+    );
+    must_say(&lab, &lines, &["port", "in use"], "a port in use");
+
+    // No privilege: an unprivileged user cannot create the interface or the control socket.
+    let mut unprivileged = a.clone();
+    unprivileged.iface = lab.iface_name("z");
+    unprivileged.port = 51829;
+    let path = config(&lab, &unprivileged, "");
+    let _ = std::fs::set_permissions(
+        &lab.dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    );
+    let _ = std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    let out = run_timeout(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &a.ns,
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                BIN,
+                "up",
+            ])
+            .arg(&path)
+            .env_remove("RUST_LOG"),
+        Duration::from_secs(15),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || err.trim_end().lines().count() != 1 {
+        lab.fail(format!(
+            "without privilege `dhtun up` should fail in one line; {}",
+            describe(&out)
+        ));
+    }
+    let lower = err.to_lowercase();
+    if !(lower.contains("permission denied")
+        || lower.contains("cap_net_admin")
+        || lower.contains("not permitted"))
+    {
+        lab.fail(format!(
+            "without privilege the error should say so, got {err:?}"
+        ));
+    }
+
+    // No /dev/net/tun: hide it in a private mount namespace.
+    let mut no_tun = a.clone();
+    no_tun.iface = lab.iface_name("w");
+    no_tun.port = 51830;
+    let path = config(&lab, &no_tun, "");
+    let script = format!(
+        "mount -t tmpfs none /dev/net && exec {BIN} up {}",
+        path.display()
+    );
+    let out = run_timeout(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &a.ns,
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .env_remove("RUST_LOG"),
+        Duration::from_secs(15),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || err.trim_end().lines().count() != 1 || !err.contains("/dev/net/tun")
+    {
+        lab.fail(format!(
+            "without /dev/net/tun `dhtun up` should fail in one line naming it; {}",
+            describe(&out)
+        ));
+    }
+}

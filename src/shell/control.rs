@@ -129,6 +129,13 @@ async fn serve(
         .unwrap_or_else(|_| "error: daemon stopped before answering\n".into())
 }
 
+impl Drop for ControlServer {
+    /// The socket file goes with the server, on every path out of the daemon.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Sends `request` to the daemon of `interface` and returns its answer.
 pub fn request(interface: &str, request: &str) -> anyhow::Result<String> {
     let path = socket_path(interface);

@@ -33,14 +33,16 @@ use tokio::sync::{mpsc, oneshot};
 /// Runs the interface `config` describes until asked to stop; returns after cleaning up.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let name = config.interface.name.clone();
+    // A daemon already running for this interface is the likelier mistake: say that first.
+    let control = ControlServer::bind(&name)?;
     let netlink = Netlink::open()?;
     if netlink.link_index(&name).await?.is_some() {
+        let _ = std::fs::remove_file(control.path());
         anyhow::bail!(
             "interface {name} already exists; pick another [interface] name in {} or remove that interface",
             config.path.display()
         );
     }
-    let control = ControlServer::bind(&name)?;
     let port = config.interface.listen_port;
     let socket = udp::bind(port).map_err(|e| port_error(e, port, &config))?;
     let udp = UdpIo::new(UdpSocket::from_std(socket)?);

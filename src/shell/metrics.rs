@@ -4,7 +4,7 @@
 
 use crate::core::limits::CONTROL_CONNECTIONS;
 use crate::shell::control::{ControlCommand, ControlRequest};
-use crate::shell::status::InterfaceStatus;
+use crate::shell::status::{InterfaceStatus, PeerStatus};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +62,9 @@ async fn scrape(commands: &mpsc::Sender<ControlCommand>) -> Option<String> {
     Some(render(&status))
 }
 
+/// A per-peer counter: metric name, help text, and how to read it from a peer's status.
+type PeerCounter = (&'static str, &'static str, fn(&PeerStatus) -> u64);
+
 /// The Prometheus text form of a status snapshot.
 pub fn render(status: &InterfaceStatus) -> String {
     let iface = escape(&status.interface);
@@ -95,7 +98,7 @@ pub fn render(status: &InterfaceStatus) -> String {
             r.slots
         );
     }
-    let counters: [(&str, &str, fn(&crate::shell::status::PeerStatus) -> u64); 4] = [
+    let counters: [PeerCounter; 4] = [
         (
             "dhtun_peer_rx_bytes_total",
             "Bytes received from a peer, on the wire.",
@@ -169,7 +172,7 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shell::status::{PeerStatus, RingStatus};
+    use crate::shell::status::RingStatus;
     use std::collections::BTreeMap;
 
     #[test]

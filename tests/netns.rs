@@ -890,3 +890,44 @@ fn errors_an_operator_meets() {
         ));
     }
 }
+
+#[test]
+fn underlay_down_up_and_address_change_recover() {
+    if !common::netns_available("underlay_down_up_and_address_change_recover") {
+        return;
+    }
+    let (mut lab, a, b) = Lab::pair("ul", 51831);
+    lab.up_pair(&a, &b, &[], &[]);
+    lab.must_ping(&a, &b.v4);
+
+    // The link under the tunnel goes away for a while and comes back.
+    lab.ip_ok(&a.ns, &["link", "set", "ul0", "down"]);
+    let _ = lab.ping(&a.ns, &b.v4, 2);
+    lab.ip_ok(&a.ns, &["link", "set", "ul0", "up"]);
+    if let Err(e) = lab.ping(&a.ns, &b.v4, 20) {
+        lab.fail(format!(
+            "after the underlay came back up, A should reach B again: {e}"
+        ));
+    }
+
+    // A's underlay address changes: B must follow A's authenticated packets to the new one.
+    lab.ip_ok(&a.ns, &["addr", "flush", "dev", "ul0"]);
+    lab.ip_ok(&a.ns, &["addr", "add", "198.18.0.11/24", "dev", "ul0"]);
+    if let Err(e) = lab.ping(&a.ns, &b.v4, 20) {
+        lab.fail(format!(
+            "after A's address changed, A should reach B again: {e}"
+        ));
+    }
+    let status = lab.status(&b.iface);
+    let peer = lab.peer_status(&status, &a.public);
+    let endpoint = peer["endpoint"].as_str().unwrap_or_default().to_string();
+    if !endpoint.starts_with("198.18.0.11:") || peer["endpoint_source"] != "roamed" {
+        lab.fail(format!(
+            "B should have roamed to A's new address, has {endpoint} ({})",
+            peer["endpoint_source"]
+        ));
+    }
+    if let Err(e) = lab.ping(&b.ns, &a.v4, 10) {
+        lab.fail(format!("B should reach A at its new address: {e}"));
+    }
+}

@@ -399,13 +399,11 @@ impl Device {
         })
     }
 
-    fn on_response(
+    /// The peer holding session or handshake index `local_index`.
+    fn peer_by_index(
         &mut self,
-        from: SocketAddr,
-        message: Response<'_>,
-        now: Duration,
-    ) -> Result<NetworkAction, (DropReason, Option<PeerId>)> {
-        let local_index = message.receiver();
+        local_index: u32,
+    ) -> Result<(PeerId, &mut Peer), (DropReason, Option<PeerId>)> {
         let id = *self
             .indexes
             .get(&local_index)
@@ -414,6 +412,18 @@ impl Device {
             .peers
             .get_mut(id)
             .ok_or((DropReason::UnknownPeer, None))?;
+        Ok((id, peer))
+    }
+
+    fn on_response(
+        &mut self,
+        from: SocketAddr,
+        message: Response<'_>,
+        now: Duration,
+    ) -> Result<NetworkAction, (DropReason, Option<PeerId>)> {
+        let local_index = message.receiver();
+        let own_mac1 = self.own_mac1;
+        let (id, peer) = self.peer_by_index(local_index)?;
         let attempt = peer
             .handshake
             .as_mut()
@@ -423,7 +433,7 @@ impl Device {
             .pending
             .take()
             .ok_or((DropReason::UnknownPeer, Some(id)))?;
-        let keys = match pending.receive_response(&self.own_mac1, message) {
+        let keys = match pending.receive_response(&own_mac1, message) {
             Ok(keys) => keys,
             Err(HandshakeError::BadMac) => {
                 // A forged response must not cost us the handshake: keep waiting.
@@ -462,14 +472,7 @@ impl Device {
         out: &mut [u8],
     ) -> Result<NetworkAction, (DropReason, Option<PeerId>)> {
         let local_index = message.receiver();
-        let id = *self
-            .indexes
-            .get(&local_index)
-            .ok_or((DropReason::UnknownPeer, None))?;
-        let peer = self
-            .peers
-            .get_mut(id)
-            .ok_or((DropReason::UnknownPeer, None))?;
+        let (id, peer) = self.peer_by_index(local_index)?;
         let slot = peer
             .slot_of(local_index)
             .ok_or((DropReason::UnknownPeer, Some(id)))?;

@@ -43,14 +43,7 @@ impl Device {
         now: Duration,
     ) -> Result<NetworkAction, (DropReason, Option<PeerId>)> {
         let local_index = message.receiver();
-        let id = *self
-            .indexes
-            .get(&local_index)
-            .ok_or((DropReason::UnknownPeer, None))?;
-        let peer = self
-            .peers
-            .get_mut(id)
-            .ok_or((DropReason::UnknownPeer, None))?;
+        let (id, peer) = self.peer_by_index(local_index)?;
         if peer.handshake.as_ref().map(|h| h.local_index) != Some(local_index) {
             return Err((DropReason::UnknownPeer, Some(id)));
         }

@@ -494,7 +494,18 @@ impl Device {
         peer.sent_data_unanswered_since = None;
         peer.traffic.rx_bytes += wire_len as u64;
         peer.traffic.rx_packets += 1;
-        if slot == SessionSlot::Next {
+        // After crossed handshakes the peer may send on the session it initiated while ours,
+        // completed later, is current: keep ours, or both sides would end up sending on
+        // sessions they did not initiate, and neither would rekey on time.
+        let ours_is_newer = |peer: &Peer| match (&peer.current, &peer.next) {
+            (Some(current), Some(next)) => {
+                current.we_initiated
+                    && current.is_usable(now)
+                    && current.established_at > next.established_at
+            }
+            _ => false,
+        };
+        if slot == SessionSlot::Next && !ours_is_newer(peer) {
             if let Some(confirmed) = peer.next.take() {
                 if let Some(old) = peer.install_current(confirmed) {
                     self.indexes.remove(&old);

@@ -1,6 +1,10 @@
 # shellcheck shell=bash
-# Shared helpers for the dhtun network-namespace scripts (demo.sh, benchmarks).
+# Shared helpers for the dhtun network-namespace scripts (lab.sh, demo.sh, bench.sh, test.sh).
 # Source this file from a script that runs `set -euo pipefail`; it does nothing by itself.
+#
+# Two kinds of lab use these helpers. lab.sh builds the discovery lab (a hub namespace running a
+# DHT bootstrap node and N peers that know each other by public key only); demo.sh runs it. The
+# lab_* functions below build the static pair that bench.sh measures:
 #
 # A "lab" is two network namespaces A and B joined by a veth pair on the underlay
 # 198.18.0.0/24 (A = .1, B = .2), with dhtun daemons whose overlay addresses are

@@ -7,6 +7,11 @@
 //!
 //! Addresses used: underlay 198.18.0.1/.2, overlay 100.64.0.1/.2 and fd64::1/::2, extra subnets
 //! in 100.65.0.0/16 and 100.99.0.0/16. Nothing outside the namespaces is ever contacted.
+//!
+//! The discovery tests use a hub topology instead of a veth pair (`Lab::hub`), laid out as
+//! netns-scripts/lab.sh lays out its lab: a hub namespace whose bridge carries 198.18.0.254/24
+//! and runs `dhtun dht-node`, and peer namespaces joined to that bridge (198.18.0.<host>/24),
+//! whose daemons know each other by public key only.
 #![allow(dead_code)]
 
 use std::fmt::Display;
@@ -208,8 +213,18 @@ pub struct Lab {
     pub tag: String,
     pub dir: PathBuf,
     daemons: Vec<Daemon>,
+    /// Other processes of the test (`dhtun dht-node`), stopped after the daemons.
+    helpers: Vec<Helper>,
     namespaces: Vec<String>,
     keep_dir: bool,
+}
+
+/// A process other than `dhtun up` that a test started, e.g. `dhtun dht-node`.
+pub struct Helper {
+    pub name: String,
+    pub ns: String,
+    pub log: PathBuf,
+    child: Option<Child>,
 }
 
 impl Lab {
@@ -226,6 +241,7 @@ impl Lab {
             tag: tag.to_string(),
             dir,
             daemons: Vec::new(),
+            helpers: Vec::new(),
             namespaces: Vec::new(),
             keep_dir: false,
         }
@@ -340,6 +356,38 @@ impl Lab {
     /// Render the config of `me`, with one `[[peer]]` per entry of `peers`: the peer's overlay
     /// /32 and /128 plus `extra` allowed_ips, and its static endpoint.
     pub fn config_text(&self, me: &Node, peers: &[(&Node, &[&str])]) -> String {
+        let mut s = self.interface_section(me);
+        s.push_str("\n[dht]\nenabled = false\n");
+        for (peer, extra) in peers {
+            s.push_str(&peer_section(peer, extra, true));
+        }
+        s
+    }
+
+    /// Render the config of `me` for discovery through the DHT: `[dht] bootstrap` (each
+    /// `IP:PORT`) with `server_mode = true`, as on a private network, and one `[[peer]]` per entry
+    /// of `peers` with its public key and allowed_ips (overlay /32 and /128 plus `extra`) but no
+    /// endpoint: the daemon has to find it in the DHT.
+    pub fn dht_config_text(
+        &self,
+        me: &Node,
+        peers: &[(&Node, &[&str])],
+        bootstrap: &[&str],
+    ) -> String {
+        let mut s = self.interface_section(me);
+        let nodes: Vec<String> = bootstrap.iter().map(|b| format!("\"{b}\"")).collect();
+        s.push_str(&format!(
+            "\n[dht]\nbootstrap = [{}]\nserver_mode = true\n",
+            nodes.join(", ")
+        ));
+        for (peer, extra) in peers {
+            s.push_str(&peer_section(peer, extra, false));
+        }
+        s
+    }
+
+    /// The `[interface]` section of `me`'s config (writes the key file when `key_in_file`).
+    fn interface_section(&self, me: &Node) -> String {
         let mut s = String::new();
         s.push_str("[interface]\n");
         s.push_str(&format!("name = \"{}\"\n", me.iface));
@@ -359,18 +407,7 @@ impl Lab {
         }
         s.push_str(&format!("address = [\"{}/24\", \"{}/64\"]\n", me.v4, me.v6));
         s.push_str(&format!("listen_port = {}\n", me.port));
-        s.push_str("mtu = 1420\n\n[dht]\nenabled = false\n");
-        for (peer, extra) in peers {
-            let mut allowed = vec![
-                format!("\"{}/32\"", peer.v4),
-                format!("\"{}/128\"", peer.v6),
-            ];
-            allowed.extend(extra.iter().map(|a| format!("\"{a}\"")));
-            s.push_str("\n[[peer]]\n");
-            s.push_str(&format!("public_key = \"{}\"\n", peer.public));
-            s.push_str(&format!("allowed_ips = [{}]\n", allowed.join(", ")));
-            s.push_str(&format!("endpoint = \"{}:{}\"\n", peer.underlay, peer.port));
-        }
+        s.push_str("mtu = 1420\n");
         s
     }
 
@@ -398,16 +435,22 @@ impl Lab {
         self.up(b, &[(a, b_extra)]);
     }
 
-    /// Spawn `dhtun up CONFIG` inside `ns` with RUST_LOG=info, stderr and stdout to a log file.
+    /// Spawn `dhtun up CONFIG` inside `ns` with RUST_LOG=info (or DHTUN_TEST_LOG), stderr and
+    /// stdout to a log file.
     pub fn start_daemon(&mut self, ns: &str, iface: &str, config: &Path) {
-        let log = self.dir.join(format!("{iface}.log"));
+        // A restarted daemon logs to a file of its own: {iface}.log, then {iface}.2.log, ...
+        let starts = self.daemons.iter().filter(|d| d.iface == iface).count();
+        let log = match starts {
+            0 => self.dir.join(format!("{iface}.log")),
+            n => self.dir.join(format!("{iface}.{}.log", n + 1)),
+        };
         let file = fs::File::create(&log)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
         let file2 = file.try_clone().expect("clone log file handle");
         let child = Command::new("ip")
             .args(["netns", "exec", ns, BIN, "up"])
             .arg(config)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", daemon_log_level())
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(file2)
@@ -423,8 +466,10 @@ impl Lab {
     }
 
     fn daemon_mut(&mut self, iface: &str) -> &mut Daemon {
+        // The newest one: a daemon stopped and started again has two entries.
         self.daemons
             .iter_mut()
+            .rev()
             .find(|d| d.iface == iface)
             .unwrap_or_else(|| panic!("no daemon for {iface} in this lab"))
     }
@@ -703,6 +748,23 @@ impl Lab {
                 s.push('\n');
             }
         }
+        for h in &self.helpers {
+            let text = fs::read_to_string(&h.log).unwrap_or_else(|e| format!("<unreadable: {e}>"));
+            let lines: Vec<&str> = text.lines().collect();
+            let start = lines.len().saturating_sub(20);
+            s.push_str(&format!(
+                "\n----- {} in {} (last {} of {} log lines, {}) -----\n",
+                h.name,
+                h.ns,
+                lines.len() - start,
+                lines.len(),
+                h.log.display()
+            ));
+            for l in &lines[start..] {
+                s.push_str(l);
+                s.push('\n');
+            }
+        }
         s
     }
 
@@ -716,6 +778,296 @@ impl Lab {
     pub fn keep_dir(&mut self) {
         self.keep_dir = true;
     }
+
+    // ----- The hub topology: a private "internet" for discovery through the DHT -----
+    //
+    // The same layout as netns-scripts/lab.sh: a hub namespace whose bridge br0 carries
+    // 198.18.0.254/24 and runs `dhtun dht-node` on 198.18.0.254:6881; each peer namespace joined
+    // to the bridge by a veth (`ul0` inside it, `p<suffix>` on the bridge) with underlay
+    // 198.18.0.<host>/24; overlay 100.64.0.<host> and fd64::<host>; subnet 100.65.<host>.0/24.
+
+    /// Create the hub namespace (suffix `hub`) with bridge br0 carrying HUB_ADDR/24.
+    #[track_caller]
+    pub fn add_hub(&mut self) -> String {
+        let hub = self.add_ns("hub");
+        self.ip_ok(&hub, &["link", "add", "br0", "type", "bridge"]);
+        self.ip_ok(
+            &hub,
+            &["addr", "add", &format!("{HUB_ADDR}/24"), "dev", "br0"],
+        );
+        self.ip_ok(&hub, &["link", "set", "br0", "up"]);
+        hub
+    }
+
+    /// Create namespace `suffix` and join it to the bridge of `hub`: veth `ul0` in it carrying
+    /// `underlay`/24, its other end `p<suffix>` on br0.
+    #[track_caller]
+    pub fn attach_to_hub(&mut self, hub: &str, suffix: &str, underlay: &str) -> String {
+        let ns = self.add_ns(suffix);
+        let port = format!("p{suffix}");
+        self.ip_ok(
+            hub,
+            &[
+                "link", "add", &port, "type", "veth", "peer", "name", "ul0", "netns", &ns,
+            ],
+        );
+        self.ip_ok(hub, &["link", "set", &port, "master", "br0"]);
+        self.ip_ok(hub, &["link", "set", &port, "up"]);
+        self.ip_ok(
+            &ns,
+            &["addr", "add", &format!("{underlay}/24"), "dev", "ul0"],
+        );
+        self.ip_ok(&ns, &["link", "set", "ul0", "up"]);
+        ns
+    }
+
+    /// A hub running `dhtun dht-node` on HUB_ADDR:DHT_PORT, and one namespace per entry of
+    /// `hosts` (suffixes a, b, c, ...) attached to it with underlay 198.18.0.<host>, each with a
+    /// node (fresh keys, UDP port `port`; the first keeps its key in a file, the others inline).
+    /// No `dhtun up` is started yet. Returns the lab, the hub's namespace and the nodes.
+    pub fn hub(tag: &str, hosts: &[u8], port: u16) -> (Lab, String, Vec<Node>) {
+        let mut lab = Lab::new(tag);
+        let hub = lab.add_hub();
+        lab.start_dht_node(&hub, &format!("{HUB_ADDR}:{DHT_PORT}"));
+        let mut nodes = Vec::new();
+        for (i, &host) in hosts.iter().enumerate() {
+            let suffix = char::from(b'a' + u8::try_from(i).expect("at most 26 hosts")).to_string();
+            let ns = lab.attach_to_hub(&hub, &suffix, &format!("198.18.0.{host}"));
+            nodes.push(lab.node(ns, &suffix, host, port, i == 0));
+        }
+        (lab, hub, nodes)
+    }
+
+    /// The subnet behind `node`: interface lan0 carrying 100.65.<host>.1/24 in its namespace.
+    /// Returns that address.
+    #[track_caller]
+    pub fn add_subnet(&self, node: &Node, host: u8) -> String {
+        self.add_stub_link(&node.ns, "lan0");
+        let addr = format!("100.65.{host}.1");
+        self.ip_ok(
+            &node.ns,
+            &["addr", "add", &format!("{addr}/24"), "dev", "lan0"],
+        );
+        addr
+    }
+
+    /// Move `node`'s underlay on ul0 to `new` (an address of 198.18.0.0/24, without prefix) and
+    /// update `node.underlay`.
+    #[track_caller]
+    pub fn move_underlay(&self, node: &mut Node, new: &str) {
+        let old = format!("{}/24", node.underlay);
+        self.ip_ok(&node.ns, &["addr", "del", &old, "dev", "ul0"]);
+        self.ip_ok(
+            &node.ns,
+            &["addr", "add", &format!("{new}/24"), "dev", "ul0"],
+        );
+        node.underlay = new.to_string();
+    }
+
+    /// Start `dhtun dht-node --listen LISTEN` in `ns` (stopped on drop, after the daemons) and
+    /// wait until its UDP socket is bound.
+    #[track_caller]
+    pub fn start_dht_node(&mut self, ns: &str, listen: &str) {
+        let port: u16 = listen
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("dht-node listen address {listen} has no port"));
+        let name = format!("dht-node {listen}");
+        let log = self
+            .dir
+            .join(format!("dht-node-{}.log", self.helpers.len()));
+        let file = fs::File::create(&log)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+        let file2 = file.try_clone().expect("clone log file handle");
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, BIN, "dht-node", "--listen", listen])
+            .env("RUST_LOG", daemon_log_level())
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(file2)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot spawn `ip netns exec {ns} {BIN} dht-node`: {e}"));
+        self.helpers.push(Helper {
+            name: name.clone(),
+            ns: ns.to_string(),
+            log,
+            child: Some(child),
+        });
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let exited = self
+                .helpers
+                .last_mut()
+                .and_then(|h| h.child.as_mut())
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(st) = exited {
+                self.fail(format!("{name} in {ns} exited during startup with {st}"));
+            }
+            match udp_port_bound(ns, port) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(e) => self.fail(format!("cannot tell whether {name} listens: {e}")),
+            }
+            if Instant::now() >= deadline {
+                self.fail(format!(
+                    "{name} in {ns} did not bind UDP port {port} within {READY_TIMEOUT:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Write `me`'s DHT-discovery config (see `dht_config_text`) and start its daemon; waits
+    /// until it is ready. Returns the config path.
+    #[track_caller]
+    pub fn up_dht(&mut self, me: &Node, peers: &[(&Node, &[&str])], bootstrap: &[&str]) -> PathBuf {
+        let text = self.dht_config_text(me, peers, bootstrap);
+        let config = self.write_file(&format!("{}.toml", me.iface), &text);
+        self.start_daemon(&me.ns, &me.iface, &config);
+        self.wait_ready(&me.iface, &me.v4);
+        config
+    }
+
+    /// Stop the daemon of `iface` with `dhtun down` and wait (bounded) until it has exited, with
+    /// success. Its log stays part of `logs()`; a later `start_daemon` for the same interface
+    /// starts a fresh daemon.
+    #[track_caller]
+    pub fn stop_daemon(&mut self, iface: &str) {
+        let out = try_run_timeout(
+            Command::new(BIN).args(["down", iface]),
+            Duration::from_secs(15),
+        );
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => self.fail(format!("`dhtun down {iface}` failed: {}", describe(&o))),
+            Err(e) => self.fail(format!("`dhtun down {iface}`: {e}")),
+        }
+        match self.wait_daemon_exit(iface, STOP_TIMEOUT) {
+            Some(st) if st.success() => {}
+            Some(st) => self.fail(format!(
+                "daemon {iface} exited with {st} after `dhtun down`"
+            )),
+            None => self.fail(format!(
+                "daemon {iface} still runs {STOP_TIMEOUT:?} after `dhtun down` returned"
+            )),
+        }
+        // Reaped: drop the child so cleanup does not signal a pid that may be reused.
+        self.daemon_mut(iface).child = None;
+    }
+
+    /// The interface-level `dht` object of a status.
+    #[track_caller]
+    pub fn dht_status<'a>(&self, status: &'a Value) -> &'a Value {
+        let dht = &status["dht"];
+        if !dht.is_object() {
+            self.fail(format!(
+                "status has no \"dht\" object though the DHT is enabled; status: {status}"
+            ));
+        }
+        dht
+    }
+
+    /// Poll `check` every 50 ms until it returns Some, for at most `timeout`; then fail with
+    /// `what` and the last thing `check` reported.
+    #[track_caller]
+    pub fn wait_until<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut() -> Result<T, String>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match check() {
+                Ok(v) => return v,
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                self.fail(format!("{what}: not within {timeout:?}; last: {last}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Wait until the daemon of `iface` has published its record; returns the record's sequence.
+    #[track_caller]
+    pub fn wait_published(&self, iface: &str) -> i64 {
+        self.wait_until(
+            &format!("{iface} publishing its DHT record"),
+            Duration::from_secs(15),
+            || {
+                let status = self.status_raw(iface)?;
+                status["dht"]["last_publish_seq"]
+                    .as_i64()
+                    .ok_or_else(|| format!("dht: {}", status["dht"]))
+            },
+        )
+    }
+}
+
+/// RUST_LOG of the daemons and DHT nodes a test starts: `info`, or DHTUN_TEST_LOG when set (e.g.
+/// `DHTUN_TEST_LOG=debug,mainline=trace` to see each DHT message in the kept logs).
+pub fn daemon_log_level() -> String {
+    std::env::var("DHTUN_TEST_LOG").unwrap_or_else(|_| "info".to_string())
+}
+
+/// The address and port of the hub's DHT node.
+pub const HUB_ADDR: &str = "198.18.0.254";
+pub const DHT_PORT: u16 = 6881;
+
+/// Send SIGTERM to a child, wait up to STOP_TIMEOUT, then SIGKILL it; always reaps it.
+fn stop_child(mut child: Child, name: &str) {
+    if let Ok(None) = child.try_wait() {
+        // SAFETY: kill(2) on the pid of our own, not yet reaped child.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if let Ok(None) = child.try_wait() {
+            eprintln!("cleanup: {name} ignored SIGTERM for {STOP_TIMEOUT:?}; killing");
+            let _ = child.kill();
+        }
+    }
+    let _ = child.wait();
+}
+
+/// Whether a UDP socket in namespace `ns` is bound to local port `port` (IPv4).
+pub fn udp_port_bound(ns: &str, port: u16) -> Result<bool, String> {
+    in_netns(ns, move || {
+        // thread-self, not self: only this thread has joined the namespace.
+        let text = fs::read_to_string("/proc/thread-self/net/udp")
+            .map_err(|e| format!("read /proc/thread-self/net/udp: {e}"))?;
+        Ok(text.lines().skip(1).any(|line| {
+            line.split_whitespace()
+                .nth(1)
+                .and_then(|local| local.rsplit(':').next())
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok())
+                == Some(port)
+        }))
+    })
+    .join()
+    .unwrap_or_else(|_| Err("/proc/net/udp reader thread panicked".to_string()))
+}
+
+/// One `[[peer]]` section: public key, allowed_ips (overlay /32 and /128 plus `extra`) and, when
+/// `with_endpoint`, the peer's static endpoint.
+fn peer_section(peer: &Node, extra: &[&str], with_endpoint: bool) -> String {
+    let mut allowed = vec![
+        format!("\"{}/32\"", peer.v4),
+        format!("\"{}/128\"", peer.v6),
+    ];
+    allowed.extend(extra.iter().map(|a| format!("\"{a}\"")));
+    let mut s = String::from("\n[[peer]]\n");
+    s.push_str(&format!("public_key = \"{}\"\n", peer.public));
+    s.push_str(&format!("allowed_ips = [{}]\n", allowed.join(", ")));
+    if with_endpoint {
+        s.push_str(&format!("endpoint = \"{}:{}\"\n", peer.underlay, peer.port));
+    }
+    s
 }
 
 impl Drop for Lab {
@@ -743,6 +1095,11 @@ impl Drop for Lab {
                     // A killed daemon cannot remove its own control socket.
                     let _ = fs::remove_file(socket_path(&d.iface));
                 }
+            }
+        }
+        for h in self.helpers.iter_mut().rev() {
+            if let Some(child) = h.child.take() {
+                stop_child(child, &h.name);
             }
         }
         let _guard = netns_lock();

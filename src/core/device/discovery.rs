@@ -36,7 +36,13 @@ impl Device {
         peer.discovery.sequence = Some(sequence);
         peer.discovery.record_at = Some(now);
         peer.discovery.candidates = [None; MAX_RECORD_CANDIDATES];
-        for (slot, address) in peer.discovery.candidates.iter_mut().zip(candidates) {
+        // An address the tunnel itself routes (a subnet behind a peer, an overlay address) is
+        // no way to reach the peer: a handshake sent there would travel inside the tunnel.
+        let routes = &self.routes;
+        let usable = candidates
+            .iter()
+            .filter(|c| routes.lookup(c.ip()).is_none());
+        for (slot, address) in peer.discovery.candidates.iter_mut().zip(usable) {
             *slot = Some(*address);
         }
         let connected = peer.current.as_ref().is_some_and(|s| s.is_usable(now));
@@ -63,7 +69,9 @@ fn lookup_due(peer: &Peer, now: Duration) -> bool {
         .handshake
         .as_ref()
         .is_some_and(|h| now.saturating_sub(h.started_at) >= crate::core::limits::REKEY_TIMEOUT);
-    let stuck = !connected && (!peer.reachable() || unanswered);
+    // A session counts as working only while handshakes are answered: a peer that moved
+    // leaves us a session that looks usable for up to three minutes.
+    let stuck = unanswered || (!connected && !peer.reachable());
     match since_last {
         None => true,
         Some(elapsed) if stuck => elapsed >= DHT_RESOLVE_RETRY,

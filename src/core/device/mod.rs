@@ -323,6 +323,10 @@ impl Device {
         now: Duration,
         out: &mut [u8],
     ) -> Result<NetworkAction, (DropReason, Option<PeerId>)> {
+        // A peer's packets may reach us through the tunnel itself (one copy of an initiation
+        // sent to an address the tunnel routes); such a source must never become its endpoint,
+        // or every packet would be wrapped again and again.
+        let outside_tunnel = self.routes.lookup(from.ip()).is_none();
         // Everything before the Curve25519 work must be cheap: mac1, load, rate.
         if !self.own_mac1.verify(message.mac1_input(), message.mac1()) {
             return Err((DropReason::Unauthenticated, None));
@@ -379,10 +383,11 @@ impl Device {
         peer.latest_timestamp = Some(timestamp);
         peer.last_initiation_at = Some(now);
         peer.last_handshake_at = Some(now);
-        let moved = peer.roam_to(from).then_some(peer.config.public_key);
+        let moved = (outside_tunnel && peer.roam_to(from)).then_some(peer.config.public_key);
         let session = Session::new(local_index, remote_index, keys, now, false);
         let replaced = peer.next.replace(session).map(|s| s.local_index);
         peer.traffic.tx_bytes += wire::RESPONSE_LEN as u64;
+        peer.traffic.tx_packets += 1;
         if let Some(old) = replaced {
             self.indexes.remove(&old);
         }
@@ -421,6 +426,10 @@ impl Device {
         message: Response<'_>,
         now: Duration,
     ) -> Result<NetworkAction, (DropReason, Option<PeerId>)> {
+        // A peer's packets may reach us through the tunnel itself (one copy of an initiation
+        // sent to an address the tunnel routes); such a source must never become its endpoint,
+        // or every packet would be wrapped again and again.
+        let outside_tunnel = self.routes.lookup(from.ip()).is_none();
         let local_index = message.receiver();
         let own_mac1 = self.own_mac1;
         let (id, peer) = self.peer_by_index(local_index)?;
@@ -444,7 +453,7 @@ impl Device {
         peer.handshake = None;
         peer.last_handshake_at = Some(now);
         let key = peer.config.public_key;
-        let moved = peer.roam_to(from);
+        let moved = outside_tunnel && peer.roam_to(from);
         let session = Session::new(local_index, message.sender(), keys, now, true);
         let evicted = peer.install_current(session);
         // Confirm the session to the responder at once, even with nothing staged to send.
@@ -471,6 +480,10 @@ impl Device {
         now: Duration,
         out: &mut [u8],
     ) -> Result<NetworkAction, (DropReason, Option<PeerId>)> {
+        // A peer's packets may reach us through the tunnel itself (one copy of an initiation
+        // sent to an address the tunnel routes); such a source must never become its endpoint,
+        // or every packet would be wrapped again and again.
+        let outside_tunnel = self.routes.lookup(from.ip()).is_none();
         let local_index = message.receiver();
         let (id, peer) = self.peer_by_index(local_index)?;
         let slot = peer
@@ -490,7 +503,7 @@ impl Device {
         let initiator_should_rekey = session.we_initiated
             && session.age(now) >= REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT;
         let key = peer.config.public_key;
-        let moved = peer.roam_to(from);
+        let moved = outside_tunnel && peer.roam_to(from);
         peer.sent_data_unanswered_since = None;
         peer.traffic.rx_bytes += wire_len as u64;
         peer.traffic.rx_packets += 1;

@@ -81,6 +81,7 @@ impl Device {
             next_retry_at: now + REKEY_TIMEOUT + jitter,
         });
         peer.traffic.tx_bytes += wire::INITIATION_LEN as u64;
+        peer.traffic.tx_packets += 1;
         // The same bytes go to every other address we know; whichever answers wins.
         peer.initiation_copy.copy_from_slice(buf);
         peer.fanout_next = Some(1);
@@ -148,6 +149,7 @@ fn fan_out(peer: &mut Peer, out: &mut [u8]) -> Option<Transmit> {
     out.get_mut(..wire::INITIATION_LEN)?
         .copy_from_slice(&peer.initiation_copy);
     peer.traffic.tx_bytes += wire::INITIATION_LEN as u64;
+    peer.traffic.tx_packets += 1;
     Some(Transmit {
         to,
         len: wire::INITIATION_LEN,

@@ -50,4 +50,17 @@ else
     printf '      Run as root to include them: sudo bash netns-scripts/test.sh\n' >&2
 fi
 
+if ((root)); then
+    step "systemd units: systemd-analyze verify and security (netns-scripts/verify-units.sh)"
+    bash netns-scripts/verify-units.sh
+fi
+
+# A few seconds of every fuzz target (fuzz/README.md); installs cargo-fuzz when missing and
+# fails on any crash. DHTUN_FUZZ_SECONDS sets the time per target; 0 skips the step.
+fuzz_seconds=${DHTUN_FUZZ_SECONDS:-5}
+if ((fuzz_seconds > 0)); then
+    step "fuzz: every target for ${fuzz_seconds}s (bash fuzz/run.sh)"
+    bash fuzz/run.sh "${fuzz_seconds}"
+fi
+
 step "all checks passed"

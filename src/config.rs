@@ -80,7 +80,8 @@ impl Config {
     /// Validates config `text`; `path` names it in errors and anchors relative key files.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let ctx = Ctx { path, text };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ctx.err(e.span(), e.message()))?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ctx.err(e.span(), one_line(e.message())))?;
         let interface = ctx.interface(raw.interface)?;
         let dht = raw.dht.map_or_else(DhtConfig::default, DhtConfig::from);
         if raw.peer.len() > MAX_PEERS {
@@ -427,6 +428,20 @@ impl Ctx<'_> {
         }
         std::fs::read_to_string(&path)
             .map_err(|e| self.err(Some(file.span()), format!("{key} {}: {e}", path.display())))
+    }
+}
+
+/// toml's messages can be empty or span lines; errors here are always one line.
+fn one_line(message: &str) -> String {
+    let lines: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if lines.is_empty() {
+        "invalid TOML syntax".to_string()
+    } else {
+        lines.join("; ")
     }
 }
 

@@ -134,7 +134,9 @@ pub fn split(
     let tcp_flags = headers.get(ip_len + TCP_FLAGS).copied().unwrap_or(0);
     let first_id = read_u16(headers, IPV4_ID);
     let segments = payload.len().div_ceil(mss).max(1);
-    for (i, chunk) in payload.chunks(mss).enumerate() {
+    // A super-packet with headers only still becomes one (empty) packet, as it was counted.
+    let headers_only = payload.is_empty().then_some(payload);
+    for (i, chunk) in payload.chunks(mss).chain(headers_only).enumerate() {
         let total = headers_len + chunk.len();
         let out = &mut segment[..total];
         out[..headers_len].copy_from_slice(headers);

@@ -193,9 +193,14 @@ pub const DHT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(60);
 /// absent resolver must not hold the daemon's start-up longer than one DNS retry.
 pub const DHT_BOOTSTRAP_DNS_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Least time between two lookups of one peer's record while we cannot reach it: a lookup
+/// Most time between two lookups of one peer's record while we cannot reach it: a lookup
 /// costs dozens of DHT messages, and a record changes only when the peer moves.
 pub const DHT_RESOLVE_RETRY: Duration = Duration::from_secs(10);
+
+/// First retry after a lookup found no record. Two peers that start together each look the
+/// other up before either has published; the retry doubles from here up to DHT_RESOLVE_RETRY,
+/// so they meet within a second or two.
+pub const DHT_RESOLVE_FIRST_RETRY: Duration = Duration::from_millis(500);
 
 /// How often a peer's record is looked up even while its session works, so a peer that moved
 /// is found before the old path dies.

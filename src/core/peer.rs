@@ -110,6 +110,8 @@ pub struct Discovery {
     pub record_at: Option<Duration>,
     pub candidates: [Option<SocketAddr>; MAX_RECORD_CANDIDATES],
     pub last_lookup_at: Option<Duration>,
+    /// Lookups in a row that found no record: the retry interval doubles with each.
+    pub empty_lookups: u32,
 }
 
 impl Peer {

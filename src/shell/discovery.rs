@@ -102,10 +102,13 @@ impl Discovery {
     /// Hands a finished lookup to the core.
     pub fn apply(&mut self, device: &mut Device, lookup: Lookup, now: Duration) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        if let Some((sequence, record)) = lookup.found {
-            let candidates: Vec<SocketAddr> = record.candidates().collect();
-            tracing::debug!(peer = %lookup.peer, sequence, ?candidates, "DHT record found");
-            device.record_found(&lookup.peer, sequence, &candidates, now);
+        match lookup.found {
+            Some((sequence, record)) => {
+                let candidates: Vec<SocketAddr> = record.candidates().collect();
+                tracing::debug!(peer = %lookup.peer, sequence, ?candidates, "DHT record found");
+                device.record_found(&lookup.peer, sequence, &candidates, now);
+            }
+            None => device.record_missing(&lookup.peer),
         }
     }
 

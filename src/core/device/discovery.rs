@@ -3,7 +3,9 @@
 
 use super::Device;
 use crate::core::keys::PublicKey;
-use crate::core::limits::{DHT_RESOLVE_REFRESH, DHT_RESOLVE_RETRY, MAX_RECORD_CANDIDATES};
+use crate::core::limits::{
+    DHT_RESOLVE_FIRST_RETRY, DHT_RESOLVE_REFRESH, DHT_RESOLVE_RETRY, MAX_RECORD_CANDIDATES,
+};
 use crate::core::peer::Peer;
 use core::time::Duration;
 use std::net::SocketAddr;
@@ -15,6 +17,13 @@ impl Device {
         let peer = self.peers.iter_mut().find(|p| lookup_due(p, now))?;
         peer.discovery.last_lookup_at = Some(now);
         Some((peer.config.public_key, peer.discovery.sequence))
+    }
+
+    /// A lookup of `peer` found no (newer) record: retry sooner than usual, then back off.
+    pub fn record_missing(&mut self, peer: &PublicKey) {
+        if let Some(peer) = self.peers.iter_mut().find(|p| &p.config.public_key == peer) {
+            peer.discovery.empty_lookups = peer.discovery.empty_lookups.saturating_add(1);
+        }
     }
 
     /// A verified record of `peer` arrived: remember its addresses, and if we have no working
@@ -35,6 +44,7 @@ impl Device {
         }
         peer.discovery.sequence = Some(sequence);
         peer.discovery.record_at = Some(now);
+        peer.discovery.empty_lookups = 0;
         peer.discovery.candidates = [None; MAX_RECORD_CANDIDATES];
         // An address the tunnel itself routes (a subnet behind a peer, an overlay address) is
         // no way to reach the peer: a handshake sent there would travel inside the tunnel.
@@ -72,9 +82,15 @@ fn lookup_due(peer: &Peer, now: Duration) -> bool {
     // A session counts as working only while handshakes are answered: a peer that moved
     // leaves us a session that looks usable for up to three minutes.
     let stuck = unanswered || (!connected && !peer.reachable());
+    let retry = match peer.discovery.empty_lookups {
+        0 => DHT_RESOLVE_RETRY,
+        n => DHT_RESOLVE_FIRST_RETRY
+            .saturating_mul(1 << (n - 1).min(8))
+            .min(DHT_RESOLVE_RETRY),
+    };
     match since_last {
         None => true,
-        Some(elapsed) if stuck => elapsed >= DHT_RESOLVE_RETRY,
+        Some(elapsed) if stuck => elapsed >= retry,
         Some(elapsed) => elapsed >= DHT_RESOLVE_REFRESH,
     }
 }

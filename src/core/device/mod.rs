@@ -6,7 +6,7 @@
 //! per-peer flag and comes out of `poll_transmit`, so no queue grows with traffic.
 
 use crate::core::cookie::CookieMaker;
-use crate::core::handshake::{self, HandshakeError, Mac1Key};
+use crate::core::handshake::{self, Mac1Key};
 use crate::core::keys::{PublicKey, SecretKey};
 use crate::core::limits::{
     ring_slot_bytes, EVENT_QUEUE, KEEPALIVE_TIMEOUT, MIN_INITIATION_INTERVAL, REJECT_AFTER_TIME,
@@ -323,10 +323,6 @@ impl Device {
         now: Duration,
         out: &mut [u8],
     ) -> Result<NetworkAction, (DropReason, Option<PeerId>)> {
-        // A peer's packets may reach us through the tunnel itself (one copy of an initiation
-        // sent to an address the tunnel routes); such a source must never become its endpoint,
-        // or every packet would be wrapped again and again.
-        let outside_tunnel = self.routes.lookup(from.ip()).is_none();
         // Everything before the Curve25519 work must be cheap: mac1, load, rate.
         if !self.own_mac1.verify(message.mac1_input(), message.mac1()) {
             return Err((DropReason::Unauthenticated, None));
@@ -383,7 +379,6 @@ impl Device {
         peer.latest_timestamp = Some(timestamp);
         peer.last_initiation_at = Some(now);
         peer.last_handshake_at = Some(now);
-        let moved = (outside_tunnel && peer.roam_to(from)).then_some(peer.config.public_key);
         let session = Session::new(local_index, remote_index, keys, now, false);
         let replaced = peer.next.replace(session).map(|s| s.local_index);
         peer.traffic.tx_bytes += wire::RESPONSE_LEN as u64;
@@ -392,16 +387,30 @@ impl Device {
             self.indexes.remove(&old);
         }
         self.indexes.insert(local_index, id);
-        if let Some(peer) = moved {
-            self.emit(PeerEvent::EndpointChanged {
-                peer,
-                endpoint: from,
-            });
-        }
+        self.roam(id, from);
         Ok(NetworkAction::WriteToNetwork {
             to: from,
             len: wire::RESPONSE_LEN,
         })
+    }
+
+    /// An authenticated packet of peer `id` came from `from`: replies go there from now on,
+    /// unless `from` is an address the tunnel itself routes (a copy of an initiation sent
+    /// into the tunnel), which as an endpoint would wrap every packet again and again.
+    fn roam(&mut self, id: PeerId, from: SocketAddr) {
+        let Some(peer) = self.peers.get(id) else {
+            return;
+        };
+        if peer.endpoint == Some(from) || self.routes.lookup(from.ip()).is_some() {
+            return;
+        }
+        let key = peer.config.public_key;
+        if self.peers[id].roam_to(from) {
+            self.emit(PeerEvent::EndpointChanged {
+                peer: key,
+                endpoint: from,
+            });
+        }
     }
 
     /// The peer holding session or handshake index `local_index`.
@@ -426,10 +435,6 @@ impl Device {
         message: Response<'_>,
         now: Duration,
     ) -> Result<NetworkAction, (DropReason, Option<PeerId>)> {
-        // A peer's packets may reach us through the tunnel itself (one copy of an initiation
-        // sent to an address the tunnel routes); such a source must never become its endpoint,
-        // or every packet would be wrapped again and again.
-        let outside_tunnel = self.routes.lookup(from.ip()).is_none();
         let local_index = message.receiver();
         let own_mac1 = self.own_mac1;
         let (id, peer) = self.peer_by_index(local_index)?;
@@ -442,18 +447,14 @@ impl Device {
             .pending
             .take()
             .ok_or((DropReason::UnknownPeer, Some(id)))?;
-        let keys = match pending.receive_response(&own_mac1, message) {
-            Ok(keys) => keys,
-            Err(HandshakeError::BadMac) => {
-                // A forged response must not cost us the handshake: keep waiting.
-                return Err((DropReason::Unauthenticated, Some(id)));
-            }
-            Err(_) => return Err((DropReason::Unauthenticated, Some(id))),
-        };
+        // A response that fails costs only this initiation's state: the attempt stays, and
+        // the retry timer sends a fresh initiation.
+        let keys = pending
+            .receive_response(&own_mac1, message)
+            .map_err(|_| (DropReason::Unauthenticated, Some(id)))?;
         peer.handshake = None;
         peer.last_handshake_at = Some(now);
         let key = peer.config.public_key;
-        let moved = outside_tunnel && peer.roam_to(from);
         let session = Session::new(local_index, message.sender(), keys, now, true);
         let evicted = peer.install_current(session);
         // Confirm the session to the responder at once, even with nothing staged to send.
@@ -463,12 +464,7 @@ impl Device {
         }
         self.enqueue(id);
         self.emit(PeerEvent::HandshakeCompleted { peer: key });
-        if moved {
-            self.emit(PeerEvent::EndpointChanged {
-                peer: key,
-                endpoint: from,
-            });
-        }
+        self.roam(id, from);
         Ok(NetworkAction::Consumed)
     }
 
@@ -480,10 +476,6 @@ impl Device {
         now: Duration,
         out: &mut [u8],
     ) -> Result<NetworkAction, (DropReason, Option<PeerId>)> {
-        // A peer's packets may reach us through the tunnel itself (one copy of an initiation
-        // sent to an address the tunnel routes); such a source must never become its endpoint,
-        // or every packet would be wrapped again and again.
-        let outside_tunnel = self.routes.lookup(from.ip()).is_none();
         let local_index = message.receiver();
         let (id, peer) = self.peer_by_index(local_index)?;
         let slot = peer
@@ -503,7 +495,6 @@ impl Device {
         let initiator_should_rekey = session.we_initiated
             && session.age(now) >= REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT;
         let key = peer.config.public_key;
-        let moved = outside_tunnel && peer.roam_to(from);
         peer.sent_data_unanswered_since = None;
         peer.traffic.rx_bytes += wire_len as u64;
         peer.traffic.rx_packets += 1;
@@ -527,12 +518,7 @@ impl Device {
             self.enqueue(id);
             self.emit(PeerEvent::HandshakeCompleted { peer: key });
         }
-        if moved {
-            self.emit(PeerEvent::EndpointChanged {
-                peer: key,
-                endpoint: from,
-            });
-        }
+        self.roam(id, from);
         if initiator_should_rekey && self.peers[id].handshake.is_none() {
             self.want_initiation(id);
         }

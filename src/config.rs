@@ -7,6 +7,7 @@ use crate::core::limits::{
     MIN_RING_SLOTS,
 };
 use crate::core::peer::PeerConfig;
+use crate::shell::netlink::masked;
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -443,11 +444,6 @@ fn one_line(message: &str) -> String {
     } else {
         lines.join("; ")
     }
-}
-
-/// The network of `net` with host bits cleared: 100.65.2.7/24 routes 100.65.2.0/24.
-fn masked(net: IpNetwork) -> IpNetwork {
-    IpNetwork::new(net.network(), net.prefix()).unwrap_or(net)
 }
 
 #[cfg(test)]

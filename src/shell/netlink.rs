@@ -370,7 +370,8 @@ fn enable_ipv6(link: &str) -> io::Result<()> {
     std::fs::write(format!("/proc/sys/net/ipv6/conf/{link}/disable_ipv6"), "0")
 }
 
-fn masked(net: IpNetwork) -> IpNetwork {
+/// The network of `net` with host bits cleared: 100.65.2.7/24 is 100.65.2.0/24.
+pub fn masked(net: IpNetwork) -> IpNetwork {
     IpNetwork::new(net.network(), net.prefix()).unwrap_or(net)
 }
 

@@ -53,6 +53,8 @@ pub struct InterfaceConfig {
     pub log_level: String,
     /// Where to serve Prometheus metrics (text format over HTTP); off when None.
     pub metrics_listen: Option<SocketAddr>,
+    /// Forward packets between two of our peers when one asks (this node is a relay).
+    pub relay: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,6 +188,7 @@ struct RawInterface {
     ring_slots: Option<Spanned<usize>>,
     log_level: Option<Spanned<String>>,
     metrics_listen: Option<Spanned<String>>,
+    relay: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -208,6 +211,7 @@ struct RawPeer {
     preshared_key_file: Option<Spanned<String>>,
     preshared_key: Option<Spanned<String>>,
     persistent_keepalive: Option<Spanned<u64>>,
+    relay: Option<bool>,
 }
 
 struct Ctx<'a> {
@@ -350,6 +354,7 @@ impl Ctx<'_> {
             ring_slots,
             log_level,
             metrics_listen,
+            relay: raw.relay.unwrap_or(false),
         })
     }
 
@@ -408,6 +413,7 @@ impl Ctx<'_> {
             allowed_ips,
             endpoint,
             persistent_keepalive,
+            relay: raw.relay.unwrap_or(false),
         })
     }
 

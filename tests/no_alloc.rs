@@ -86,9 +86,11 @@ fn device(own: u8, other: u8, allowed: &str, endpoint: SocketAddr) -> Device {
             allowed_ips: vec![allowed.parse().unwrap()],
             endpoint: Some(endpoint),
             persistent_keepalive: None,
+            relay: false,
         }],
         wall_clock_at_zero: Duration::from_secs(1_700_000_000),
         rng_seed: [own; 32],
+        serve_relay: false,
     })
 }
 

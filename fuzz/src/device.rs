@@ -45,6 +45,7 @@ pub fn peer_config(key: PublicKey, allowed: &[&str], endpoint: Option<&str>) -> 
         allowed_ips: allowed.iter().map(|a| a.parse().unwrap()).collect(),
         endpoint: endpoint.map(|e| e.parse().unwrap()),
         persistent_keepalive: None,
+        relay: false,
     }
 }
 
@@ -66,6 +67,7 @@ pub fn device(own: u8) -> Device {
         )],
         wall_clock_at_zero: Duration::from_secs(1_700_000_000),
         rng_seed: [own; 32],
+        serve_relay: false,
     })
 }
 

@@ -29,11 +29,28 @@ pub const TRANSPORT_OVERHEAD: usize = 32;
 /// less about their content (WireGuard pads to 16 as well).
 pub const PADDING_MULTIPLE: usize = 16;
 
-/// Size of one packet-ring slot for an interface of this MTU: the largest inner packet plus
-/// everything we wrap around it, rounded up so slots stay cache-line aligned. Slots follow the
-/// configured MTU, so a 1420-byte interface does not pay for jumbo frames.
+/// Bytes a relay envelope adds in front of the datagram it carries: kind, reserved byte, length
+/// and the X25519 key of the other end (see `core::envelope`).
+pub const ENVELOPE_HEADER: usize = 36;
+
+/// Largest datagram we send directly: an inner packet of the MTU, padded, and framed.
+pub const fn direct_datagram_bytes(mtu: usize) -> usize {
+    mtu + TRANSPORT_OVERHEAD + PADDING_MULTIPLE
+}
+
+/// Largest datagram we send through a relay: a direct datagram in an envelope, padded and framed
+/// again for the relay's session.
+pub const fn relayed_datagram_bytes(mtu: usize) -> usize {
+    direct_datagram_bytes(mtu) + ENVELOPE_HEADER + TRANSPORT_OVERHEAD + PADDING_MULTIPLE
+}
+
+/// Size of one packet-ring slot for an interface of this MTU: the largest datagram we build
+/// (a relayed one), rounded up so slots stay cache-line aligned. Slots follow the configured
+/// MTU, so a 1420-byte interface does not pay for jumbo frames. The relay envelope costs about
+/// 8% more ring memory at the default MTU; the alternative, a smaller MTU whenever a relay may
+/// be used, would cost every direct packet instead.
 pub const fn ring_slot_bytes(mtu: usize) -> usize {
-    (mtu + TRANSPORT_OVERHEAD + PADDING_MULTIPLE + 63) & !63
+    (relayed_datagram_bytes(mtu) + 63) & !63
 }
 
 /// The largest slot any config can ask for.
@@ -226,3 +243,38 @@ pub const DHT_REPUBLISH_INTERVAL: Duration = Duration::from_secs(30 * 60);
 /// How long mainline's actor thread may take to answer a status question. It answers between
 /// two steps of its loop (about 50 ms each), so seconds of silence mean it has stopped.
 pub const DHT_ACTOR_TIMEOUT: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------------------------------------
+// NAT traversal and relays
+// ---------------------------------------------------------------------------------------------
+
+/// How often an unanswered initiation is sent again to every direct address while a handshake
+/// runs. Hole punching needs both sides' packets to cross while each NAT still holds the
+/// mapping the other opened; a second apart, a few seconds of trying is a handful of 148-byte
+/// packets per address.
+pub const PUNCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long an initiation waits for a direct answer before the same initiation also goes
+/// through a relay. Two punches (two round trips through any NAT pair) are enough for a direct
+/// path that can work at all; waiting longer only delays the first packet.
+pub const RELAY_FALLBACK_AFTER: Duration = Duration::from_secs(2);
+
+/// How often a peer reached through a relay is tried directly again (a handshake sent only to
+/// its direct addresses). NATs and addresses change; a relay is a detour, not a home. Each try
+/// is one initiation per address, so every 10 s costs almost nothing.
+pub const DIRECT_RETRY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long a direct path may stay silent before packets arriving through a relay move the
+/// peer back onto the relay: the same time WireGuard gives a session to show it is alive
+/// (a keepalive interval plus a handshake retry). Shorter would flap between paths while the
+/// other side is still switching.
+pub const DIRECT_PATH_SILENCE: Duration = Duration::from_secs(15);
+
+/// Keepalive interval that holds NAT mappings open: below the 30 s that Linux conntrack and
+/// many home routers give an unanswered UDP flow. Relay peers always get it (others must reach
+/// us through them at any time); other peers while a session is in use.
+pub const NAT_KEEPALIVE: Duration = Duration::from_secs(25);
+
+/// How long after the last data a session counts as "in use" for NAT keepalives: one session
+/// lifetime, so an idle tunnel stops sending after three minutes, as WireGuard's sessions expire.
+pub const NAT_KEEPALIVE_IDLE: Duration = Duration::from_secs(180);

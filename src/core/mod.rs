@@ -5,6 +5,7 @@
 pub mod checksum;
 pub mod cookie;
 pub mod device;
+pub mod envelope;
 pub mod handshake;
 pub mod keys;
 pub mod limits;

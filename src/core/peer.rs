@@ -25,6 +25,18 @@ pub struct PeerConfig {
     pub allowed_ips: Vec<IpNetwork>,
     pub endpoint: Option<SocketAddr>,
     pub persistent_keepalive: Option<Duration>,
+    /// This peer may relay for us: we keep a session with it and reach others through it when
+    /// no direct path answers.
+    pub relay: bool,
+}
+
+/// How a datagram reaches a peer, or where one came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// Straight to or from this underlay address.
+    Direct(SocketAddr),
+    /// Wrapped in an envelope, through the session with this relay peer.
+    Relay(PeerId),
 }
 
 /// Where a peer's current endpoint came from.
@@ -64,6 +76,13 @@ pub struct HandshakeAttempt {
     pub local_index: u32,
     pub started_at: Duration,
     pub next_retry_at: Duration,
+    /// When the latest initiation goes to every direct address again (hole punching).
+    pub next_punch_at: Duration,
+    /// Only direct addresses may carry this attempt: it tests whether a relayed peer can now be
+    /// reached directly, so an answer through the relay would prove nothing.
+    pub direct_only: bool,
+    /// The latest initiation also went through a relay.
+    pub relayed: bool,
 }
 
 pub struct Peer {
@@ -101,6 +120,18 @@ pub struct Peer {
     pub fanout_next: Option<usize>,
     /// The cookie the peer gave us when it was under load; proves our address in mac2.
     pub cookie: Option<crate::core::cookie::Cookie>,
+    /// The relay we reach this peer through; None when the path is direct (`endpoint`).
+    pub relay_via: Option<PeerId>,
+    /// When an authenticated packet last came straight from the peer.
+    pub direct_heard_at: Option<Duration>,
+    /// When the next direct-only handshake is tried while the peer is reached through a relay.
+    pub next_direct_try_at: Option<Duration>,
+    /// The next handshake should be a direct-only probe (see `HandshakeAttempt::direct_only`).
+    pub want_direct_probe: bool,
+    /// The latest initiation should go through a relay too.
+    pub want_relay_copy: bool,
+    /// When data (not a keepalive) last went either way: NAT keepalives run while it is recent.
+    pub last_data_at: Option<Duration>,
 }
 
 /// A peer's DHT record as we last saw it, and when we asked.
@@ -142,6 +173,12 @@ impl Peer {
             initiation_copy: [0; INITIATION_LEN],
             fanout_next: None,
             cookie: None,
+            relay_via: None,
+            direct_heard_at: None,
+            next_direct_try_at: None,
+            want_direct_probe: false,
+            want_relay_copy: false,
+            last_data_at: None,
         }
     }
 
@@ -163,9 +200,17 @@ impl Peer {
         targets
     }
 
-    /// Whether we know any address to reach this peer at.
+    /// Whether we know any direct address to reach this peer at.
     pub fn reachable(&self) -> bool {
         self.initiation_targets()[0].is_some()
+    }
+
+    /// Where a packet on the current session goes: through the relay in use, else directly.
+    pub fn path(&self) -> Option<Path> {
+        match self.relay_via {
+            Some(relay) => Some(Path::Relay(relay)),
+            None => self.endpoint.map(Path::Direct),
+        }
     }
 
     /// The session holding `local_index`, if any.

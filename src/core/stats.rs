@@ -39,10 +39,16 @@ pub enum DropReason {
     UnderLoad,
     /// An initiation over its source address's rate limit.
     RateLimited,
+    /// A relay envelope we may not act on: asked to forward while not serving as a relay, a
+    /// delivery from a peer not configured as our relay, or an envelope inside an envelope.
+    RelayRefused,
+    /// A relayed packet with nowhere to go: the other end is not our peer, or has no session
+    /// with us (a relay only forwards, it never queues or starts handshakes for others).
+    RelayNoPath,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 18] = [
         DropReason::RingFull,
         DropReason::Replay,
         DropReason::UnknownPeer,
@@ -59,6 +65,8 @@ impl DropReason {
         DropReason::SocketOverflow,
         DropReason::UnderLoad,
         DropReason::RateLimited,
+        DropReason::RelayRefused,
+        DropReason::RelayNoPath,
     ];
 
     /// The status key for this reason.
@@ -80,6 +88,8 @@ impl DropReason {
             DropReason::SocketOverflow => "socket_overflow",
             DropReason::UnderLoad => "under_load",
             DropReason::RateLimited => "rate_limited",
+            DropReason::RelayRefused => "relay_refused",
+            DropReason::RelayNoPath => "relay_no_path",
         }
     }
 

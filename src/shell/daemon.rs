@@ -45,7 +45,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let port = config.interface.listen_port;
     let socket = udp::bind(port).map_err(|e| port_error(e, port, &config))?;
-    let udp = UdpIo::new(UdpSocket::from_std(socket)?);
+    let mut udp = UdpIo::new(UdpSocket::from_std(socket)?);
+    udp.limit_gso_segment(crate::core::limits::direct_datagram_bytes(
+        config.interface.mtu,
+    ));
     let listen_port = udp.local_port();
     let tun = TunDevice::create(&name)?;
     let index = netlink
@@ -268,6 +271,7 @@ fn new_device(config: &Config) -> anyhow::Result<Device> {
         peers: config.peers.clone(),
         wall_clock_at_zero,
         rng_seed,
+        serve_relay: config.interface.relay,
     }))
 }
 
@@ -283,6 +287,12 @@ fn log_peer_events(device: &mut Device) {
                 tracing::info!(%peer, "no answer to handshakes for 90 s; staged packets dropped")
             }
             PeerEvent::SessionExpired { peer } => tracing::info!(%peer, "session expired"),
+            PeerEvent::Relayed { peer, relay } => tracing::info!(
+                %peer,
+                %relay,
+                "no direct path answers; reaching the peer through a relay (direct tried every {} s)",
+                crate::core::limits::DIRECT_RETRY_INTERVAL.as_secs()
+            ),
         }
     }
 }

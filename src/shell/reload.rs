@@ -60,6 +60,7 @@ pub async fn reload(
         link.routes.retain(|r| *r != route);
     }
     let summary = device.reconfigure(new.peers.clone());
+    device.set_serve_relay(new.interface.relay);
     *config = new;
     Ok(format!(
         "reloaded {}: {} peers added, {} removed, {} changed, {} unchanged",

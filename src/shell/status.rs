@@ -2,6 +2,7 @@
 //! and the `wg show`-like text a person reads.
 
 use crate::core::device::Device;
+use crate::core::peer::Path;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -18,6 +19,14 @@ pub struct InterfaceStatus {
     pub rings: BTreeMap<String, RingStatus>,
     /// The DHT node, or null when discovery is off.
     pub dht: Option<crate::shell::dht::DhtStatus>,
+    /// This node forwards packets between its peers (`[interface] relay`).
+    #[serde(default)]
+    pub relay: bool,
+    /// Packets and bytes (of the carried datagrams) forwarded as a relay.
+    #[serde(default)]
+    pub relayed_packets: u64,
+    #[serde(default)]
+    pub relayed_bytes: u64,
     pub peers: Vec<PeerStatus>,
 }
 
@@ -32,6 +41,15 @@ pub struct PeerStatus {
     pub public_key: String,
     pub endpoint: Option<String>,
     pub endpoint_source: Option<String>,
+    /// "direct", "relay", or null while there is no usable session.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// The public key of the relay in use when `path` is "relay".
+    #[serde(default)]
+    pub relay: Option<String>,
+    /// This peer is configured as a relay for us (`relay = true`).
+    #[serde(default)]
+    pub is_relay: bool,
     pub allowed_ips: Vec<String>,
     pub last_handshake_secs_ago: Option<u64>,
     pub persistent_keepalive: Option<u64>,
@@ -57,13 +75,27 @@ pub struct ShellFacts<'a> {
 
 impl InterfaceStatus {
     pub fn snapshot(device: &Device, shell: ShellFacts<'_>, now: Duration) -> Self {
-        let peers = device
-            .peers()
+        let all = device.peers();
+        let peers = all
             .iter()
             .map(|p| PeerStatus {
                 public_key: p.config.public_key.to_base64(),
                 endpoint: p.endpoint.map(|e| e.to_string()),
                 endpoint_source: p.endpoint_source.map(|s| s.name().to_string()),
+                path: p
+                    .current
+                    .as_ref()
+                    .filter(|s| s.is_usable(now))
+                    .and_then(|_| p.path())
+                    .map(|path| match path {
+                        Path::Direct(_) => "direct".to_string(),
+                        Path::Relay(_) => "relay".to_string(),
+                    }),
+                relay: p
+                    .relay_via
+                    .and_then(|r| all.get(r))
+                    .map(|r| r.config.public_key.to_base64()),
+                is_relay: p.config.relay,
                 allowed_ips: p.config.allowed_ips.iter().map(|n| n.to_string()).collect(),
                 last_handshake_secs_ago: p
                     .last_handshake_at
@@ -98,6 +130,9 @@ impl InterfaceStatus {
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
             dht: shell.dht,
+            relay: device.serves_relay(),
+            relayed_packets: device.relayed().packets,
+            relayed_bytes: device.relayed().bytes,
             peers,
         }
     }
@@ -122,6 +157,14 @@ impl InterfaceStatus {
             );
         }
         let _ = writeln!(out, "  drops: {}", drops_text(&self.drops));
+        if self.relay {
+            let _ = writeln!(
+                out,
+                "  relay: serving peers, {} forwarded ({} packets)",
+                bytes(self.relayed_bytes),
+                self.relayed_packets
+            );
+        }
         match &self.dht {
             Some(dht) => {
                 let state = if dht.bootstrapped {
@@ -161,6 +204,24 @@ impl InterfaceStatus {
                 _ => {
                     let _ = writeln!(out, "  endpoint: (none yet)");
                 }
+            }
+            match (peer.path.as_deref(), &peer.relay) {
+                (Some("relay"), Some(relay)) => {
+                    let _ = writeln!(
+                        out,
+                        "  path: relay via {relay} (no direct path answers; retried every {} s)",
+                        crate::core::limits::DIRECT_RETRY_INTERVAL.as_secs()
+                    );
+                }
+                (Some(path), _) => {
+                    let _ = writeln!(out, "  path: {path}");
+                }
+                (None, _) => {
+                    let _ = writeln!(out, "  path: (no session)");
+                }
+            }
+            if peer.is_relay {
+                let _ = writeln!(out, "  relay: may relay for us");
             }
             let _ = writeln!(out, "  allowed ips: {}", peer.allowed_ips.join(", "));
             if let (Some(seq), Some(age)) = (peer.dht_sequence, peer.dht_record_age_secs) {

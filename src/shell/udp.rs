@@ -46,6 +46,10 @@ pub struct UdpIo {
     send_hdrs: Box<[libc::mmsghdr]>,
     /// Datagrams in each message of the batch being sent.
     send_counts: [usize; SEND_MSGS],
+    /// Largest datagram sent in a GSO train. The kernel refuses a GSO segment that would need
+    /// IP fragmentation, and refusals turn GSO off for good; relayed datagrams are larger than
+    /// direct ones and may need fragments, so they go one by one.
+    gso_max_segment: usize,
 }
 
 /// One received message: a datagram, or with GRO several of `segment_size` bytes each (the
@@ -96,6 +100,7 @@ impl UdpIo {
             send_cmsg: vec![[0u8; CMSG_BYTES]; SEND_MSGS].into_boxed_slice(),
             send_hdrs: (0..SEND_MSGS).map(|_| zero_hdr()).collect(),
             send_counts: [0; SEND_MSGS],
+            gso_max_segment: usize::MAX,
         }
     }
 
@@ -106,6 +111,11 @@ impl UdpIo {
 
     pub fn local_port(&self) -> u16 {
         self.socket.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Datagrams larger than `bytes` are never sent in a GSO train (see `gso_max_segment`).
+    pub fn limit_gso_segment(&mut self, bytes: usize) {
+        self.gso_max_segment = bytes;
     }
 
     pub fn gso_enabled(&self) -> bool {
@@ -271,6 +281,7 @@ impl UdpIo {
             while let Some((datagram, dest)) = ring.get(i) {
                 let joins = count == 0
                     || (self.gso
+                        && size <= self.gso_max_segment
                         && dest == Some(to)
                         && datagram.len() <= size
                         && count < GSO_MAX_SEGMENTS

@@ -6,6 +6,7 @@
 //! per-peer flag and comes out of `poll_transmit`, so no queue grows with traffic.
 
 use crate::core::cookie::CookieMaker;
+use crate::core::envelope;
 use crate::core::handshake::{self, Mac1Key};
 use crate::core::keys::{PublicKey, SecretKey};
 use crate::core::limits::{
@@ -13,7 +14,7 @@ use crate::core::limits::{
     REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME, REKEY_TIMEOUT, SESSIONS_PER_PEER,
 };
 use crate::core::packet;
-use crate::core::peer::{Peer, PeerConfig, PeerId, SessionSlot};
+use crate::core::peer::{Path, Peer, PeerConfig, PeerId, SessionSlot};
 use crate::core::ratelimit::RateLimiter;
 use crate::core::routing::PrefixTable;
 use crate::core::session::{ReceiveError, SendError, Session};
@@ -28,6 +29,7 @@ use transmit::note_sent;
 
 mod discovery;
 mod reconfigure;
+mod relay;
 #[cfg(test)]
 mod tests;
 mod timers;
@@ -48,6 +50,8 @@ pub struct DeviceConfig {
     /// Seed for session indexes, jitter and ephemeral keys. The shell passes OS randomness;
     /// tests pass a constant and get a reproducible run.
     pub rng_seed: [u8; 32],
+    /// Forward packets between two of our peers when one asks (`[interface] relay`).
+    pub serve_relay: bool,
 }
 
 /// What the shell does with a packet read from the TUN device.
@@ -94,6 +98,12 @@ pub enum PeerEvent {
     HandshakeGaveUp {
         peer: PublicKey,
     },
+    /// No direct path answered (or the direct path went silent): the peer is now reached
+    /// through `relay`.
+    Relayed {
+        peer: PublicKey,
+        relay: PublicKey,
+    },
     SessionExpired {
         peer: PublicKey,
     },
@@ -109,6 +119,8 @@ pub struct Transmit {
 pub struct Device {
     secret_key: SecretKey,
     own_mac1: Mac1Key,
+    /// Our static X25519 public key, to break ties between crossed handshakes.
+    own_x25519: [u8; 32],
     mtu: usize,
     peers: Vec<Peer>,
     routes: PrefixTable<PeerId>,
@@ -126,6 +138,20 @@ pub struct Device {
     events: VecDeque<PeerEvent>,
     limiter: RateLimiter,
     cookies: CookieMaker,
+    serve_relay: bool,
+    /// What this node forwarded as a relay.
+    relayed: RelayCounters,
+    /// Where envelopes are built: a datagram wrapped for a relay, or forwarded by one.
+    relay_scratch: Box<[u8]>,
+    /// Where a datagram a relay delivered waits while it is handled.
+    relay_inbox: Box<[u8]>,
+}
+
+/// Packets and bytes this node forwarded for its peers as a relay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayCounters {
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 impl Device {
@@ -154,6 +180,7 @@ impl Device {
         );
         Self {
             own_mac1: Mac1Key::for_receiver(&config.secret_key.public_key()),
+            own_x25519: *config.secret_key.public_key().x25519_bytes(),
             secret_key: config.secret_key,
             mtu: config.mtu,
             peers,
@@ -168,6 +195,10 @@ impl Device {
             events: VecDeque::with_capacity(EVENT_QUEUE),
             limiter,
             cookies,
+            serve_relay: config.serve_relay,
+            relayed: RelayCounters::default(),
+            relay_scratch: vec![0u8; ring_slot_bytes(config.mtu)].into_boxed_slice(),
+            relay_inbox: vec![0u8; ring_slot_bytes(config.mtu)].into_boxed_slice(),
         }
     }
 
@@ -181,6 +212,21 @@ impl Device {
 
     pub fn drops(&self) -> &DropCounters {
         &self.drops
+    }
+
+    /// Whether this node forwards packets between its peers.
+    pub fn serves_relay(&self) -> bool {
+        self.serve_relay
+    }
+
+    /// Starts or stops forwarding for peers (a reload changed `[interface] relay`).
+    pub fn set_serve_relay(&mut self, serve: bool) {
+        self.serve_relay = serve;
+    }
+
+    /// What this node forwarded as a relay.
+    pub fn relayed(&self) -> RelayCounters {
+        self.relayed
     }
 
     /// Counts a drop the shell decided on (e.g. a full ring).
@@ -224,13 +270,7 @@ impl Device {
         now: Duration,
         out: &mut [u8],
     ) -> NetworkAction {
-        let result = match Message::parse(datagram) {
-            Err(_) => Err((DropReason::Malformed, None)),
-            Ok(Message::Initiation(m)) => self.on_initiation(from, m, now, out),
-            Ok(Message::Response(m)) => self.on_response(from, m, now),
-            Ok(Message::CookieReply(m)) => self.on_cookie_reply(m, now),
-            Ok(Message::Transport(m)) => self.on_transport(from, m, datagram.len(), now, out),
-        };
+        let result = self.dispatch(Path::Direct(from), datagram, now, out);
         match result {
             Ok(action) => action,
             Err((reason, peer)) => {
@@ -265,6 +305,27 @@ impl Device {
         None
     }
 
+    /// A datagram that came along `from`, directly or delivered by a relay.
+    fn dispatch(
+        &mut self,
+        from: Path,
+        datagram: &[u8],
+        now: Duration,
+        out: &mut [u8],
+    ) -> Result<NetworkAction, (DropReason, Option<PeerId>)> {
+        match (Message::parse(datagram), from) {
+            (Err(_), _) => Err((DropReason::Malformed, None)),
+            (Ok(Message::Initiation(m)), _) => self.on_initiation(from, m, now, out),
+            (Ok(Message::Response(m)), _) => self.on_response(from, m, now),
+            (Ok(Message::CookieReply(m)), Path::Direct(_)) => self.on_cookie_reply(m, now),
+            // We never answer a relayed initiation with a cookie, so none comes back that way.
+            (Ok(Message::CookieReply(_)), Path::Relay(relay)) => {
+                Err((DropReason::RelayRefused, Some(relay)))
+            }
+            (Ok(Message::Transport(m)), _) => self.on_transport(from, m, datagram.len(), now, out),
+        }
+    }
+
     fn encapsulate(
         &mut self,
         buf: &mut [u8],
@@ -282,7 +343,7 @@ impl Device {
             .ok_or(DropReason::NoRoute)?;
         let mtu = self.mtu;
         let peer = self.peers.get_mut(id).ok_or(DropReason::NoRoute)?;
-        if let (Some(to), Some(session)) = (peer.endpoint, peer.current.as_mut()) {
+        if let (Some(path), Some(session)) = (peer.path(), peer.current.as_mut()) {
             match session.encrypt(buf, len, mtu, now, out) {
                 Ok(written) => {
                     let rekey = needs_rekey(session, now);
@@ -290,13 +351,21 @@ impl Device {
                     if rekey && peer.handshake.is_none() {
                         self.want_initiation(id);
                     }
-                    return Ok(TunAction::WriteToNetwork { to, len: written });
+                    let transmit = self
+                        .send_along(id, path, out, written, now)
+                        .ok_or(DropReason::RelayNoPath)?;
+                    return Ok(TunAction::WriteToNetwork {
+                        to: transmit.to,
+                        len: transmit.len,
+                    });
                 }
                 Err(SendError::BufferTooSmall) => return Err(DropReason::TooLarge),
                 Err(SendError::Expired) => {}
             }
         }
-        if !peer.reachable() && peer.next.is_none() {
+        let reachable = self.can_reach(id, now);
+        let peer = self.peers.get_mut(id).ok_or(DropReason::NoRoute)?;
+        if !reachable && peer.next.is_none() {
             peer.drops.count(DropReason::NoEndpoint);
             return Err(DropReason::NoEndpoint);
         }
@@ -318,7 +387,7 @@ impl Device {
 
     fn on_initiation(
         &mut self,
-        from: SocketAddr,
+        from: Path,
         message: Initiation<'_>,
         now: Duration,
         out: &mut [u8],
@@ -327,19 +396,27 @@ impl Device {
         if !self.own_mac1.verify(message.mac1_input(), message.mac1()) {
             return Err((DropReason::Unauthenticated, None));
         }
-        if self.limiter.note_initiation(now) {
+        // A relayed initiation comes in an authenticated session with our relay, so there is
+        // no source address to prove with a cookie; it is rate-limited as the relay's.
+        let source = match from {
+            Path::Direct(address) => Some(address),
+            Path::Relay(relay) => self.peers.get(relay).and_then(|r| r.endpoint),
+        };
+        let source = source.ok_or((DropReason::RelayNoPath, None))?;
+        let under_load = self.limiter.note_initiation(now);
+        if let (true, Path::Direct(address)) = (under_load, from) {
             if self.cookies.needs_rotation(now) {
                 let fresh = self.seed();
                 self.cookies.rotate(now, fresh);
             }
             if !self
                 .cookies
-                .mac2_valid(from, message.mac2_input(), message.mac2())
+                .mac2_valid(address, message.mac2_input(), message.mac2())
             {
-                return self.send_cookie(from, message, out);
+                return self.send_cookie(address, message, out);
             }
         }
-        if !self.limiter.allow(from.ip(), now) {
+        if !self.limiter.allow(source.ip(), now) {
             return Err((DropReason::RateLimited, None));
         }
         let seed = self.seed();
@@ -380,37 +457,39 @@ impl Device {
         peer.last_initiation_at = Some(now);
         peer.last_handshake_at = Some(now);
         let session = Session::new(local_index, remote_index, keys, now, false);
-        let replaced = peer.next.replace(session).map(|s| s.local_index);
+        // A responder session older than a retry may be the one the peer sends on after
+        // crossed handshakes (we kept ours current): keep receiving on it until the peer
+        // switches, or its packets in flight would be lost. A younger one was never used: the
+        // peer retried because our response was lost.
+        let replaced = match peer.next.replace(session) {
+            Some(old) if old.age(now) >= REKEY_TIMEOUT => {
+                peer.previous.replace(old).map(|s| s.local_index)
+            }
+            old => old.map(|s| s.local_index),
+        };
         peer.traffic.tx_bytes += wire::RESPONSE_LEN as u64;
         peer.traffic.tx_packets += 1;
         if let Some(old) = replaced {
             self.indexes.remove(&old);
         }
         self.indexes.insert(local_index, id);
-        self.roam(id, from);
+        // The response goes back the way the initiation came. While a session works, the
+        // path moves only once the initiator confirms the new session along it: an
+        // initiation alone does not prove that our packets get back that way.
+        let connected = self.peers[id]
+            .current
+            .as_ref()
+            .is_some_and(|s| s.is_usable(now));
+        if !connected {
+            self.roam(id, from, now, true);
+        }
+        let transmit = self
+            .send_along(id, from, out, wire::RESPONSE_LEN, now)
+            .ok_or((DropReason::RelayNoPath, Some(id)))?;
         Ok(NetworkAction::WriteToNetwork {
-            to: from,
-            len: wire::RESPONSE_LEN,
+            to: transmit.to,
+            len: transmit.len,
         })
-    }
-
-    /// An authenticated packet of peer `id` came from `from`: replies go there from now on,
-    /// unless `from` is an address the tunnel itself routes (a copy of an initiation sent
-    /// into the tunnel), which as an endpoint would wrap every packet again and again.
-    fn roam(&mut self, id: PeerId, from: SocketAddr) {
-        let Some(peer) = self.peers.get(id) else {
-            return;
-        };
-        if peer.endpoint == Some(from) || self.routes.lookup(from.ip()).is_some() {
-            return;
-        }
-        let key = peer.config.public_key;
-        if self.peers[id].roam_to(from) {
-            self.emit(PeerEvent::EndpointChanged {
-                peer: key,
-                endpoint: from,
-            });
-        }
     }
 
     /// The peer holding session or handshake index `local_index`.
@@ -431,7 +510,7 @@ impl Device {
 
     fn on_response(
         &mut self,
-        from: SocketAddr,
+        from: Path,
         message: Response<'_>,
         now: Duration,
     ) -> Result<NetworkAction, (DropReason, Option<PeerId>)> {
@@ -464,19 +543,22 @@ impl Device {
         }
         self.enqueue(id);
         self.emit(PeerEvent::HandshakeCompleted { peer: key });
-        self.roam(id, from);
+        // A response proves the path both ways: our initiation went out along it, and the
+        // answer came back the same way.
+        self.roam(id, from, now, true);
         Ok(NetworkAction::Consumed)
     }
 
     fn on_transport(
         &mut self,
-        from: SocketAddr,
+        from: Path,
         message: Transport<'_>,
         wire_len: usize,
         now: Duration,
         out: &mut [u8],
     ) -> Result<NetworkAction, (DropReason, Option<PeerId>)> {
         let local_index = message.receiver();
+        let own_x25519 = self.own_x25519;
         let (id, peer) = self.peer_by_index(local_index)?;
         let slot = peer
             .slot_of(local_index)
@@ -498,18 +580,24 @@ impl Device {
         peer.sent_data_unanswered_since = None;
         peer.traffic.rx_bytes += wire_len as u64;
         peer.traffic.rx_packets += 1;
-        // After crossed handshakes the peer may send on the session it initiated while ours,
-        // completed later, is current: keep ours, or both sides would end up sending on
-        // sessions they did not initiate, and neither would rekey on time.
-        let ours_is_newer = |peer: &Peer| match (&peer.current, &peer.next) {
+        // After crossed handshakes each side holds a session it initiated (current) and one it
+        // answered (next), and the peer sends on its own. Both must settle on one session, or
+        // the next handshake would displace the one the peer still sends on and lose its
+        // packets in flight: the session of the side with the lower key wins. Promoting
+        // whichever came last instead would leave both sides on sessions they did not
+        // initiate, and neither would rekey on time.
+        let own_key_wins = own_x25519 < *peer.config.public_key.x25519_bytes();
+        let keep_ours = |peer: &Peer| match (&peer.current, &peer.next) {
             (Some(current), Some(next)) => {
-                current.we_initiated
+                own_key_wins
+                    && current.we_initiated
                     && current.is_usable(now)
                     && current.established_at > next.established_at
             }
             _ => false,
         };
-        if slot == SessionSlot::Next && !ours_is_newer(peer) {
+        let confirms = slot == SessionSlot::Next && !keep_ours(peer);
+        if confirms {
             if let Some(confirmed) = peer.next.take() {
                 if let Some(old) = peer.install_current(confirmed) {
                     self.indexes.remove(&old);
@@ -518,12 +606,15 @@ impl Device {
             self.enqueue(id);
             self.emit(PeerEvent::HandshakeCompleted { peer: key });
         }
-        self.roam(id, from);
+        self.roam(id, from, now, confirms);
         if initiator_should_rekey && self.peers[id].handshake.is_none() {
             self.want_initiation(id);
         }
         if plain_len == 0 {
             return Ok(NetworkAction::Consumed);
+        }
+        if envelope::is_envelope(&out[..plain_len]) {
+            return self.on_envelope(id, from, plain_len, now, out);
         }
         let header =
             packet::parse(&out[..plain_len]).map_err(|_| (DropReason::Malformed, Some(id)))?;
@@ -534,6 +625,7 @@ impl Device {
         if peer.unanswered_data_at.is_none() {
             peer.unanswered_data_at = Some(now);
         }
+        peer.last_data_at = Some(now);
         Ok(NetworkAction::WriteToTun {
             len: header.total_len,
         })

@@ -20,6 +20,15 @@ impl Device {
     /// forgotten at once, so its packets stop being accepted.
     pub fn reconfigure(&mut self, peers: Vec<PeerConfig>) -> Reconfigured {
         let mut summary = Reconfigured::default();
+        // Paths name relays by position, which changes: remember them by key.
+        let relay_keys: HashMap<PublicKey, PublicKey> = self
+            .peers
+            .iter()
+            .filter_map(|p| {
+                let relay = self.peers.get(p.relay_via?)?;
+                Some((p.config.public_key, relay.config.public_key))
+            })
+            .collect();
         let mut old: HashMap<PublicKey, Peer> = self
             .peers
             .drain(..)
@@ -48,6 +57,15 @@ impl Device {
         summary.removed = old.len();
         self.peers = kept;
         self.rebuild_lookups();
+        for id in 0..self.peers.len() {
+            let relay = relay_keys
+                .get(&self.peers[id].config.public_key)
+                .and_then(|key| self.by_x25519.get(key.x25519_bytes()).copied())
+                .filter(|&r| self.peers[r].config.relay);
+            // A relay that is gone, or no longer a relay, leaves the peer without a path until
+            // it is heard from again or a handshake finds one.
+            self.peers[id].relay_via = relay;
+        }
         summary
     }
 

@@ -20,6 +20,7 @@ fn peer(public_key: PublicKey, allowed: &str, endpoint: &str) -> PeerConfig {
         allowed_ips: vec![allowed.parse().unwrap()],
         endpoint: Some(endpoint.parse().unwrap()),
         persistent_keepalive: None,
+        relay: false,
     }
 }
 
@@ -32,6 +33,7 @@ fn pair() -> (Device, Device) {
             peers: vec![peer(key(other).public_key(), allowed, endpoint)],
             wall_clock_at_zero: Duration::from_secs(1_700_000_000),
             rng_seed: [own; 32],
+            serve_relay: false,
         })
     };
     (
@@ -262,6 +264,7 @@ fn a_record_from_the_dht_makes_an_unknown_endpoint_reachable() {
         peers: vec![a_cfg],
         wall_clock_at_zero: Duration::from_secs(1_700_000_000),
         rng_seed: [2; 32],
+        serve_relay: false,
     });
     let now = Duration::from_secs(1);
     let mut out = buf();

@@ -1,10 +1,13 @@
 //! Peer timers, after WireGuard's whitepaper (section 6): handshake retries and give-ups,
-//! passive and persistent keepalives, and session expiry. Fired from `Device::handle_timers`
-//! with `now`, never from a clock of their own.
+//! passive and persistent keepalives, and session expiry; and for NATs: punching (resending an
+//! initiation to every direct address), falling back to a relay, trying a relayed peer
+//! directly again, and keepalives that hold NAT mappings open. Fired from
+//! `Device::handle_timers` with `now`, never from a clock of their own.
 
 use super::Device;
 use crate::core::limits::{
-    KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT, SESSIONS_PER_PEER,
+    DIRECT_RETRY_INTERVAL, KEEPALIVE_TIMEOUT, NAT_KEEPALIVE, NAT_KEEPALIVE_IDLE, PUNCH_INTERVAL,
+    REJECT_AFTER_TIME, REKEY_ATTEMPT_TIME, REKEY_TIMEOUT, RELAY_FALLBACK_AFTER, SESSIONS_PER_PEER,
 };
 use crate::core::peer::PeerId;
 use crate::core::stats::DropReason;
@@ -12,9 +15,11 @@ use core::time::Duration;
 
 impl Device {
     pub(super) fn peer_timers(&mut self, id: PeerId, now: Duration) {
+        let relay = self.relay_for(id, now);
         let Some(peer) = self.peers.get_mut(id) else {
             return;
         };
+        let reachable = peer.reachable() || relay.is_some();
         let key = peer.config.public_key;
         let current_expired = peer
             .current
@@ -34,8 +39,28 @@ impl Device {
             }
         }
         let mut wake = false;
+        if let Some(attempt) = &mut peer.handshake {
+            let unanswered = attempt.pending.is_some();
+            if unanswered && now >= attempt.next_punch_at && now < attempt.next_retry_at {
+                attempt.next_punch_at = now + PUNCH_INTERVAL;
+                peer.fanout_next = Some(0);
+                wake = true;
+            }
+            let fallback_due = now.saturating_sub(attempt.started_at) >= RELAY_FALLBACK_AFTER;
+            let relay_due = fallback_due && !attempt.direct_only && !attempt.relayed;
+            if unanswered && relay_due && relay.is_some() {
+                attempt.relayed = true;
+                peer.want_relay_copy = true;
+                wake = true;
+            }
+        }
         if let Some(attempt) = &peer.handshake {
-            if now >= attempt.next_retry_at {
+            if attempt.direct_only && now >= attempt.next_retry_at {
+                // The relayed peer did not answer directly: stay on the relay, try again later.
+                dead_indexes[SESSIONS_PER_PEER] = Some(attempt.local_index);
+                peer.handshake = None;
+                peer.next_direct_try_at = Some(now + DIRECT_RETRY_INTERVAL);
+            } else if now >= attempt.next_retry_at {
                 if now.saturating_sub(attempt.started_at) >= REKEY_ATTEMPT_TIME {
                     dead_indexes[SESSIONS_PER_PEER] = Some(attempt.local_index);
                     peer.handshake = None;
@@ -64,10 +89,19 @@ impl Device {
                 .next
                 .as_ref()
                 .is_none_or(|s| s.age(now) >= REKEY_TIMEOUT);
-        if (unanswered || stranded) && peer.handshake.is_none() && peer.reachable() {
+        if (unanswered || stranded) && peer.handshake.is_none() && reachable {
             peer.sent_data_unanswered_since = None;
             peer.want_initiation = true;
             wake = true;
+        }
+        let direct_try_due = peer.next_direct_try_at.is_some_and(|t| now >= t);
+        if peer.relay_via.is_some() && direct_try_due && peer.handshake.is_none() {
+            peer.next_direct_try_at = Some(now + DIRECT_RETRY_INTERVAL);
+            if has_session && peer.reachable() {
+                peer.want_direct_probe = true;
+                peer.want_initiation = true;
+                wake = true;
+            }
         }
         if has_session
             && peer
@@ -77,11 +111,21 @@ impl Device {
             peer.want_keepalive = true;
             wake = true;
         }
-        if let Some(interval) = peer.config.persistent_keepalive {
+        // NAT mappings close after about 30 s of silence: a relay must stay reachable at any
+        // time, and a peer in use must not lose its path between two bursts of data.
+        let in_use = peer
+            .last_data_at
+            .is_some_and(|t| now.saturating_sub(t) < NAT_KEEPALIVE_IDLE);
+        let nat_keepalive = (peer.config.relay || (in_use && has_session)).then_some(NAT_KEEPALIVE);
+        let keepalive = match (peer.config.persistent_keepalive, nat_keepalive) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(interval) = keepalive {
             let idle = peer
                 .last_sent_at
                 .is_none_or(|t| now.saturating_sub(t) >= interval);
-            if idle && peer.reachable() {
+            if idle && reachable {
                 if has_session {
                     peer.want_keepalive = true;
                 } else if peer.handshake.is_none() {

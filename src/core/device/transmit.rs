@@ -3,8 +3,8 @@
 
 use super::{Device, Transmit};
 use crate::core::handshake;
-use crate::core::limits::{REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER};
-use crate::core::peer::{HandshakeAttempt, Peer, PeerId};
+use crate::core::limits::{PUNCH_INTERVAL, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER};
+use crate::core::peer::{HandshakeAttempt, Path, Peer, PeerId};
 use crate::core::wire;
 use core::time::Duration;
 use rand_chacha::rand_core::RngCore;
@@ -28,11 +28,17 @@ impl Device {
         if let Some(transmit) = fan_out(peer, out) {
             return Some(transmit);
         }
+        if peer.want_relay_copy {
+            peer.want_relay_copy = false;
+            if let Some(transmit) = self.relay_initiation_copy(id, now, out) {
+                return Some(transmit);
+            }
+        }
         let mtu = self.mtu;
         let peer = self.peers.get_mut(id)?;
-        let to = peer.endpoint?;
+        let path = peer.path()?;
         let session = peer.current.as_mut().filter(|s| s.is_usable(now))?;
-        if let Some((packet, ())) = peer.staged.front() {
+        let written = if let Some((packet, ())) = peer.staged.front() {
             let len = packet.len();
             self.scratch[..len].copy_from_slice(packet);
             peer.staged.pop_front();
@@ -40,15 +46,35 @@ impl Device {
                 .encrypt(&mut self.scratch, len, mtu, now, out)
                 .ok()?;
             note_sent(peer, written, now, true);
-            return Some(Transmit { to, len: written });
-        }
-        if peer.want_keepalive {
+            written
+        } else if peer.want_keepalive {
             peer.want_keepalive = false;
             let written = session.encrypt(&mut [], 0, mtu, now, out).ok()?;
             note_sent(peer, written, now, false);
-            return Some(Transmit { to, len: written });
+            written
+        } else {
+            return None;
+        };
+        self.send_along(id, path, out, written, now)
+    }
+
+    /// The latest initiation once more, through a relay: no direct address answered it.
+    fn relay_initiation_copy(
+        &mut self,
+        id: PeerId,
+        now: Duration,
+        out: &mut [u8],
+    ) -> Option<Transmit> {
+        let relay = self.relay_for(id, now)?;
+        let peer = self.peers.get_mut(id)?;
+        out.get_mut(..wire::INITIATION_LEN)?
+            .copy_from_slice(&peer.initiation_copy);
+        if let Some(attempt) = peer.handshake.as_mut() {
+            attempt.relayed = true;
         }
-        None
+        peer.traffic.tx_bytes += wire::INITIATION_LEN as u64;
+        peer.traffic.tx_packets += 1;
+        self.send_along(id, Path::Relay(relay), out, wire::INITIATION_LEN, now)
     }
 
     fn send_initiation(&mut self, id: PeerId, now: Duration, out: &mut [u8]) -> Option<Transmit> {
@@ -58,8 +84,20 @@ impl Device {
             self.rng.next_u64() % (REKEY_TIMEOUT_JITTER.as_millis() as u64 + 1),
         );
         let timestamp = handshake::tai64n(self.wall_clock_at_zero + now);
+        let direct_only = self.peers.get(id)?.want_direct_probe;
+        let relay = if direct_only {
+            None
+        } else {
+            self.relay_for(id, now)
+        };
         let peer = self.peers.get_mut(id)?;
-        let to = peer.initiation_targets()[0]?;
+        peer.want_direct_probe = false;
+        // Directly when we know an address; through a relay only when we know none.
+        let first = match (peer.initiation_targets()[0], relay) {
+            (Some(address), _) => Path::Direct(address),
+            (None, Some(relay)) => Path::Relay(relay),
+            (None, None) => return None,
+        };
         let buf: &mut [u8; wire::INITIATION_LEN] =
             out.get_mut(..wire::INITIATION_LEN)?.try_into().ok()?;
         let pending = handshake::initiate(
@@ -79,20 +117,20 @@ impl Device {
             local_index,
             started_at,
             next_retry_at: now + REKEY_TIMEOUT + jitter,
+            next_punch_at: now + PUNCH_INTERVAL,
+            direct_only,
+            relayed: matches!(first, Path::Relay(_)),
         });
         peer.traffic.tx_bytes += wire::INITIATION_LEN as u64;
         peer.traffic.tx_packets += 1;
         // The same bytes go to every other address we know; whichever answers wins.
         peer.initiation_copy.copy_from_slice(buf);
-        peer.fanout_next = Some(1);
+        peer.fanout_next = matches!(first, Path::Direct(_)).then_some(1);
         if let Some(old) = old {
             self.indexes.remove(&old.local_index);
         }
         self.indexes.insert(local_index, id);
-        Some(Transmit {
-            to,
-            len: wire::INITIATION_LEN,
-        })
+        self.send_along(id, first, out, wire::INITIATION_LEN, now)
     }
 
     /// Queues a peer event for the shell; when the queue is full the event is dropped, since
@@ -157,8 +195,11 @@ fn fan_out(peer: &mut Peer, out: &mut [u8]) -> Option<Transmit> {
 }
 
 pub(super) fn note_sent(peer: &mut Peer, written: usize, now: Duration, carries_data: bool) {
-    if carries_data && peer.sent_data_unanswered_since.is_none() {
-        peer.sent_data_unanswered_since = Some(now);
+    if carries_data {
+        peer.last_data_at = Some(now);
+        if peer.sent_data_unanswered_since.is_none() {
+            peer.sent_data_unanswered_since = Some(now);
+        }
     }
     peer.traffic.tx_bytes += written as u64;
     peer.traffic.tx_packets += 1;

@@ -266,38 +266,33 @@ pub fn path_of(lab: &Lab, me: &Node, peer: &Node) -> (String, String, Value) {
     (text(&view["path"]), text(&view["relay"]), view)
 }
 
-/// Wait until `me` reports `want` ("direct" or "relay") as its path to `peer`, and, for
-/// "relay", `relay` as the relay in use.
-#[track_caller]
-pub fn wait_path(
+/// Whether `me` reports `want` ("direct" or "relay") as its path to `peer`, and, for "relay",
+/// `relay` as the relay in use; Err with the peer's entry otherwise.
+pub fn check_path(
     lab: &Lab,
     me: &Node,
     peer: &Node,
     want: &str,
     relay: Option<&Node>,
-    limit: Duration,
-) {
-    lab.wait_until(
-        &format!("{} to report path {want} to {}", me.iface, peer.iface),
-        limit,
-        || {
-            let status = lab.status_raw(&me.iface)?;
-            let view = status["peers"]
-                .as_array()
-                .and_then(|ps| ps.iter().find(|p| p["public_key"] == peer.public.as_str()))
-                .cloned()
-                .unwrap_or(Value::Null);
-            let relay_ok = match relay {
-                Some(r) => view["relay"] == r.public.as_str(),
-                None => view["relay"].is_null(),
-            };
-            if view["path"] == want && relay_ok {
-                Ok(())
-            } else {
-                Err(format!("peer entry: {view}"))
-            }
-        },
-    );
+) -> Result<(), String> {
+    let status = lab.status_raw(&me.iface)?;
+    let view = status["peers"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["public_key"] == peer.public.as_str()))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let relay_ok = match relay {
+        Some(r) => view["relay"] == r.public.as_str(),
+        None => view["relay"].is_null(),
+    };
+    if view["path"] == want && relay_ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} reports path {} via {} to {}",
+            me.iface, view["path"], view["relay"], peer.iface
+        ))
+    }
 }
 
 /// The relay's top-level `relayed_packets` counter.
@@ -350,6 +345,44 @@ pub fn first_reply(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// One line per peer of a status, the fields NAT traversal is about, and the non-zero drops,
+/// for failure messages (the full JSON follows them there).
+pub fn summary(status: &Value) -> String {
+    let mut s = format!(
+        "{}: dht resolves {} publishes {} public_address {} reflexive_address {} relayed_packets {}",
+        status["interface"],
+        status["dht"]["resolves"],
+        status["dht"]["publishes"],
+        status["dht"]["public_address"],
+        status["reflexive_address"],
+        status["relayed_packets"]
+    );
+    if let Some(drops) = status["drops"].as_object() {
+        let nonzero: Vec<String> = drops
+            .iter()
+            .filter(|(_, v)| v.as_u64().unwrap_or(0) != 0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        s.push_str(&format!(", drops: {}", nonzero.join(" ")));
+    }
+    for p in status["peers"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "\n    peer {}: path {} relay {} endpoint {} ({}) dht_sequence {} handshake {} s ago, \
+             rx/tx packets {}/{}",
+            p["public_key"],
+            p["path"],
+            p["relay"],
+            p["endpoint"],
+            p["endpoint_source"],
+            p["dht_sequence"],
+            p["last_handshake_secs_ago"],
+            p["rx_packets"],
+            p["tx_packets"]
+        ));
+    }
+    s
 }
 
 /// The nftables drop counters of a router (`dropped from the WAN`, `dropped unsolicited`), for

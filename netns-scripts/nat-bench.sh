@@ -26,7 +26,8 @@
 # starts the DHT node and R, then starts A and B at the same moment and pings B from A every
 # 20 ms. The time is from starting A and B to A's first echo reply (for `move`: from the move to
 # the first reply after it). The path is B's entry in A's `dhtun status --json` right after that
-# reply, and again 12 s later (a relayed session tries a direct path every ~10 s).
+# reply, and again 12 s later (a relayed session tries a direct path every ~10 s); for `move`,
+# the path just before the move and just after the first reply after it, as BEFORE>AFTER.
 # Prints a table (case, median, min, max, paths) and writes every run to a CSV file (default
 # bench-results/nat-bench-YYYYmmdd-HHMMSS.csv).
 #
@@ -339,6 +340,7 @@ one_run() {
             [[ $(path_of a b) == direct ]] && break
             sleep 0.1
         done
+        path=$(path_of a b)
         ip -n "$(lab_ns a)" link del ul0
         start=$(now_ms)
         behind a 3
@@ -346,7 +348,7 @@ one_run() {
             lab_show_logs
             die "move run ${run}: no reply from B within ${FIRST_LIMIT_MS} ms of the move"
         fi
-        path=$(path_of a b)
+        path="${path}>$(path_of a b)"
     fi
     sleep "${SETTLE_SECS}"
     settled=$(path_of a b)

@@ -489,6 +489,33 @@ mod tests {
     }
 
     #[test]
+    fn relay_keys_parse_and_default_off() {
+        let plain = format!(
+            "[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n\n\
+             [[peer]]\npublic_key = \"{}\"\n",
+            peer_key()
+        );
+        let config = parse(&plain).unwrap();
+        assert!(!config.interface.relay);
+        assert!(!config.peers[0].relay);
+        // A relay-only peer routes nothing: no allowed_ips at all.
+        assert!(config.peers[0].allowed_ips.is_empty());
+
+        let relaying = format!(
+            "[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\nrelay = true\n\n\
+             [[peer]]\npublic_key = \"{}\"\nrelay = true\n",
+            peer_key()
+        );
+        let config = parse(&relaying).unwrap();
+        assert!(config.interface.relay);
+        assert!(config.peers[0].relay);
+
+        let wrong = plain.replace("[[peer]]\n", "[[peer]]\nrelay = \"yes\"\n");
+        let err = parse(&wrong).unwrap_err().to_string();
+        assert!(err.starts_with("/etc/dhtun/t.toml:6: "), "{err}");
+    }
+
+    #[test]
     fn unknown_key_names_file_and_line() {
         let text = format!(
             "[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\ncolour = 3\n"

@@ -63,13 +63,13 @@ pub const RING_SLOT_BYTES: usize = ring_slot_bytes(MAX_MTU);
 /// Default slots in each of the TUN->UDP and UDP->TUN rings. 256 packets of 1420 bytes is
 /// 2.9 ms at 1 Gbit/s: enough to absorb one scheduling hiccup of the other side, small enough
 /// that a full ring adds under 3 ms of queueing delay. Memory: 256 x ring_slot_bytes(mtu) per
-/// ring, 368 KiB at the default MTU.
+/// ring, 400 KiB at the default MTU.
 pub const DEFAULT_RING_SLOTS: usize = 256;
 
 /// Fewest ring slots accepted from config: one full syscall batch must fit.
 pub const MIN_RING_SLOTS: usize = 16;
 
-/// Most ring slots accepted from config: 16384 slots is 23 MiB per ring at the default MTU,
+/// Most ring slots accepted from config: 16384 slots is 25 MiB per ring at the default MTU,
 /// already far more queue than any link benefits from.
 pub const MAX_RING_SLOTS: usize = 16384;
 
@@ -87,7 +87,7 @@ pub const IO_BATCH: usize = 32;
 // ---------------------------------------------------------------------------------------------
 
 /// Most peers one interface accepts from config. Every peer owns its staging buffer and session
-/// slots, so this caps memory; 1024 peers of staging is 23 MiB at the default MTU.
+/// slots, so this caps memory; 1024 peers of staging is 25 MiB at the default MTU.
 pub const MAX_PEERS: usize = 1024;
 
 /// Most `allowed_ips` prefixes over all peers: the routing table is sized from config only.
@@ -263,6 +263,12 @@ pub const RELAY_FALLBACK_AFTER: Duration = Duration::from_secs(2);
 /// its direct addresses). NATs and addresses change; a relay is a detour, not a home. Each try
 /// is one initiation per address, so every 10 s costs almost nothing.
 pub const DIRECT_RETRY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How often a peer reached through a relay is looked up in the DHT (once at once when the
+/// relay takes over, then at this interval): a moved peer publishes its new addresses there, and
+/// a direct try needs them. Once a minute, not at the 10 s retry pace of an unreachable peer,
+/// since traffic already flows and a lookup costs dozens of DHT messages.
+pub const RELAYED_LOOKUP_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How long a direct path may stay silent before packets arriving through a relay move the
 /// peer back onto the relay: the same time WireGuard gives a session to show it is alive

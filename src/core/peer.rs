@@ -122,6 +122,8 @@ pub struct Peer {
     pub cookie: Option<crate::core::cookie::Cookie>,
     /// The relay we reach this peer through; None when the path is direct (`endpoint`).
     pub relay_via: Option<PeerId>,
+    /// When the relay in use took over.
+    pub relayed_at: Option<Duration>,
     /// When an authenticated packet last came straight from the peer.
     pub direct_heard_at: Option<Duration>,
     /// When the next direct-only handshake is tried while the peer is reached through a relay.
@@ -174,6 +176,7 @@ impl Peer {
             fanout_next: None,
             cookie: None,
             relay_via: None,
+            relayed_at: None,
             direct_heard_at: None,
             next_direct_try_at: None,
             want_direct_probe: false,

@@ -5,6 +5,7 @@ use super::Device;
 use crate::core::keys::PublicKey;
 use crate::core::limits::{
     DHT_RESOLVE_FIRST_RETRY, DHT_RESOLVE_REFRESH, DHT_RESOLVE_RETRY, MAX_RECORD_CANDIDATES,
+    RELAYED_LOOKUP_INTERVAL,
 };
 use crate::core::peer::Peer;
 use core::time::Duration;
@@ -57,6 +58,10 @@ impl Device {
         }
         let connected = peer.current.as_ref().is_some_and(|s| s.is_usable(now));
         if connected {
+            if peer.relay_via.is_some() {
+                // New addresses of a relayed peer: try them directly now, not at the next turn.
+                peer.next_direct_try_at = Some(now);
+            }
             return;
         }
         if peer.handshake.is_some() {
@@ -75,10 +80,11 @@ impl Device {
 fn lookup_due(peer: &Peer, now: Duration) -> bool {
     let since_last = peer.discovery.last_lookup_at.map(|t| now.saturating_sub(t));
     let connected = peer.current.as_ref().is_some_and(|s| s.is_usable(now));
-    let unanswered = peer
-        .handshake
-        .as_ref()
-        .is_some_and(|h| now.saturating_sub(h.started_at) >= crate::core::limits::REKEY_TIMEOUT);
+    // A direct try of a relayed peer going unanswered is the normal case behind strict NATs,
+    // not a sign of a move: relayed peers have their own pace below.
+    let unanswered = peer.handshake.as_ref().is_some_and(|h| {
+        !h.direct_only && now.saturating_sub(h.started_at) >= crate::core::limits::REKEY_TIMEOUT
+    });
     // A session counts as working only while handshakes are answered: a peer that moved
     // leaves us a session that looks usable for up to three minutes.
     let stuck = unanswered || (!connected && !peer.reachable());
@@ -88,6 +94,14 @@ fn lookup_due(peer: &Peer, now: Duration) -> bool {
             .saturating_mul(1 << (n - 1).min(8))
             .min(DHT_RESOLVE_RETRY),
     };
+    if let (Some(relayed_at), Some(elapsed), Some(last)) = (
+        peer.relayed_at.filter(|_| peer.relay_via.is_some()),
+        since_last,
+        peer.discovery.last_lookup_at,
+    ) {
+        // The relay took over: the peer may have moved, so look once at once, then now and then.
+        return last < relayed_at || elapsed >= RELAYED_LOOKUP_INTERVAL;
+    }
     match since_last {
         None => true,
         Some(elapsed) if stuck => elapsed >= retry,

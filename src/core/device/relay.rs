@@ -201,6 +201,7 @@ impl Device {
                 let relay_key = self.peers[relay].config.public_key;
                 let peer = &mut self.peers[id];
                 peer.relay_via = Some(relay);
+                peer.relayed_at = Some(now);
                 peer.next_direct_try_at = Some(now + DIRECT_RETRY_INTERVAL);
                 self.emit(PeerEvent::Relayed {
                     peer: key,

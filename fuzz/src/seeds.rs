@@ -367,6 +367,7 @@ fn record_seeds() -> Vec<Seed> {
         &[ip("198.18.0.1"), ip("fd00::1"), ip("127.0.0.1")],
         Some(ip("203.0.113.7")),
     )
+    .and_then(|r| r.with_reflexive(Some("203.0.113.7:40001".parse().unwrap())))
     .unwrap();
     let bare = Record::new(1, &[], None).unwrap();
     let seed = |name, bytes| Seed {

@@ -192,6 +192,8 @@ mod tests {
                 },
             )]),
             dht: None,
+            reflexive_address: None,
+            reflexive_port_varies: false,
             peers: vec![PeerStatus {
                 public_key: "abc=".into(),
                 endpoint: None,

@@ -18,6 +18,12 @@ pub struct InterfaceStatus {
     pub rings: BTreeMap<String, RingStatus>,
     /// The DHT node, or null when discovery is off.
     pub dht: Option<crate::shell::dht::DhtStatus>,
+    /// The UDP socket's outside IP and port as DHT nodes see it, or null while unknown.
+    #[serde(default)]
+    pub reflexive_address: Option<String>,
+    /// Whether DHT nodes saw that socket at different ports: the NAT maps per destination.
+    #[serde(default)]
+    pub reflexive_port_varies: bool,
     pub peers: Vec<PeerStatus>,
 }
 
@@ -53,6 +59,8 @@ pub struct ShellFacts<'a> {
     pub mtu: usize,
     pub rings: [(&'static str, RingStatus); 2],
     pub dht: Option<crate::shell::dht::DhtStatus>,
+    pub reflexive_address: Option<std::net::SocketAddr>,
+    pub reflexive_port_varies: bool,
 }
 
 impl InterfaceStatus {
@@ -98,6 +106,8 @@ impl InterfaceStatus {
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
             dht: shell.dht,
+            reflexive_address: shell.reflexive_address.map(|a| a.to_string()),
+            reflexive_port_varies: shell.reflexive_port_varies,
             peers,
         }
     }
@@ -148,6 +158,16 @@ impl InterfaceStatus {
             None => {
                 let _ = writeln!(out, "  dht: off");
             }
+        }
+        if let Some(address) = &self.reflexive_address {
+            let varies = if self.reflexive_port_varies {
+                " (port differs per destination: direct path unlikely)"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "  reflexive address: {address}{varies}");
+        } else if self.dht.is_some() {
+            let _ = writeln!(out, "  reflexive address: (not known yet)");
         }
         for peer in &self.peers {
             let _ = writeln!(out, "\npeer: {}", peer.public_key);

@@ -25,9 +25,9 @@
 //!   the answers collected so far, and nothing newer until that lookup ends.
 //! - A put reuses the closest nodes, and their write tokens, of the last lookup of the same key
 //!   for 5 minutes. Nodes issue a token to an address, so after our address changed (the host
-//!   moved, or its NAT got another public IP) every node refuses those puts ("203 Bad token")
-//!   until the 5 minutes are over. A lookup of our own key run to its end replaces that cache,
-//!   so a failed publish does one and tries again.
+//!   moved, or its NAT got another public IP) every node refuses those puts ("203 Bad token",
+//!   which mainline then reports as a put timeout) until the 5 minutes are over. A lookup of our
+//!   own key run to its end replaces that cache, so a failed publish does one and tries again.
 
 use crate::core::keys::{PublicKey, SecretKey};
 use crate::core::limits::{
@@ -560,7 +560,8 @@ fn describe_put_error(error: &PutMutableError) -> String {
                 .to_string()
         }
         PutMutableError::Query(PutQueryError::Timeout) => {
-            "no DHT node answered the put".to_string()
+            // mainline also says this when every node refused our write token.
+            "no DHT node stored it (no answer, or our write tokens were refused)".to_string()
         }
         PutMutableError::Query(PutQueryError::ErrorResponse(e)) => {
             format!("DHT nodes refused it: {} {}", e.code, e.description)

@@ -195,6 +195,63 @@ fn peer_moved_behind_another_nat_republishes_its_new_address() {
     ));
 }
 
+#[test]
+fn a_nat_that_maps_per_destination_is_reported() {
+    if !common::netns_available("a_nat_that_maps_per_destination_is_reported") {
+        return;
+    }
+    const SECOND: &str = "198.18.0.253";
+    let (mut lab, hub, _) = Lab::hub("rv", &[], TUNNEL_PORT);
+    lab.ip_ok(
+        &hub,
+        &["addr", "add", &format!("{SECOND}/24"), "dev", "br0"],
+    );
+    lab.start_dht_node(&hub, &format!("{SECOND}:6882"));
+    // Like a port-randomising NAT, but deterministic: each DHT node sees another port range.
+    let router = nat_router_with(
+        &mut lab,
+        &hub,
+        "r",
+        "198.18.0.11",
+        &[
+            (Some(HUB_ADDR), "40000-40009"),
+            (Some(SECOND), "40010-40019"),
+        ],
+    );
+    let a = natted_node(&mut lab, &router, 1);
+    lab.up_dht(&a, &[], &[&hub_node(), &format!("{SECOND}:6882")]);
+    let status = lab.wait_until(
+        &format!("{} to report that its NAT maps per destination", a.iface),
+        Duration::from_secs(20),
+        || {
+            let status = lab.status_raw(&a.iface)?;
+            if status["reflexive_port_varies"] == true {
+                Ok(status)
+            } else {
+                Err(format!(
+                    "reflexive_address {}, reflexive_port_varies {}",
+                    status["reflexive_address"], status["reflexive_port_varies"]
+                ))
+            }
+        },
+    );
+    let address: SocketAddr = status["reflexive_address"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| lab.fail(format!("no reflexive address: {status}")));
+    if address.ip().to_string() != "198.18.0.11" || !NAT_PORTS.contains(&address.port()) {
+        lab.fail(format!("reflexive address {address} is not the NAT's"));
+    }
+    let text = run_timeout(
+        Command::new(common::BIN).args(["status", &a.iface]),
+        Duration::from_secs(10),
+    );
+    let text = String::from_utf8_lossy(&text.stdout);
+    if !text.contains("direct path unlikely") {
+        lab.fail(format!("text status does not warn:\n{text}"));
+    }
+}
+
 // ----- Topology -----
 
 fn hub_node() -> String {
@@ -205,42 +262,39 @@ fn hub_node() -> String {
 /// masquerading the UDP that leaves `ul0` to ports in NAT_PORTS. Returns its namespace.
 #[track_caller]
 fn nat_router(lab: &mut Lab, hub: &str, suffix: &str, wan: &str) -> String {
+    let ports = format!("{}-{}", NAT_PORTS.start(), NAT_PORTS.end());
+    nat_router_with(lab, hub, suffix, wan, &[(None, &ports)])
+}
+
+/// As `nat_router`, with one masquerade rule per `(destination, ports)`: UDP to `destination`
+/// (any, for `None`) leaves from a port in `ports` ("FIRST-LAST").
+#[track_caller]
+fn nat_router_with(
+    lab: &mut Lab,
+    hub: &str,
+    suffix: &str,
+    wan: &str,
+    rules: &[(Option<&str>, &str)],
+) -> String {
     let ns = lab.attach_to_hub(hub, suffix, wan);
     lab.sysctl(&ns, "net/ipv4/ip_forward", "1");
-    let ports = format!(":{}-{}", NAT_PORTS.start(), NAT_PORTS.end());
-    for rule in [
-        vec!["add", "table", "ip", "nat"],
-        vec![
-            "add",
-            "chain",
-            "ip",
-            "nat",
-            "post",
-            "{ type nat hook postrouting priority 100 ; }",
-        ],
-        vec![
-            "add",
-            "rule",
-            "ip",
-            "nat",
-            "post",
-            "oifname",
-            "ul0",
-            "meta",
-            "l4proto",
-            "udp",
-            "masquerade",
-            "to",
-            &ports,
-        ],
-    ] {
+    let mut commands = vec![
+        "add table ip nat".to_string(),
+        "add chain ip nat post { type nat hook postrouting priority 100 ; }".to_string(),
+    ];
+    for (destination, ports) in rules {
+        let to = destination.map_or(String::new(), |d| format!("ip daddr {d} "));
+        commands.push(format!(
+            "add rule ip nat post oifname ul0 {to}meta l4proto udp masquerade to :{ports}"
+        ));
+    }
+    for command in commands {
         let mut args = vec!["nft"];
-        args.extend(rule);
+        args.extend(command.split(' ').filter(|a| !a.is_empty()));
         let out = lab.ns_exec(&ns, &args);
         if !out.status.success() {
             lab.fail(format!(
-                "`{}` in {ns} failed: {}",
-                args.join(" "),
+                "`nft {command}` in {ns} failed: {}",
                 common::describe(&out)
             ));
         }

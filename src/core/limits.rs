@@ -252,7 +252,7 @@ pub const REFLECTOR_REFRESH: Duration = Duration::from_secs(25);
 /// would cost peers handshakes to nowhere.
 pub const REFLECTOR_ANSWER_LIFETIME: Duration = Duration::from_secs(90);
 
-/// Deepest nesting of lists and dictionaries read in a KRPC response. mainline's answers nest
-/// three deep (a `values` list in the `r` dictionary); the limit keeps the scanner's work
-/// linear in the datagram and its answer certain.
+/// Deepest nesting of lists and dictionaries inside a KRPC message that the scanner walks past.
+/// BEP 5 answers nest two deep below the message (a `values` list in the `r` dictionary), so 8
+/// leaves room for extensions while no datagram can make the walk deep.
 pub const MAX_KRPC_NESTING: usize = 8;

@@ -116,11 +116,7 @@ fn peer_behind_a_nat_learns_and_publishes_its_reflexive_address() {
             ));
         }
     }
-    let text = run_timeout(
-        Command::new(common::BIN).args(["status", &a.iface]),
-        Duration::from_secs(10),
-    );
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = text_status(&a);
     if !text.contains(&format!("reflexive address: {reflexive}")) {
         lab.fail(format!(
             "text status lacks the reflexive address line:\n{text}"
@@ -242,11 +238,7 @@ fn a_nat_that_maps_per_destination_is_reported() {
     if address.ip().to_string() != "198.18.0.11" || !NAT_PORTS.contains(&address.port()) {
         lab.fail(format!("reflexive address {address} is not the NAT's"));
     }
-    let text = run_timeout(
-        Command::new(common::BIN).args(["status", &a.iface]),
-        Duration::from_secs(10),
-    );
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = text_status(&a);
     if !text.contains("direct path unlikely") {
         lab.fail(format!("text status does not warn:\n{text}"));
     }
@@ -397,6 +389,15 @@ fn nat_mapping(lab: &Lab, router: &str, node: &Node) -> u16 {
             common::describe(&out)
         ))
     })
+}
+
+/// `dhtun status IFACE`, the text a person reads.
+fn text_status(node: &Node) -> String {
+    let out = run_timeout(
+        Command::new(common::BIN).args(["status", &node.iface]),
+        Duration::from_secs(10),
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Looks `node`'s record up from a DHT client in the hub until `wanted` accepts one (bounded).

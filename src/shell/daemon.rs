@@ -236,10 +236,15 @@ async fn event_loop(
             Event::Tick => {
                 let now = path.now();
                 path.device.handle_timers(now);
-                path.drain_reflector();
                 if let Some(discovery) = discovery.as_mut() {
+                    if discovery.take_moved() {
+                        if let Some(reflector) = path.reflector.as_mut() {
+                            reflector.refresh(now);
+                        }
+                    }
                     discovery.start_lookups(&mut path.device, now);
                 }
+                path.drain_reflector();
             }
             Event::Lookup(lookup) => {
                 if let Some(discovery) = discovery.as_mut() {

@@ -37,6 +37,8 @@ pub struct Discovery {
     results: mpsc::Receiver<Lookup>,
     /// The tunnel socket's reflexive address, for the publisher.
     reflexive: watch::Sender<Option<SocketAddr>>,
+    /// Marked by the publisher when the host's addresses changed.
+    moved: watch::Receiver<()>,
     publisher: JoinHandle<()>,
 }
 
@@ -58,6 +60,7 @@ impl Discovery {
         };
         let dht = Dht::start(options).await?;
         let (reflexive, reflexive_rx) = watch::channel(None);
+        let (moved_tx, moved) = watch::channel(());
         let publisher = tokio::spawn(publish_forever(
             dht.clone(),
             secret,
@@ -65,6 +68,7 @@ impl Discovery {
             netlink,
             tun_index,
             reflexive_rx,
+            moved_tx,
         ));
         let (results_tx, results) = mpsc::channel(DHT_RESOLVES_IN_FLIGHT);
         Ok(Self {
@@ -73,6 +77,7 @@ impl Discovery {
             results_tx,
             results,
             reflexive,
+            moved,
             publisher,
         })
     }
@@ -84,6 +89,14 @@ impl Discovery {
             .iter()
             .map(|&node| SocketAddr::V4(node))
             .collect()
+    }
+
+    /// Whether the host's addresses changed since the last call: the host may have moved to
+    /// another network, so its reflexive address is worth asking for again.
+    pub fn take_moved(&mut self) -> bool {
+        let moved = self.moved.has_changed().unwrap_or(false);
+        self.moved.mark_unchanged();
+        moved
     }
 
     /// Tells the publisher the tunnel socket's reflexive address changed; it republishes at once.
@@ -152,8 +165,10 @@ async fn publish_forever(
     netlink: Netlink,
     tun_index: u32,
     mut reflexive: watch::Receiver<Option<SocketAddr>>,
+    moved: watch::Sender<()>,
 ) {
     let mut published: Option<(Record, tokio::time::Instant)> = None;
+    let mut addresses: Option<Vec<IpAddr>> = None;
     loop {
         let outside = *reflexive.borrow_and_update();
         let record = match current_record(&dht, &netlink, listen_port, tun_index, outside).await {
@@ -164,6 +179,12 @@ async fn publish_forever(
                 continue;
             }
         };
+        if addresses
+            .replace(record.addresses().to_vec())
+            .is_some_and(|before| before != record.addresses())
+        {
+            moved.send_replace(());
+        }
         let due = match &published {
             None => true,
             Some((last, at)) => last != &record || at.elapsed() >= DHT_REPUBLISH_INTERVAL,

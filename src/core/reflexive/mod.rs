@@ -9,7 +9,8 @@
 //! The [`Reflector`] pings each of a fixed list of nodes (the DHT bootstrap nodes, resolved by
 //! the shell) at start, retries quickly while they do not answer, and refreshes every
 //! `REFLECTOR_REFRESH`: a NAT's mapping changes when the host moves, and the pings also keep the
-//! mapping they measure alive. Only an answer from a node we pinged, carrying the transaction id
+//! mapping they measure alive; the shell also calls [`Reflector::refresh`] when the host's
+//! addresses change. Only an answer from a node we pinged, carrying the transaction id
 //! of the probe outstanding there, counts. When nodes disagree about our port for the same IP,
 //! the NAT picks a port per destination, and a peer's packets will not reach the port we
 //! publish: [`Reflector::port_varies`] says so.
@@ -113,6 +114,16 @@ impl Reflector {
         slot.next_at = now + retry_delay(slot.unanswered);
         slot.unanswered = slot.unanswered.saturating_add(1);
         Some((slot.to, len))
+    }
+
+    /// Asks every node again now, as at start: the host's addresses changed, so the NAT in
+    /// front of it, and our outside address, may have too. Answers already held stay until new
+    /// ones replace them or they expire.
+    pub fn refresh(&mut self, now: Duration) {
+        for slot in &mut self.slots {
+            slot.next_at = now;
+            slot.unanswered = 0;
+        }
     }
 
     /// Handles a KRPC datagram (see [`is_krpc`]) that came from `from`.

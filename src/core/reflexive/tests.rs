@@ -104,6 +104,28 @@ fn an_answer_is_learned_and_refreshed() {
 }
 
 #[test]
+fn a_refresh_asks_every_node_again_at_once() {
+    let mut r = Reflector::new(&[addr(A), addr(B)], [10; 32], ms(0));
+    let sent = due(&mut r, ms(0));
+    let seen = addr("203.0.113.7:40001");
+    for (to, tid) in &sent {
+        r.handle_datagram(*to, &answer(*tid, seen), ms(1));
+    }
+    // Neither answers the next refresh; both back off.
+    let now = ms(1) + REFLECTOR_REFRESH;
+    assert_eq!(due(&mut r, now).len(), 2);
+    let now = now + ms(500);
+    assert_eq!(due(&mut r, now).len(), 2);
+    assert!(due(&mut r, now + ms(999)).is_empty());
+    // The host's addresses changed: both are asked now, and retried quickly again.
+    r.refresh(now + ms(10));
+    let again = due(&mut r, now + ms(10));
+    assert_eq!(again.len(), 2);
+    assert_eq!(r.address(), Some(seen), "answers held stay until replaced");
+    assert_eq!(due(&mut r, now + ms(510)).len(), 2);
+}
+
+#[test]
 fn only_the_outstanding_probe_of_a_pinged_node_counts() {
     let mut r = Reflector::new(&[addr(A), addr(B)], [3; 32], ms(0));
     let sent = due(&mut r, ms(0));

@@ -195,6 +195,8 @@ mod tests {
             relay: false,
             relayed_packets: 0,
             relayed_bytes: 0,
+            reflexive_address: None,
+            reflexive_port_varies: false,
             peers: vec![PeerStatus {
                 public_key: "abc=".into(),
                 endpoint: None,

@@ -21,7 +21,7 @@ seconds=${1:-5}
 shift || true
 targets=("$@")
 if ((${#targets[@]} == 0)); then
-    targets=(wire handshake device packet record config)
+    targets=(wire handshake device packet record krpc config)
 fi
 target_dir=${DHTUN_FUZZ_TARGET_DIR:-${HOME}/.cache/dhtun/fuzz-target}
 sanitizer=${DHTUN_FUZZ_SANITIZER:-none}

@@ -108,7 +108,7 @@ fn run(command: Command, log_level: Option<String>) -> anyhow::Result<()> {
         }
         Command::Status { iface, json } => status(iface, json),
         Command::DhtNode { listen, bootstrap } => {
-            dhtun::shell::dht::run_dht_node(listen, &bootstrap)
+            dhtun::shell::dht_node::run_dht_node(listen, &bootstrap)
         }
     }
 }

@@ -751,7 +751,17 @@ fn records_round_trip_and_decode_canonically() {
             1 if !addresses.is_empty() => Some(addresses[0]),
             _ => Some(random_usable_ip(&mut rng)),
         };
-        let record = Record::new(rng.gen_range(1..=u16::MAX), &addresses, public).unwrap();
+        let reflexive = match rng.gen_range(0..3) {
+            0 => None,
+            1 => public.map(|ip| SocketAddr::new(ip, rng.gen_range(1..=u16::MAX))),
+            _ => Some(SocketAddr::new(
+                random_usable_ip(&mut rng),
+                rng.gen_range(1..=u16::MAX),
+            )),
+        };
+        let record = Record::new(rng.gen_range(1..=u16::MAX), &addresses, public)
+            .and_then(|r| r.with_reflexive(reflexive))
+            .unwrap();
         let bytes = record.encode().unwrap();
         assert!(bytes.len() <= MAX_RECORD_BYTES);
         assert_eq!(Record::decode(&bytes), Ok(record.clone()));
@@ -780,7 +790,7 @@ fn random_bytes_that_decode_as_records_encode_back_unchanged() {
         if len >= 5 {
             // A plausible header, so decoding gets past it.
             bytes[0] = 1;
-            bytes[3] &= 1;
+            bytes[3] &= 3;
             bytes[4] %= 4;
             for b in bytes.iter_mut().skip(5).step_by(5) {
                 *b = if *b & 1 == 0 { 4 } else { 6 };

@@ -12,6 +12,7 @@ pub mod device;
 pub mod handshake;
 pub mod input;
 pub mod known;
+pub mod krpc;
 pub mod mac;
 pub mod packet;
 pub mod record;

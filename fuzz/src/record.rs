@@ -3,7 +3,8 @@
 //! Checks, besides never panicking: a record that decodes re-encodes to exactly the bytes it
 //! came from (the encoding is canonical), decodes again to an equal record, and `Record::new`
 //! accepts its fields; its candidates are its addresses, then the public IP unless listed, all
-//! with the listen port; an error for input over the size limit is `TooLarge`.
+//! with the listen port, then the reflexive address unless that repeats one of them; an error
+//! for input over the size limit is `TooLarge`.
 
 use dhtun::core::limits::{MAX_RECORD_BYTES, MAX_RECORD_CANDIDATES};
 use dhtun::core::record::{is_usable_address, Record, RecordError};
@@ -23,6 +24,7 @@ pub fn run(data: &[u8]) {
     assert_eq!(encoded, data, "re-encoding changed the bytes");
     assert_eq!(Record::decode(&encoded).as_ref(), Ok(&record));
     let rebuilt = Record::new(record.listen_port(), record.addresses(), record.public_ip())
+        .and_then(|r| r.with_reflexive(record.reflexive()))
         .expect("a decoded record's fields are valid");
     assert_eq!(rebuilt, record);
 
@@ -38,6 +40,13 @@ pub fn run(data: &[u8]) {
         assert!(is_usable_address(ip));
         if !record.addresses().contains(&ip) {
             expected.push(SocketAddr::new(ip, record.listen_port()));
+        }
+    }
+    if let Some(reflexive) = record.reflexive() {
+        assert!(is_usable_address(reflexive.ip()));
+        assert_ne!(reflexive.port(), 0);
+        if !expected.contains(&reflexive) {
+            expected.push(reflexive);
         }
     }
     assert_eq!(record.candidates().collect::<Vec<_>>(), expected);

@@ -367,6 +367,7 @@ fn record_seeds() -> Vec<Seed> {
         &[ip("198.18.0.1"), ip("fd00::1"), ip("127.0.0.1")],
         Some(ip("203.0.113.7")),
     )
+    .and_then(|r| r.with_reflexive(Some("203.0.113.7:40001".parse().unwrap())))
     .unwrap();
     let bare = Record::new(1, &[], None).unwrap();
     let seed = |name, bytes| Seed {
@@ -377,6 +378,32 @@ fn record_seeds() -> Vec<Seed> {
     vec![
         seed("full", full.encode().unwrap()),
         seed("bare", bare.encode().unwrap()),
+    ]
+}
+
+fn krpc_seeds() -> Vec<Seed> {
+    // As mainline 8 answers a ping; the transaction id is filled in by the target.
+    let answer = |ip: &[u8]| {
+        let mut out = format!("d2:ip{}:", ip.len()).into_bytes();
+        out.extend_from_slice(ip);
+        out.extend_from_slice(b"1:rd2:id20:abcdefghijklmnopqrste2:roi0e1:t4:");
+        out.extend_from_slice(crate::krpc::TXID_PLACEHOLDER);
+        out.extend_from_slice(b"1:v4:RS\x05\x001:y1:re");
+        out
+    };
+    let mut v6 = [0u8; 18];
+    v6[0] = 0x20;
+    v6[1] = 0x01;
+    v6[17] = 80;
+    let seed = |name, bytes| Seed {
+        target: "krpc",
+        name,
+        bytes,
+    };
+    vec![
+        seed("answer-v4", answer(&[198, 18, 0, 11, 0x9c, 0x40])),
+        seed("answer-v6", answer(&v6)),
+        seed("error", b"d1:eli203e9:Bad tokene1:t4:TXID1:y1:ee".to_vec()),
     ]
 }
 
@@ -447,6 +474,7 @@ pub fn all() -> Vec<Seed> {
     seeds.extend(device_seeds());
     seeds.extend(packet_seeds());
     seeds.extend(record_seeds());
+    seeds.extend(krpc_seeds());
     seeds.extend(config_seeds());
     seeds
 }

@@ -5,7 +5,9 @@
 //!   which type and length parse, and that fixed-size types parse at exactly their size;
 //! - every accessor returns the bytes at its documented offset (same memory, same length), and
 //!   the integers are little-endian;
-//! - writing the header back with the `write_*_header` functions reproduces the datagram.
+//! - writing the header back with the `write_*_header` functions reproduces the datagram;
+//! - the same bytes as a relay envelope (a decrypted plaintext): an accepted envelope's
+//!   datagram lies inside it, and writing it back reproduces the envelope's prefix.
 
 use dhtun::core::wire::{
     self, Message, WireError, AEAD_TAG_BYTES, COOKIE_REPLY_LEN, INITIATION_LEN, MAC_BYTES,
@@ -16,6 +18,23 @@ use std::ops::Range;
 
 pub fn run(data: &[u8]) {
     check(data);
+    check_envelope(data);
+}
+
+/// `data` as the plaintext of a transport packet: an envelope or not, never a panic.
+pub fn check_envelope(plaintext: &[u8]) {
+    use dhtun::core::envelope::{self, Envelope};
+    use dhtun::core::limits::ENVELOPE_HEADER;
+    let Ok(parsed) = Envelope::new_checked(plaintext) else {
+        return;
+    };
+    assert!(envelope::is_envelope(plaintext));
+    let datagram = parsed.datagram();
+    assert!(ENVELOPE_HEADER + datagram.len() <= plaintext.len());
+    let mut rebuilt = vec![0u8; ENVELOPE_HEADER + datagram.len()];
+    let n = envelope::write(&mut rebuilt, parsed.kind(), &parsed.other(), datagram)
+        .expect("an accepted envelope fits its own size");
+    assert_eq!(&rebuilt[..n], &plaintext[..n], "envelope round trip");
 }
 
 /// What the format says `datagram` is: its type byte, or the error.

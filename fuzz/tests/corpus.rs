@@ -5,12 +5,13 @@ use std::path::Path;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 6] = [
+const TARGETS: [(&str, Target); 7] = [
     ("wire", dhtun_fuzz::wire::run),
     ("handshake", dhtun_fuzz::handshake::run),
     ("device", dhtun_fuzz::device::run),
     ("packet", dhtun_fuzz::packet::run),
     ("record", dhtun_fuzz::record::run),
+    ("krpc", dhtun_fuzz::krpc::run),
     ("config", dhtun_fuzz::config::run),
 ];
 
@@ -94,4 +95,18 @@ fn device_seeds_reach_the_data_path() {
     assert!(report.cookies_sent >= 10, "{report:?}");
     assert!(report.cookies_taken >= 1, "{report:?}");
     assert!(report.to_tun >= 1, "{report:?}");
+}
+
+#[test]
+fn krpc_seed_answers_parse() {
+    use dhtun::core::reflexive::krpc::PingResponse;
+    for name in ["answer-v4", "answer-v6"] {
+        let bytes = seed("krpc", name);
+        let response = PingResponse::new_checked(&bytes)
+            .unwrap_or_else(|e| panic!("seed {name} does not parse: {e:?}"));
+        assert_eq!(
+            response.transaction_id(),
+            dhtun_fuzz::krpc::TXID_PLACEHOLDER
+        );
+    }
 }

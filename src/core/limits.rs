@@ -284,3 +284,33 @@ pub const NAT_KEEPALIVE: Duration = Duration::from_secs(25);
 /// How long after the last data a session counts as "in use" for NAT keepalives: one session
 /// lifetime, so an idle tunnel stops sending after three minutes, as WireGuard's sessions expire.
 pub const NAT_KEEPALIVE_IDLE: Duration = Duration::from_secs(180);
+
+// ---------------------------------------------------------------------------------------------
+// Reflexive address (the tunnel socket as DHT nodes see it)
+// ---------------------------------------------------------------------------------------------
+
+/// DHT nodes asked for our reflexive address. Two that agree already outvote one that is wrong,
+/// and the public bootstrap list resolves to a handful of addresses; each costs one small ping
+/// per REFLECTOR_REFRESH, so more would only add traffic.
+pub const MAX_REFLECTORS: usize = 8;
+
+/// Wait this long for a node's answer before asking again, doubling each time up to
+/// REFLECTOR_REFRESH: a node on the same continent answers in tens of milliseconds, and a lost
+/// first ping should not leave us without an address for long.
+pub const REFLECTOR_FIRST_RETRY: Duration = Duration::from_millis(500);
+
+/// How often each node is asked again once it answered. A NAT's mapping changes when the host
+/// moves to another network, and common NATs forget an idle UDP mapping after 30 s: asking every
+/// 25 s (WireGuard's persistent-keepalive figure) notices a move within half a minute and keeps
+/// the mapping we publish alive even while no peer sends to it.
+pub const REFLECTOR_REFRESH: Duration = Duration::from_secs(25);
+
+/// An answer not confirmed for this long is forgotten: three refreshes (with their retries) got
+/// no answer, so the node is gone or the path to it changed, and an address we cannot confirm
+/// would cost peers handshakes to nowhere.
+pub const REFLECTOR_ANSWER_LIFETIME: Duration = Duration::from_secs(90);
+
+/// Deepest nesting of lists and dictionaries inside a KRPC message that the scanner walks past.
+/// BEP 5 answers nest two deep below the message (a `values` list in the `r` dictionary), so 8
+/// leaves room for extensions while no datagram can make the walk deep.
+pub const MAX_KRPC_NESTING: usize = 8;

@@ -14,6 +14,7 @@ pub mod packet;
 pub mod peer;
 pub mod ratelimit;
 pub mod record;
+pub mod reflexive;
 pub mod replay;
 pub mod ring;
 pub mod routing;

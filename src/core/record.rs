@@ -10,16 +10,19 @@
 //! |---|---|---|
 //! | 0 | 1 | format version, 1 |
 //! | 1 | 2 | listen port of the tunnel's UDP socket, never 0 |
-//! | 3 | 1 | flags: bit 0 set when a public address follows the list; other bits zero |
+//! | 3 | 1 | flags: bit 0 set when a public address follows the list, bit 1 when a reflexive address follows that; other bits zero |
 //! | 4 | 1 | address count N, at most `MAX_RECORD_CANDIDATES` |
-//! | 5 | .. | N addresses, then the public address if flagged |
+//! | 5 | .. | N addresses, then the public address if flagged, then the reflexive one if flagged |
 //!
-//! Each address is a family byte (4 or 6) and its 4 or 16 bytes. Nothing may follow the last.
+//! Each address is a family byte (4 or 6) and its 4 or 16 bytes; the reflexive address has its
+//! own port after that (2 bytes, never 0). Nothing may follow the last.
 //!
 //! All addresses share the one listen port: they are the interface addresses of one socket. The
 //! public address is the IP that DHT nodes report seeing our DHT packets come from; the port
 //! they saw belongs to the DHT socket, not to the tunnel's, so only the IP is kept, and a peer
 //! tries it with the listen port (which works behind port-preserving NATs and forwarded ports).
+//! The reflexive address is the tunnel socket's own outside IP and port, as DHT nodes saw its
+//! pings (see `core::reflexive`): the one address that is right behind a NAT that changes ports.
 //!
 //! Sequence numbers are microseconds since the Unix epoch, so a newer record always wins, two
 //! publishes in the same second still grow, and a restarted daemon needs no saved state.
@@ -58,6 +61,8 @@ pub enum RecordError {
     UnusableAddress(IpAddr),
     #[error("{0} is listed twice")]
     DuplicateAddress(IpAddr),
+    #[error("record reflexive port is 0")]
+    ZeroReflexivePort,
 }
 
 /// A checked record: every field satisfies the rules `decode` enforces, whichever way it was
@@ -67,6 +72,7 @@ pub struct Record {
     listen_port: u16,
     addresses: Vec<IpAddr>,
     public_ip: Option<IpAddr>,
+    reflexive: Option<SocketAddr>,
 }
 
 impl Record {
@@ -96,7 +102,21 @@ impl Record {
             listen_port,
             addresses: addresses.to_vec(),
             public_ip,
+            reflexive: None,
         })
+    }
+
+    /// This record with the tunnel socket's reflexive address (its outside IP and port as DHT
+    /// nodes see it), or without one for `None`.
+    pub fn with_reflexive(mut self, reflexive: Option<SocketAddr>) -> Result<Self, RecordError> {
+        if let Some(address) = reflexive {
+            check_usable(address.ip())?;
+            if address.port() == 0 {
+                return Err(RecordError::ZeroReflexivePort);
+            }
+        }
+        self.reflexive = reflexive;
+        Ok(self)
     }
 
     /// Parses a record read from the DHT. Anything but a well-formed version-1 record is an
@@ -111,7 +131,7 @@ impl Record {
         }
         let listen_port = u16::from_le_bytes([header[PORT_AT], header[PORT_AT + 1]]);
         let flags = header[FLAGS_AT];
-        if flags & !FLAG_PUBLIC != 0 {
+        if flags & !(FLAG_PUBLIC | FLAG_REFLEXIVE) != 0 {
             return Err(RecordError::Flags(flags));
         }
         let count = usize::from(header[COUNT_AT]);
@@ -128,10 +148,20 @@ impl Record {
         } else {
             None
         };
+        let reflexive = if flags & FLAG_REFLEXIVE != 0 {
+            let ip = take_address(&mut rest)?;
+            let (port, tail) = rest
+                .split_first_chunk::<2>()
+                .ok_or(RecordError::Truncated)?;
+            rest = tail;
+            Some(SocketAddr::new(ip, u16::from_le_bytes(*port)))
+        } else {
+            None
+        };
         if !rest.is_empty() {
             return Err(RecordError::TrailingBytes(rest.len()));
         }
-        Self::new(listen_port, &addresses, public_ip)
+        Self::new(listen_port, &addresses, public_ip)?.with_reflexive(reflexive)
     }
 
     /// The encoded record, refused if it would not fit in a DHT item.
@@ -139,11 +169,14 @@ impl Record {
         let mut out = Vec::with_capacity(self.encoded_len());
         out.push(RECORD_VERSION);
         out.extend_from_slice(&self.listen_port.to_le_bytes());
-        out.push(if self.public_ip.is_some() {
-            FLAG_PUBLIC
-        } else {
-            0
-        });
+        let mut flags = 0;
+        if self.public_ip.is_some() {
+            flags |= FLAG_PUBLIC;
+        }
+        if self.reflexive.is_some() {
+            flags |= FLAG_REFLEXIVE;
+        }
+        out.push(flags);
         // `new` capped the list at MAX_RECORD_CANDIDATES, which fits in a byte.
         out.push(
             u8::try_from(self.addresses.len())
@@ -151,6 +184,10 @@ impl Record {
         );
         for &ip in self.addresses.iter().chain(self.public_ip.iter()) {
             put_address(&mut out, ip);
+        }
+        if let Some(reflexive) = self.reflexive {
+            put_address(&mut out, reflexive.ip());
+            out.extend_from_slice(&reflexive.port().to_le_bytes());
         }
         if out.len() > MAX_RECORD_BYTES {
             return Err(RecordError::TooLarge(out.len()));
@@ -172,15 +209,27 @@ impl Record {
         self.public_ip
     }
 
+    /// The tunnel socket's outside IP and port as DHT nodes saw it, if the publisher knew it.
+    pub fn reflexive(&self) -> Option<SocketAddr> {
+        self.reflexive
+    }
+
     /// Every endpoint worth a handshake attempt, best first: the interface addresses (a peer on
-    /// the same network reaches them directly), then the public IP unless already listed.
+    /// the same network reaches them directly), then the public IP unless already listed, then
+    /// the reflexive address unless it is one of those with the listen port.
     pub fn candidates(&self) -> impl Iterator<Item = SocketAddr> + '_ {
         let public = self.public_ip.filter(|ip| !self.addresses.contains(ip));
-        self.addresses
+        let listed = self
+            .addresses
             .iter()
             .copied()
             .chain(public)
-            .map(|ip| SocketAddr::new(ip, self.listen_port))
+            .map(|ip| SocketAddr::new(ip, self.listen_port));
+        let reflexive = self.reflexive.filter(|r| {
+            r.port() != self.listen_port
+                || !(self.addresses.contains(&r.ip()) || self.public_ip == Some(r.ip()))
+        });
+        listed.chain(reflexive)
     }
 
     fn encoded_len(&self) -> usize {
@@ -191,6 +240,9 @@ impl Record {
                 .chain(self.public_ip.iter())
                 .map(|ip| address_len(*ip))
                 .sum::<usize>()
+            + self
+                .reflexive
+                .map_or(0, |r| address_len(r.ip()) + PORT_BYTES)
     }
 }
 
@@ -235,12 +287,15 @@ const HEADER_BYTES: usize = 5;
 
 /// Flags bit: a public address follows the address list.
 const FLAG_PUBLIC: u8 = 1;
+/// Flags bit: a reflexive address and its port follow the public address.
+const FLAG_REFLEXIVE: u8 = 2;
+const PORT_BYTES: usize = 2;
 
 const FAMILY_V4: u8 = 4;
 const FAMILY_V6: u8 = 6;
 
 /// The largest record the encoding allows, which must fit in a DHT item.
-const MAX_ENCODED_BYTES: usize = HEADER_BYTES + (MAX_RECORD_CANDIDATES + 1) * (1 + 16);
+const MAX_ENCODED_BYTES: usize = HEADER_BYTES + (MAX_RECORD_CANDIDATES + 2) * (1 + 16) + PORT_BYTES;
 const _: () = assert!(MAX_ENCODED_BYTES <= MAX_RECORD_BYTES);
 
 fn check_usable(ip: IpAddr) -> Result<(), RecordError> {
@@ -310,6 +365,8 @@ mod tests {
             Some(ip("203.0.113.9")),
         )
         .unwrap()
+        .with_reflexive(Some("203.0.113.9:40001".parse().unwrap()))
+        .unwrap()
     }
 
     #[test]
@@ -318,8 +375,15 @@ mod tests {
         let full: Vec<IpAddr> = (0..MAX_RECORD_CANDIDATES as u16)
             .map(|i| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, i + 1)))
             .collect();
-        let full = Record::new(65535, &full, Some(ip("2001:db8:ffff::1"))).unwrap();
-        for record in [sample(), empty, full] {
+        let full = Record::new(65535, &full, Some(ip("2001:db8:ffff::1")))
+            .unwrap()
+            .with_reflexive(Some("[2001:db8:ffff::2]:65535".parse().unwrap()))
+            .unwrap();
+        let only_reflexive = Record::new(9, &[], None)
+            .unwrap()
+            .with_reflexive(Some("192.0.2.1:1".parse().unwrap()))
+            .unwrap();
+        for record in [sample(), empty, full, only_reflexive] {
             let bytes = record.encode().unwrap();
             assert_eq!(bytes.len(), record.encoded_len());
             assert!(bytes.len() <= MAX_ENCODED_BYTES);
@@ -333,6 +397,13 @@ mod tests {
         let mut expected = vec![1, 0x34, 0x12, FLAG_PUBLIC, 1, 4, 1, 2, 3, 4, 6];
         expected.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
         assert_eq!(record.encode().unwrap(), expected);
+        let record = record
+            .with_reflexive(Some("5.6.7.8:39612".parse().unwrap()))
+            .unwrap();
+        expected[FLAGS_AT] = FLAG_PUBLIC | FLAG_REFLEXIVE;
+        expected.extend_from_slice(&[4, 5, 6, 7, 8, 0xbc, 0x9a]);
+        assert_eq!(record.encode().unwrap(), expected);
+        assert_eq!(record.reflexive(), Some("5.6.7.8:39612".parse().unwrap()));
     }
 
     #[test]
@@ -344,8 +415,17 @@ mod tests {
             ["1.1.1.1:7".parse().unwrap(), "[::2]:7".parse().unwrap()]
         );
         let got: Vec<SocketAddr> = sample().candidates().collect();
-        assert_eq!(got.len(), 4);
+        assert_eq!(got.len(), 5);
         assert_eq!(got[3], "203.0.113.9:51820".parse().unwrap());
+        assert_eq!(got[4], "203.0.113.9:40001".parse().unwrap());
+        // A reflexive address that only repeats a listed one (a port-preserving NAT) adds none.
+        for repeated in ["1.1.1.1:7", "9.9.9.9:7"] {
+            let record = Record::new(7, &[ip("1.1.1.1")], Some(ip("9.9.9.9")))
+                .unwrap()
+                .with_reflexive(Some(repeated.parse().unwrap()))
+                .unwrap();
+            assert_eq!(record.candidates().count(), 2, "{repeated}");
+        }
     }
 
     #[test]
@@ -405,7 +485,24 @@ mod tests {
         let mut zero_port = good.clone();
         zero_port[PORT_AT..PORT_AT + 2].fill(0);
         assert_eq!(Record::decode(&zero_port), Err(RecordError::ZeroPort));
-        assert_eq!(with(FLAGS_AT, 2), Err(RecordError::Flags(2)));
+        assert_eq!(with(FLAGS_AT, 4), Err(RecordError::Flags(4)));
+        let mut zero_reflexive = good.clone();
+        zero_reflexive[FLAGS_AT] = FLAG_REFLEXIVE;
+        zero_reflexive.extend_from_slice(&[4, 1, 2, 3, 4, 0, 0]);
+        assert_eq!(
+            Record::decode(&zero_reflexive),
+            Err(RecordError::ZeroReflexivePort)
+        );
+        let one = Record::new(1, &[], None).unwrap();
+        assert_eq!(
+            one.clone()
+                .with_reflexive(Some("1.2.3.4:0".parse().unwrap())),
+            Err(RecordError::ZeroReflexivePort)
+        );
+        assert_eq!(
+            one.with_reflexive(Some("[ff02::1]:5".parse().unwrap())),
+            Err(RecordError::UnusableAddress(ip("ff02::1")))
+        );
         assert_eq!(with(COUNT_AT, 17), Err(RecordError::TooManyAddresses(17)));
         assert_eq!(with(HEADER_BYTES, 5), Err(RecordError::Family(5)));
         let mut unspecified = good.clone();
@@ -443,7 +540,7 @@ mod tests {
             if len > 0 && rng.gen_bool(0.5) {
                 buf[VERSION_AT] = RECORD_VERSION;
                 if len > COUNT_AT {
-                    buf[FLAGS_AT] &= FLAG_PUBLIC;
+                    buf[FLAGS_AT] &= FLAG_PUBLIC | FLAG_REFLEXIVE;
                     buf[COUNT_AT] %= 4;
                 }
             }

@@ -9,6 +9,7 @@
 use crate::config::Config;
 use crate::core::device::{Device, DeviceConfig, PeerEvent};
 use crate::core::limits::TIMER_TICK;
+use crate::core::reflexive::Reflector;
 use crate::shell::control::{ControlCommand, ControlRequest, ControlServer};
 use crate::shell::datapath::DataPath;
 use crate::shell::dht::DhtStatus;
@@ -24,6 +25,7 @@ use anyhow::Context as _;
 use ipnetwork::IpNetwork;
 use sd_notify::NotifyState;
 use std::io;
+use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::io::unix::AsyncFdReadyGuard;
 use tokio::net::{TcpListener, UdpSocket};
@@ -176,6 +178,12 @@ async fn event_loop(
         config.interface.ring_slots,
         tun.offloads(),
     );
+    if let Some(discovery) = &discovery {
+        let mut seed = [0u8; 32];
+        getrandom_fill(&mut seed)?;
+        path.reflector = Some(Reflector::new(&discovery.reflectors(), seed, path.now()));
+    }
+    let mut reflexive = ReflexiveSeen::default();
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
@@ -205,9 +213,13 @@ async fn event_loop(
             Event::Command(command) => match command.request {
                 ControlRequest::Status => {
                     let dht = discovery.as_ref().map(Discovery::status);
-                    let _ = command
-                        .reply
-                        .send(status_json(&path, config, listen_port, dht));
+                    let _ = command.reply.send(status_json(
+                        &path,
+                        config,
+                        listen_port,
+                        dht,
+                        &reflexive,
+                    ));
                 }
                 ControlRequest::Down => return Ok(Some(command.reply)),
                 ControlRequest::Reload => {
@@ -228,8 +240,14 @@ async fn event_loop(
                 let now = path.now();
                 path.device.handle_timers(now);
                 if let Some(discovery) = discovery.as_mut() {
+                    if discovery.take_moved() {
+                        if let Some(reflector) = path.reflector.as_mut() {
+                            reflector.refresh(now);
+                        }
+                    }
                     discovery.start_lookups(&mut path.device, now);
                 }
+                path.drain_reflector();
             }
             Event::Lookup(lookup) => {
                 if let Some(discovery) = discovery.as_mut() {
@@ -251,6 +269,7 @@ async fn event_loop(
             Event::UdpWritable => {}
         }
         log_peer_events(&mut path.device);
+        reflexive.update(&path, discovery.as_ref());
         path.drain_transmits();
         path.flush_network(&mut udp);
         if path.has_tun_backlog() {
@@ -297,6 +316,41 @@ fn log_peer_events(device: &mut Device) {
     }
 }
 
+/// The tunnel socket's reflexive address as last seen, so a change is logged and published once.
+#[derive(Default)]
+struct ReflexiveSeen {
+    address: Option<SocketAddr>,
+    port_varies: bool,
+}
+
+impl ReflexiveSeen {
+    fn update(&mut self, path: &DataPath, discovery: Option<&Discovery>) {
+        let Some(reflector) = path.reflector.as_ref() else {
+            return;
+        };
+        let (address, port_varies) = (reflector.address(), reflector.port_varies());
+        if address != self.address {
+            match address {
+                Some(address) => tracing::info!(%address, "reflexive address of the tunnel socket"),
+                None => tracing::info!("reflexive address forgotten: no DHT node confirmed it"),
+            }
+            if let Some(discovery) = discovery {
+                discovery.set_reflexive(address);
+            }
+            self.address = address;
+        }
+        if port_varies != self.port_varies {
+            if port_varies {
+                tracing::info!(
+                    "DHT nodes see the tunnel socket at different ports: the NAT maps per \
+                     destination, so a direct path from peers is unlikely"
+                );
+            }
+            self.port_varies = port_varies;
+        }
+    }
+}
+
 /// The next finished DHT lookup; never, when discovery is off.
 async fn next_lookup(discovery: &mut Option<Discovery>) -> Option<Lookup> {
     match discovery {
@@ -310,6 +364,7 @@ fn status_json(
     config: &Config,
     listen_port: u16,
     dht: Option<DhtStatus>,
+    reflexive: &ReflexiveSeen,
 ) -> String {
     let [(net_slots, net_queued), (tun_slots, tun_queued)] = path.ring_occupancy();
     let ring = |slots, queued| RingStatus { slots, queued };
@@ -325,6 +380,8 @@ fn status_json(
                 ("udp_to_tun", ring(tun_slots, tun_queued)),
             ],
             dht,
+            reflexive_address: reflexive.address,
+            reflexive_port_varies: reflexive.port_varies,
         },
         path.now(),
     );

@@ -9,6 +9,7 @@
 use crate::core::device::{Device, NetworkAction, TunAction};
 use crate::core::limits::ring_slot_bytes;
 use crate::core::offload::{self, Group, Segment, VnetHeader, MAX_SUPER_PACKET, VNET_HDR_LEN};
+use crate::core::reflexive::{self, Reflected, Reflector};
 use crate::core::ring::PacketRing;
 use crate::core::stats::DropReason;
 use crate::shell::tun::{Offloads, TunDevice};
@@ -29,6 +30,8 @@ const MAX_MERGE: usize = 64;
 
 pub struct DataPath {
     pub device: Device,
+    /// Learns the UDP socket's reflexive address from DHT nodes; `None` without the DHT.
+    pub reflector: Option<Reflector>,
     to_network: PacketRing<Option<SocketAddr>>,
     to_tun: PacketRing<()>,
     /// A TUN read: virtio-net header and up to a 64 KiB packet.
@@ -48,6 +51,7 @@ impl DataPath {
         let slot = ring_slot_bytes(mtu);
         Self {
             device,
+            reflector: None,
             offloads,
             to_network: PacketRing::new(ring_slots, slot),
             to_tun: PacketRing::new(ring_slots, slot),
@@ -170,6 +174,21 @@ impl DataPath {
         }
     }
 
+    /// Moves the reflector's due pings into the ring; the timer tick calls this, since pings
+    /// are seconds apart.
+    pub fn drain_reflector(&mut self) {
+        let now = self.now();
+        let Some(reflector) = self.reflector.as_mut() else {
+            return;
+        };
+        while let Some(out) = self.to_network.vacant_slot() {
+            let Some((to, len)) = reflector.poll_transmit(now, out) else {
+                break;
+            };
+            let _ = self.to_network.commit(len, Some(to));
+        }
+    }
+
     /// Moves the core's pending datagrams (handshakes, staged packets, keepalives) into the ring.
     pub fn drain_transmits(&mut self) {
         let now = self.now();
@@ -209,6 +228,17 @@ impl DataPath {
     }
 
     fn decapsulate(&mut self, from: SocketAddr, datagram: &[u8], now: Duration) {
+        // DHT nodes answering the reflector's pings share the socket with our peers.
+        if reflexive::is_krpc(datagram) {
+            let reflected = match self.reflector.as_mut() {
+                Some(reflector) => reflector.handle_datagram(from, datagram, now),
+                None => Reflected::Drop(reflexive::ReflectDrop::Unsolicited),
+            };
+            if let Reflected::Drop(_) = reflected {
+                self.device.count_drop(DropReason::Malformed);
+            }
+            return;
+        }
         let Some(out) = self.to_tun.vacant_slot() else {
             self.device.count_drop(DropReason::RingFull);
             return;

@@ -23,6 +23,11 @@
 //!   dropped from the bootstrap list, which lets every bootstrap node of a network share one list.
 //! - A lookup asked while another one for the same key is still running joins that one: it gets
 //!   the answers collected so far, and nothing newer until that lookup ends.
+//! - A put reuses the closest nodes, and their write tokens, of the last lookup of the same key
+//!   for 5 minutes. Nodes issue a token to an address, so after our address changed (the host
+//!   moved, or its NAT got another public IP) every node refuses those puts ("203 Bad token",
+//!   which mainline then reports as a put timeout) until the 5 minutes are over. A lookup of our
+//!   own key run to its end replaces that cache, so a failed publish does one and tries again.
 
 use crate::core::keys::{PublicKey, SecretKey};
 use crate::core::limits::{
@@ -40,7 +45,6 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 
 /// How to start a DHT node.
@@ -158,6 +162,7 @@ impl Dht {
             inner: Arc::new(Inner {
                 node,
                 local,
+                bootstrap,
                 status,
                 last_seq: tokio::sync::Mutex::new(None),
                 refresher,
@@ -168,6 +173,11 @@ impl Dht {
     /// Address of the DHT socket.
     pub fn local_addr(&self) -> SocketAddrV4 {
         self.inner.local
+    }
+
+    /// The bootstrap nodes as resolved at start (IPv4, our own address left out).
+    pub fn bootstrap_nodes(&self) -> &[SocketAddrV4] {
+        &self.inner.bootstrap
     }
 
     /// The IP DHT nodes report seeing us at, to put in our record.
@@ -186,13 +196,16 @@ impl Dht {
         let mut last = self.inner.last_seq.lock().await;
         let mut seq = next_sequence(*last, unix_now());
         let mut result = self.put(key, &value, seq).await;
-        if matches!(result, Err(PutFailure::NotMostRecent)) {
-            // The DHT holds a record of ours with a higher sequence: our clock stepped back, or
-            // this key ran elsewhere with a clock ahead of ours. Go past it once.
-            if let Some(newest) = self.newest_sequence(key.public_key()).await {
-                seq = next_sequence(Some(newest.max(seq)), unix_now());
-                result = self.put(key, &value, seq).await;
-            }
+        if let Err(failure) = &result {
+            // Either the DHT holds a record of ours with a higher sequence (our clock stepped
+            // back, or this key ran elsewhere with a clock ahead of ours), or the nodes refused
+            // the write tokens mainline cached for our key before our address changed (see the
+            // module doc). A lookup of our own key, run to its end, tells the highest sequence
+            // and refreshes those tokens; then try once more, above that sequence.
+            tracing::debug!("DHT: put failed ({failure}); looking our record up and retrying");
+            let newest = self.newest_sequence(key.public_key()).await;
+            seq = next_sequence(Some(newest.unwrap_or(seq).max(seq)), unix_now());
+            result = self.put(key, &value, seq).await;
         }
         // Even a failed put may have reached some nodes, so the next one must go higher.
         *last = Some(seq);
@@ -260,7 +273,8 @@ impl Dht {
         }
     }
 
-    /// The highest sequence number the DHT holds for `key`'s record, whatever its value.
+    /// The highest sequence number the DHT holds for `key`'s record, whatever its value. The
+    /// lookup runs to its end, so mainline's cached closest nodes for our key are fresh after.
     async fn newest_sequence(&self, key: PublicKey) -> Option<i64> {
         let node = self.inner.node.clone();
         let newest = async move {
@@ -280,47 +294,10 @@ impl Dht {
     }
 }
 
-/// `dhtun dht-node`: a standalone server-mode node on `listen`, joined to `bootstrap` (or the
-/// first node of a new network when there is none), until SIGINT or SIGTERM.
-pub fn run_dht_node(listen: SocketAddr, bootstrap: &[SocketAddr]) -> anyhow::Result<()> {
-    let SocketAddr::V4(bind) = listen else {
-        anyhow::bail!(
-            "--listen {listen}: the Mainline DHT runs over IPv4 only; give an IPv4 address"
-        );
-    };
-    if let Some(v6) = bootstrap.iter().find(|a| a.is_ipv6()) {
-        anyhow::bail!(
-            "--bootstrap {v6}: the Mainline DHT runs over IPv4 only; give an IPv4 address"
-        );
-    }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async {
-        // Signals first, so a stop request during start-up is not lost.
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sigterm = signal(SignalKind::terminate())?;
-        let dht = Dht::start(DhtOptions {
-            bootstrap: bootstrap.iter().map(SocketAddr::to_string).collect(),
-            bind,
-            server_mode: true,
-            request_timeout: None,
-        })
-        .await?;
-        tracing::info!(address = %dht.local_addr(), "DHT node running (server mode)");
-        tokio::select! {
-            _ = sigint.recv() => {}
-            _ = sigterm.recv() => {}
-        }
-        tracing::info!("DHT node stopping");
-        Ok(())
-    })
-}
-
 struct Inner {
     node: AsyncDht,
     local: SocketAddrV4,
+    bootstrap: Vec<SocketAddrV4>,
     status: Arc<Mutex<DhtStatus>>,
     /// The sequence of our last put; the lock also keeps our puts one at a time, since mainline
     /// refuses a second put of one key while the first is in flight.
@@ -544,7 +521,8 @@ fn describe_put_error(error: &PutMutableError) -> String {
                 .to_string()
         }
         PutMutableError::Query(PutQueryError::Timeout) => {
-            "no DHT node answered the put".to_string()
+            // mainline also says this when every node refused our write token.
+            "no DHT node stored it (no answer, or our write tokens were refused)".to_string()
         }
         PutMutableError::Query(PutQueryError::ErrorResponse(e)) => {
             format!("DHT nodes refused it: {} {}", e.code, e.description)

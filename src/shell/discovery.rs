@@ -2,7 +2,8 @@
 //! the lookups the core asks for, handing each verified record back to it.
 //!
 //! Publishing runs in its own task: it lists the host's addresses over netlink, and publishes
-//! when they change, when DHT nodes first tell us our public address, and every
+//! when they change, when DHT nodes first tell us our public address, at once when the tunnel
+//! socket's reflexive address changes (the daemon learns it, see `core::reflexive`), and every
 //! DHT_REPUBLISH_INTERVAL. Lookups run in tasks of their own, at most DHT_RESOLVES_IN_FLIGHT at a
 //! time, and report back over a bounded channel.
 
@@ -15,7 +16,7 @@ use crate::shell::dht::{Dht, DhtOptions, DhtStatus};
 use crate::shell::netlink::Netlink;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// How often the publisher checks whether our addresses changed.
@@ -34,6 +35,10 @@ pub struct Discovery {
     in_flight: usize,
     results_tx: mpsc::Sender<Lookup>,
     results: mpsc::Receiver<Lookup>,
+    /// The tunnel socket's reflexive address, for the publisher.
+    reflexive: watch::Sender<Option<SocketAddr>>,
+    /// Marked by the publisher when the host's addresses changed.
+    moved: watch::Receiver<()>,
     publisher: JoinHandle<()>,
 }
 
@@ -54,12 +59,16 @@ impl Discovery {
             request_timeout: config.request_timeout,
         };
         let dht = Dht::start(options).await?;
+        let (reflexive, reflexive_rx) = watch::channel(None);
+        let (moved_tx, moved) = watch::channel(());
         let publisher = tokio::spawn(publish_forever(
             dht.clone(),
             secret,
             listen_port,
             netlink,
             tun_index,
+            reflexive_rx,
+            moved_tx,
         ));
         let (results_tx, results) = mpsc::channel(DHT_RESOLVES_IN_FLIGHT);
         Ok(Self {
@@ -67,8 +76,32 @@ impl Discovery {
             in_flight: 0,
             results_tx,
             results,
+            reflexive,
+            moved,
             publisher,
         })
+    }
+
+    /// The DHT nodes to ask for the tunnel socket's reflexive address: the bootstrap nodes.
+    pub fn reflectors(&self) -> Vec<SocketAddr> {
+        self.dht
+            .bootstrap_nodes()
+            .iter()
+            .map(|&node| SocketAddr::V4(node))
+            .collect()
+    }
+
+    /// Whether the host's addresses changed since the last call: the host may have moved to
+    /// another network, so its reflexive address is worth asking for again.
+    pub fn take_moved(&mut self) -> bool {
+        let moved = self.moved.has_changed().unwrap_or(false);
+        self.moved.mark_unchanged();
+        moved
+    }
+
+    /// Tells the publisher the tunnel socket's reflexive address changed; it republishes at once.
+    pub fn set_reflexive(&self, address: Option<SocketAddr>) {
+        self.reflexive.send_replace(address);
     }
 
     /// Starts the lookups the core wants now, up to the in-flight limit.
@@ -131,10 +164,14 @@ async fn publish_forever(
     listen_port: u16,
     netlink: Netlink,
     tun_index: u32,
+    mut reflexive: watch::Receiver<Option<SocketAddr>>,
+    moved: watch::Sender<()>,
 ) {
     let mut published: Option<(Record, tokio::time::Instant)> = None;
+    let mut addresses: Option<Vec<IpAddr>> = None;
     loop {
-        let record = match current_record(&dht, &netlink, listen_port, tun_index).await {
+        let outside = *reflexive.borrow_and_update();
+        let record = match current_record(&dht, &netlink, listen_port, tun_index, outside).await {
             Ok(record) => record,
             Err(e) => {
                 tracing::warn!("cannot build our DHT record: {e:#}");
@@ -142,6 +179,12 @@ async fn publish_forever(
                 continue;
             }
         };
+        if addresses
+            .replace(record.addresses().to_vec())
+            .is_some_and(|before| before != record.addresses())
+        {
+            moved.send_replace(());
+        }
         let due = match &published {
             None => true,
             Some((last, at)) => last != &record || at.elapsed() >= DHT_REPUBLISH_INTERVAL,
@@ -164,17 +207,27 @@ async fn publish_forever(
         } else {
             FIRST_PUBLISH_RETRY
         };
-        tokio::time::sleep(pause).await;
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            changed = reflexive.changed() => {
+                if changed.is_err() {
+                    // The daemon is gone; keep the old pace until it aborts this task.
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
     }
 }
 
 /// Our record as of now: the host's usable addresses (not loopback, not our own tunnel), our
-/// tunnel port, and the public address DHT nodes report.
+/// tunnel port, the public address DHT nodes report, and the tunnel socket's reflexive address
+/// unless it is a loopback one (a DHT node on this host).
 async fn current_record(
     dht: &Dht,
     netlink: &Netlink,
     listen_port: u16,
     tun_index: u32,
+    reflexive: Option<SocketAddr>,
 ) -> anyhow::Result<Record> {
     let mut addresses: Vec<IpAddr> = netlink
         .all_addresses()
@@ -185,7 +238,10 @@ async fn current_record(
         .collect();
     addresses.sort();
     addresses.dedup();
-    addresses.truncate(MAX_RECORD_CANDIDATES);
+    // A peer keeps at most MAX_RECORD_CANDIDATES candidates of our record, interface addresses
+    // first: leave room for the public and the reflexive one, the two that cross a NAT.
+    addresses.truncate(MAX_RECORD_CANDIDATES - 2);
     let public = dht.public_ip().filter(|ip| !addresses.contains(ip));
-    Ok(Record::new(listen_port, &addresses, public)?)
+    let reflexive = reflexive.filter(|r| !r.ip().is_loopback() && is_usable_address(r.ip()));
+    Ok(Record::new(listen_port, &addresses, public)?.with_reflexive(reflexive)?)
 }

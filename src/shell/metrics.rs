@@ -146,6 +146,31 @@ pub fn render(status: &InterfaceStatus) -> String {
             );
         }
     }
+    let _ = writeln!(
+        out,
+        "# HELP dhtun_peer_relayed Whether a peer is reached through a relay (1) or not (0)."
+    );
+    let _ = writeln!(out, "# TYPE dhtun_peer_relayed gauge");
+    for peer in &status.peers {
+        let key = escape(&peer.public_key);
+        let relayed = u8::from(peer.path.as_deref() == Some("relay"));
+        let _ = writeln!(
+            out,
+            "dhtun_peer_relayed{{interface=\"{iface}\",peer=\"{key}\"}} {relayed}"
+        );
+    }
+    if status.relay {
+        let _ = writeln!(
+            out,
+            "# HELP dhtun_relayed_packets_total Packets this node forwarded as a relay."
+        );
+        let _ = writeln!(out, "# TYPE dhtun_relayed_packets_total counter");
+        let _ = writeln!(
+            out,
+            "dhtun_relayed_packets_total{{interface=\"{iface}\"}} {}",
+            status.relayed_packets
+        );
+    }
     if let Some(dht) = &status.dht {
         let _ = writeln!(
             out,
@@ -195,6 +220,8 @@ mod tests {
             relay: false,
             relayed_packets: 0,
             relayed_bytes: 0,
+            reflexive_address: None,
+            reflexive_port_varies: false,
             peers: vec![PeerStatus {
                 public_key: "abc=".into(),
                 endpoint: None,
@@ -217,6 +244,10 @@ mod tests {
         let text = render(&status);
         assert!(
             text.contains("dhtun_drops_total{interface=\"dh\\\"t0\",reason=\"replay\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dhtun_peer_relayed{interface=\"dh\\\"t0\",peer=\"abc=\"} 0\n"),
             "{text}"
         );
         assert!(text.contains("dhtun_ring_queued{interface=\"dh\\\"t0\",ring=\"tun_to_udp\"} 7\n"));

@@ -6,6 +6,7 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod dht;
+pub mod dht_node;
 pub mod discovery;
 pub mod metrics;
 pub mod netlink;

@@ -27,6 +27,12 @@ pub struct InterfaceStatus {
     pub relayed_packets: u64,
     #[serde(default)]
     pub relayed_bytes: u64,
+    /// The UDP socket's outside IP and port as DHT nodes see it, or null while unknown.
+    #[serde(default)]
+    pub reflexive_address: Option<String>,
+    /// Whether DHT nodes saw that socket at different ports: the NAT maps per destination.
+    #[serde(default)]
+    pub reflexive_port_varies: bool,
     pub peers: Vec<PeerStatus>,
 }
 
@@ -71,6 +77,8 @@ pub struct ShellFacts<'a> {
     pub mtu: usize,
     pub rings: [(&'static str, RingStatus); 2],
     pub dht: Option<crate::shell::dht::DhtStatus>,
+    pub reflexive_address: Option<std::net::SocketAddr>,
+    pub reflexive_port_varies: bool,
 }
 
 impl InterfaceStatus {
@@ -133,6 +141,8 @@ impl InterfaceStatus {
             relay: device.serves_relay(),
             relayed_packets: device.relayed().packets,
             relayed_bytes: device.relayed().bytes,
+            reflexive_address: shell.reflexive_address.map(|a| a.to_string()),
+            reflexive_port_varies: shell.reflexive_port_varies,
             peers,
         }
     }
@@ -191,6 +201,16 @@ impl InterfaceStatus {
             None => {
                 let _ = writeln!(out, "  dht: off");
             }
+        }
+        if let Some(address) = &self.reflexive_address {
+            let varies = if self.reflexive_port_varies {
+                " (port differs per destination: direct path unlikely)"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "  reflexive address: {address}{varies}");
+        } else if self.dht.is_some() {
+            let _ = writeln!(out, "  reflexive address: (not known yet)");
         }
         for peer in &self.peers {
             let _ = writeln!(out, "\npeer: {}", peer.public_key);

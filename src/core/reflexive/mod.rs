@@ -1,0 +1,227 @@
+//! Our own outside address: the public IP and port of the tunnel's UDP socket as the DHT nodes
+//! see it (its reflexive address), learnt by pinging them from that socket.
+//!
+//! The DHT socket's public address is not enough: a NAT maps every inner socket to an outer
+//! port of its own, so only a packet from the tunnel socket itself tells which port peers must
+//! send to. Every DHT node that implements BEP 42 answers a KRPC `ping` with the `ip` field that
+//! says where the query came from; mainline's server (and so `dhtun dht-node`) does.
+//!
+//! The [`Reflector`] pings each of a fixed list of nodes (the DHT bootstrap nodes, resolved by
+//! the shell) at start, retries quickly while they do not answer, and refreshes every
+//! `REFLECTOR_REFRESH`: a NAT's mapping changes when the host moves, and the pings also keep the
+//! mapping they measure alive; the shell also calls [`Reflector::refresh`] when the host's
+//! addresses change. Only an answer from a node we pinged, carrying the transaction id
+//! of the probe outstanding there, counts. When nodes disagree about our port for the same IP,
+//! the NAT picks a port per destination, and a peer's packets will not reach the port we
+//! publish: [`Reflector::port_varies`] says so.
+
+pub mod krpc;
+
+use crate::core::limits::{
+    MAX_REFLECTORS, REFLECTOR_ANSWER_LIFETIME, REFLECTOR_FIRST_RETRY, REFLECTOR_REFRESH,
+};
+use crate::core::record::is_usable_address;
+use core::time::Duration;
+use krpc::{KrpcError, PingResponse, NODE_ID_BYTES, TRANSACTION_ID_BYTES};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use std::net::SocketAddr;
+
+pub use krpc::{is_krpc, PING_BYTES};
+
+/// What a datagram from the network did to the reflexive address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reflected {
+    /// A node answered and the address we publish is now this one (new or changed).
+    Learned(SocketAddr),
+    /// A node answered; the address we publish stays as it was.
+    Unchanged,
+    /// Not an answer we were waiting for: count it and forget it.
+    Drop(ReflectDrop),
+}
+
+/// Why a KRPC datagram was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReflectDrop {
+    /// Not a usable ping response.
+    Malformed(KrpcError),
+    /// A response from a node we did not ping, or with no probe outstanding there, or with
+    /// another transaction id: a late answer, a replay or a forgery.
+    Unsolicited,
+    /// A response naming an address no peer could send to (unspecified, multicast, ...).
+    UnusableAddress,
+}
+
+/// Learns the tunnel socket's reflexive address from a fixed set of DHT nodes.
+pub struct Reflector {
+    /// One per node, fixed at construction: at most `MAX_REFLECTORS`.
+    slots: Vec<Slot>,
+    node_id: [u8; NODE_ID_BYTES],
+    rng: ChaCha20Rng,
+    address: Option<SocketAddr>,
+    port_varies: bool,
+}
+
+impl Reflector {
+    /// A reflector asking `nodes` (duplicates dropped, at most `MAX_REFLECTORS` kept), starting
+    /// at `now`. `rng_seed` makes the node id and the transaction ids.
+    pub fn new(nodes: &[SocketAddr], rng_seed: [u8; 32], now: Duration) -> Self {
+        let mut slots: Vec<Slot> = Vec::with_capacity(nodes.len().min(MAX_REFLECTORS));
+        for &to in nodes {
+            if slots.len() < MAX_REFLECTORS && !slots.iter().any(|s| s.to == to) {
+                slots.push(Slot::new(to, now));
+            }
+        }
+        let mut rng = ChaCha20Rng::from_seed(rng_seed);
+        let mut node_id = [0u8; NODE_ID_BYTES];
+        rng.fill_bytes(&mut node_id);
+        Self {
+            slots,
+            node_id,
+            rng,
+            address: None,
+            port_varies: false,
+        }
+    }
+
+    /// The nodes this reflector asks.
+    pub fn nodes(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.slots.iter().map(|s| s.to)
+    }
+
+    /// The tunnel socket's reflexive address, when a node has told us recently: the one most
+    /// nodes agree on.
+    pub fn address(&self) -> Option<SocketAddr> {
+        self.address
+    }
+
+    /// Whether two nodes saw different ports for our IP: the NAT maps per destination, so the
+    /// port we publish is not the one a peer's packets would reach, and a direct path is
+    /// unlikely.
+    pub fn port_varies(&self) -> bool {
+        self.port_varies
+    }
+
+    /// The next ping that is due: writes it into `out` and returns where it goes and its
+    /// length. Call until it returns `None`. Also forgets answers too old to trust.
+    pub fn poll_transmit(&mut self, now: Duration, out: &mut [u8]) -> Option<(SocketAddr, usize)> {
+        self.expire(now);
+        let slot = self.slots.iter_mut().find(|s| s.next_at <= now)?;
+        let mut transaction_id = [0u8; TRANSACTION_ID_BYTES];
+        self.rng.fill_bytes(&mut transaction_id);
+        let len = krpc::encode_ping(transaction_id, &self.node_id, out)?;
+        slot.pending = Some(transaction_id);
+        slot.next_at = now + retry_delay(slot.unanswered);
+        slot.unanswered = slot.unanswered.saturating_add(1);
+        Some((slot.to, len))
+    }
+
+    /// Asks every node again now, as at start: the host's addresses changed, so the NAT in
+    /// front of it, and our outside address, may have too. Answers already held stay until new
+    /// ones replace them or they expire.
+    pub fn refresh(&mut self, now: Duration) {
+        for slot in &mut self.slots {
+            slot.next_at = now;
+            slot.unanswered = 0;
+        }
+    }
+
+    /// Handles a KRPC datagram (see [`is_krpc`]) that came from `from`.
+    pub fn handle_datagram(
+        &mut self,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Duration,
+    ) -> Reflected {
+        let response = match PingResponse::new_checked(datagram) {
+            Ok(response) => response,
+            Err(e) => return Reflected::Drop(ReflectDrop::Malformed(e)),
+        };
+        let Some(slot) = self.slots.iter_mut().find(|s| {
+            s.to == from
+                && s.pending
+                    .is_some_and(|t| t[..] == *response.transaction_id())
+        }) else {
+            return Reflected::Drop(ReflectDrop::Unsolicited);
+        };
+        let reflexive = response.reflexive();
+        if !is_usable_address(reflexive.ip()) {
+            return Reflected::Drop(ReflectDrop::UnusableAddress);
+        }
+        slot.pending = None;
+        slot.unanswered = 0;
+        slot.next_at = now + REFLECTOR_REFRESH;
+        slot.answer = Some((reflexive, now));
+        let before = self.address;
+        self.elect();
+        match self.address {
+            Some(address) if before != Some(address) => Reflected::Learned(address),
+            _ => Reflected::Unchanged,
+        }
+    }
+
+    /// Forgets answers older than `REFLECTOR_ANSWER_LIFETIME`.
+    fn expire(&mut self, now: Duration) {
+        let mut expired = false;
+        for slot in &mut self.slots {
+            if slot
+                .answer
+                .is_some_and(|(_, at)| now.saturating_sub(at) >= REFLECTOR_ANSWER_LIFETIME)
+            {
+                slot.answer = None;
+                expired = true;
+            }
+        }
+        if expired {
+            self.elect();
+        }
+    }
+
+    /// Picks the address most nodes report. A tie keeps the current address, so two nodes
+    /// that disagree do not make it flip, else goes to the node listed first.
+    fn elect(&mut self) {
+        let answers = || self.slots.iter().filter_map(|s| s.answer.map(|(a, _)| a));
+        let votes = |address: SocketAddr| answers().filter(|&a| a == address).count();
+        let best = answers().map(votes).max().unwrap_or(0);
+        let keep = self.address.filter(|&a| best > 0 && votes(a) == best);
+        self.address = keep.or_else(|| answers().find(|&a| votes(a) == best));
+        self.port_varies =
+            answers().any(|a| answers().any(|b| a.ip() == b.ip() && a.port() != b.port()));
+    }
+}
+
+/// One node we ask.
+struct Slot {
+    to: SocketAddr,
+    /// The transaction id of the probe we wait for; a new probe replaces it.
+    pending: Option<[u8; TRANSACTION_ID_BYTES]>,
+    /// Probes sent since the last answer.
+    unanswered: u32,
+    /// When to send the next probe.
+    next_at: Duration,
+    /// The address it last reported, and when.
+    answer: Option<(SocketAddr, Duration)>,
+}
+
+impl Slot {
+    fn new(to: SocketAddr, now: Duration) -> Self {
+        Self {
+            to,
+            pending: None,
+            unanswered: 0,
+            next_at: now,
+            answer: None,
+        }
+    }
+}
+
+/// How long to wait for an answer after the `unanswered`-th probe in a row (counting from 0):
+/// `REFLECTOR_FIRST_RETRY`, doubling, at most `REFLECTOR_REFRESH`.
+fn retry_delay(unanswered: u32) -> Duration {
+    REFLECTOR_FIRST_RETRY
+        .saturating_mul(1u32 << unanswered.min(16))
+        .min(REFLECTOR_REFRESH)
+}
+
+#[cfg(test)]
+mod tests;

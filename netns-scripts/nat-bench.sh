@@ -26,8 +26,9 @@
 # starts the DHT node and R, then starts A and B at the same moment and pings B from A every
 # 20 ms. The time is from starting A and B to A's first echo reply (for `move`: from the move to
 # the first reply after it). The path is B's entry in A's `dhtun status --json` right after that
-# reply, and again 12 s later (a relayed session tries a direct path every ~10 s); for `move`,
-# the path just before the move and just after the first reply after it, as BEFORE>AFTER.
+# reply (for `move`: just before the move and just after the first reply after it, as
+# BEFORE>AFTER). Then: the time until A reports a direct path to B (90 s at most; for rand-rand,
+# where none exists, the path is read again 12 s later instead), and the path at the end.
 # Prints a table (case, median, min, max, paths) and writes every run to a CSV file (default
 # bench-results/nat-bench-YYYYmmdd-HHMMSS.csv).
 #
@@ -44,8 +45,11 @@ DHT_PORT=6881
 RELAY_ADDR=198.18.0.10
 PUBLIC_ADDR=198.18.0.20
 PORT=51820
-# Bounds: the first reply after `up` (or after the move), and the path settling to direct.
+# Bounds: the first reply after `up` (or after the move), and the path becoming direct (a
+# relayed peer is looked up in the DHT every minute). Where no direct path exists (rand-rand),
+# the path is read again SETTLE_SECS after the first reply, past a direct retry (every 10 s).
 FIRST_LIMIT_MS=90000
+DIRECT_LIMIT_MS=90000
 SETTLE_SECS=12
 
 usage() {
@@ -255,6 +259,19 @@ path_of() {
         jq -r --arg k "$(lab_pubkey "$2")" '.peers[] | select(.public_key == $k) | .path // "none"'
 }
 
+# wait_direct SINCE_MS - wait until A reports a direct path to B, DIRECT_LIMIT_MS after SINCE_MS
+#   at most; prints the milliseconds from SINCE_MS to then.
+wait_direct() {
+    while (($(now_ms) - $1 < DIRECT_LIMIT_MS)); do
+        if [[ $(path_of a b) == direct ]]; then
+            printf '%s' "$(($(now_ms) - $1))"
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+
 now_ms() { printf '%s' "$(($(date +%s%N) / 1000000))"; }
 
 # first_reply FROM ADDR SINCE_MS - ping ADDR from FROM every 20 ms until the first reply; prints
@@ -293,7 +310,7 @@ teardown() {
 
 # one_run CASE RUN - build the topology of CASE, measure, tear down; appends a CSV line.
 one_run() {
-    local case=$1 run=$2 start ms path settled i
+    local case=$1 run=$2 start ms path direct final
     rm -f "${LAB_WORK}"/*.log
     internet
     public r "${RELAY_ADDR}"
@@ -335,11 +352,8 @@ one_run() {
     fi
     path=$(path_of a b)
     if [[ ${case} == move ]]; then
-        # Move only once the path is direct (30 s at most), so the move leaves a direct path.
-        for ((i = 0; i < 300; i++)); do
-            [[ $(path_of a b) == direct ]] && break
-            sleep 0.1
-        done
+        # Move once the path is direct (DIRECT_LIMIT_MS at most), so the move leaves a direct path.
+        wait_direct "${start}" >/dev/null || true
         path=$(path_of a b)
         ip -n "$(lab_ns a)" link del ul0
         start=$(now_ms)
@@ -350,14 +364,20 @@ one_run() {
         fi
         path="${path}>$(path_of a b)"
     fi
-    sleep "${SETTLE_SECS}"
-    settled=$(path_of a b)
-    log "${case} run ${run}: first reply after ${ms} ms, path ${path}, ${SETTLE_SECS} s later ${settled}"
-    printf '%s,%s,%s,%s,%s\n' "${case}" "${run}" "${ms}" "${path}" "${settled}" >>"${csv}"
+    if [[ ${case} == rand-rand ]]; then
+        # No direct path exists: the path must still be the relay after the direct retries.
+        sleep "${SETTLE_SECS}"
+        direct=-
+    else
+        direct=$(wait_direct "${start}") || direct=none
+    fi
+    final=$(path_of a b)
+    log "${case} run ${run}: first reply after ${ms} ms, path ${path}; direct after ${direct} ms; then ${final}"
+    printf '%s,%s,%s,%s,%s,%s\n' "${case}" "${run}" "${ms}" "${path}" "${direct}" "${final}" >>"${csv}"
     teardown
 }
 
-printf 'case,run,first_reply_ms,path_at_first_reply,path_%ss_later\n' "${SETTLE_SECS}" >"${csv}"
+printf 'case,run,first_reply_ms,path_at_first_reply,direct_after_ms,path_at_end\n' >"${csv}"
 load_start=$(cut -d' ' -f1 /proc/loadavg)
 for c in "${CASES[@]}"; do
     for ((r = 1; r <= runs; r++)); do
@@ -373,14 +393,33 @@ paths() {
         END { s = ""; for (p in n) s = s (s ? ", " : "") p " " n[p] "/" t; print s }' "${csv}"
 }
 
-printf "\nTime from \`dhtun up\` to the first ping reply across (move: from the move), %s runs each,\n" "${runs}"
-printf '%s, load average %s at start on %s cores.\n\n' "${DHTUN_BIN}" "${load_start}" "$(nproc)"
-printf '| case | median ms | min ms | max ms | path at first reply | path %s s later |\n' "${SETTLE_SECS}"
-printf '|---|---:|---:|---:|---|---|\n'
-for c in "${CASES[@]}"; do
-    mapfile -t v < <(awk -F, -v c="$c" 'NR > 1 && $1 == c { print $3 }' "${csv}" | sort -n)
+# column CASE N - the numeric values of CSV column N for CASE, sorted.
+column() { awk -F, -v c="$1" -v col="$2" 'NR > 1 && $1 == c && $col ~ /^[0-9]+$/ { print $col }' "${csv}" | sort -n; }
+
+# stats CASE N - "median (min-max)" of a column, or "-".
+stats() {
+    local v n
+    mapfile -t v < <(column "$1" "$2")
     n=${#v[@]}
-    printf '| %s | %s | %s | %s | %s | %s |\n' "$c" "${v[$(((n - 1) / 2))]}" "${v[0]}" "${v[n - 1]}" \
-        "$(paths "$c" 4)" "$(paths "$c" 5)"
+    if ((n == 0)); then
+        printf -- '-'
+    else
+        printf '%s (%s-%s)' "${v[$(((n - 1) / 2))]}" "${v[0]}" "${v[n - 1]}"
+    fi
+}
+
+printf "\nTime from \`dhtun up\` to the first ping reply across (move: from the move), and to a\n"
+printf 'direct path, in ms: median (min-max) of %s runs each.\n' "${runs}"
+printf '%s, load average %s at start on %s cores.\n\n' "${DHTUN_BIN}" "${load_start}" "$(nproc)"
+printf '| case | first reply | path at first reply | direct path after | path at the end |\n'
+printf '|---|---|---|---|---|\n'
+for c in "${CASES[@]}"; do
+    if [[ $c == rand-rand ]]; then
+        direct="- (none exists)"
+    else
+        direct="$(stats "$c" 5) in $(column "$c" 5 | wc -l)/${runs} runs"
+    fi
+    printf '| %s | %s | %s | %s | %s |\n' "$c" "$(stats "$c" 3)" "$(paths "$c" 4)" "${direct}" \
+        "$(paths "$c" 6)"
 done
 printf '\nEvery run: %s\n' "${csv}"

@@ -270,6 +270,12 @@ pub const DIRECT_RETRY_INTERVAL: Duration = Duration::from_secs(10);
 /// since traffic already flows and a lookup costs dozens of DHT messages.
 pub const RELAYED_LOOKUP_INTERVAL: Duration = Duration::from_secs(60);
 
+/// The second lookup of a newly relayed peer, 5 s after the first; the wait then doubles up to
+/// RELAYED_LOOKUP_INTERVAL. A peer that moved learns its new outside address within about 10 s
+/// (REFLECTOR_FIRST_RETRY backing off on the new path) and republishes at once, so looks at 5, 10
+/// and 20 s find it without polling the DHT every few seconds for long.
+pub const RELAYED_LOOKUP_FIRST_RETRY: Duration = Duration::from_secs(5);
+
 /// How long a direct path may stay silent before packets arriving through a relay move the
 /// peer back onto the relay: the same time WireGuard gives a session to show it is alive
 /// (a keepalive interval plus a handshake retry). Shorter would flap between paths while the

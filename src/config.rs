@@ -3,6 +3,10 @@
 
 use crate::core::keys::{PresharedKey, PublicKey, SecretKey};
 use crate::core::limits::{
+    DEFAULT_BATCH_SIZE, DEFAULT_RING_BYTES, DEFAULT_RING_MAX_DELAY, MAX_BATCH_SIZE, MAX_RING_BYTES,
+    MAX_RING_MAX_DELAY_MS, MIN_BATCH_SIZE, MIN_RING_BYTES,
+};
+use crate::core::limits::{
     DEFAULT_MTU, DEFAULT_RING_SLOTS, MAX_ALLOWED_IPS, MAX_MTU, MAX_PEERS, MAX_RING_SLOTS, MIN_MTU,
     MIN_RING_SLOTS,
 };
@@ -49,6 +53,12 @@ pub struct InterfaceConfig {
     pub mtu: usize,
     /// Slots in each of the TUN->UDP and UDP->TUN rings.
     pub ring_slots: usize,
+    /// Cap on the bytes queued in each ring.
+    pub ring_bytes: usize,
+    /// Packets that waited longer in a ring are dropped; None turns the check off.
+    pub ring_max_delay: Option<Duration>,
+    /// Datagrams per batched UDP syscall.
+    pub batch_size: usize,
     /// Log level of the daemon (error, warn, info, debug, trace).
     pub log_level: String,
     /// Where to serve Prometheus metrics (text format over HTTP); off when None.
@@ -184,6 +194,9 @@ struct RawInterface {
     listen_port: Option<u16>,
     mtu: Option<Spanned<usize>>,
     ring_slots: Option<Spanned<usize>>,
+    ring_bytes: Option<Spanned<usize>>,
+    ring_max_delay_ms: Option<Spanned<u64>>,
+    batch_size: Option<Spanned<usize>>,
     log_level: Option<Spanned<String>>,
     metrics_listen: Option<Spanned<String>>,
 }
@@ -311,6 +324,26 @@ impl Ctx<'_> {
             Some(slots) => slots.into_inner(),
             None => DEFAULT_RING_SLOTS,
         };
+        let ring_bytes = self.bounded(
+            raw.ring_bytes,
+            "ring_bytes",
+            MIN_RING_BYTES..=MAX_RING_BYTES,
+            DEFAULT_RING_BYTES,
+        )?;
+        let default_delay = DEFAULT_RING_MAX_DELAY.as_millis() as u64;
+        let ring_max_delay = self.bounded(
+            raw.ring_max_delay_ms,
+            "ring_max_delay_ms",
+            0..=MAX_RING_MAX_DELAY_MS,
+            default_delay,
+        )?;
+        let ring_max_delay = (ring_max_delay > 0).then(|| Duration::from_millis(ring_max_delay));
+        let batch_size = self.bounded(
+            raw.batch_size,
+            "batch_size",
+            MIN_BATCH_SIZE..=MAX_BATCH_SIZE,
+            DEFAULT_BATCH_SIZE,
+        )?;
         let log_level = match raw.log_level {
             Some(level)
                 if !["error", "warn", "info", "debug", "trace"]
@@ -348,6 +381,9 @@ impl Ctx<'_> {
             listen_port: raw.listen_port.unwrap_or(DEFAULT_LISTEN_PORT),
             mtu,
             ring_slots,
+            ring_bytes,
+            ring_max_delay,
+            batch_size,
             log_level,
             metrics_listen,
         })
@@ -409,6 +445,29 @@ impl Ctx<'_> {
             endpoint,
             persistent_keepalive,
         })
+    }
+
+    /// A number that must lie in `range`: `default` when absent.
+    fn bounded<T: PartialOrd + Copy + std::fmt::Display>(
+        &self,
+        value: Option<Spanned<T>>,
+        key: &str,
+        range: std::ops::RangeInclusive<T>,
+        default: T,
+    ) -> Result<T, ConfigError> {
+        match value {
+            Some(v) if !range.contains(v.get_ref()) => Err(self.err(
+                Some(v.span()),
+                format!(
+                    "{key} {} is outside {}..={}",
+                    v.get_ref(),
+                    range.start(),
+                    range.end()
+                ),
+            )),
+            Some(v) => Ok(v.into_inner()),
+            None => Ok(default),
+        }
     }
 
     fn network(&self, text: &Spanned<String>, key: &str) -> Result<IpNetwork, ConfigError> {
@@ -498,6 +557,10 @@ mod tests {
             ("[interface]\nprivate_key = \"abc\"\naddress = [\"100.64.0.1/24\"]\n", 2, "private_key"),
             (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.300/24\"]\n") as &str, 3, "address"),
             (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\nmtu = 100\n"), 4, "mtu"),
+            (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\nring_bytes = 1000\n"), 4, "ring_bytes 1000 is outside 65536..=67108864"),
+            (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n\nring_max_delay_ms = 1001\n"), 5, "ring_max_delay_ms 1001 is outside 0..=1000"),
+            (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\nbatch_size = 4\n"), 4, "batch_size 4 is outside 8..=1024"),
+            (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\nbatch_size = -1\n"), 4, "-1"),
             (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n[[peer]]\npublic_key = \"{}\"\nendpoint = \"nowhere\"\n", peer_key()), 6, "endpoint"),
         ];
         for (text, line, word) in cases {
@@ -518,5 +581,47 @@ mod tests {
         );
         let err = parse(&text).unwrap_err().to_string();
         assert!(err.contains("listed twice"), "{err}");
+    }
+
+    #[test]
+    fn ring_and_batch_keys_default_bound_and_parse() {
+        let base =
+            format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n");
+        let iface = parse(&base).unwrap().interface;
+        assert_eq!(iface.ring_bytes, DEFAULT_RING_BYTES);
+        assert_eq!(iface.ring_max_delay, Some(DEFAULT_RING_MAX_DELAY));
+        assert_eq!(iface.batch_size, DEFAULT_BATCH_SIZE);
+        let set = |keys: &str| parse(&format!("{base}{keys}")).map(|c| c.interface);
+        let small =
+            set("ring_slots = 64\nring_bytes = 65536\nring_max_delay_ms = 0\nbatch_size = 8\n")
+                .unwrap();
+        assert_eq!(
+            (
+                small.ring_slots,
+                small.ring_bytes,
+                small.ring_max_delay,
+                small.batch_size
+            ),
+            (64, MIN_RING_BYTES, None, MIN_BATCH_SIZE)
+        );
+        let large = set(&format!(
+            "ring_bytes = {MAX_RING_BYTES}\nring_max_delay_ms = {MAX_RING_MAX_DELAY_MS}\nbatch_size = {MAX_BATCH_SIZE}\n"
+        ))
+        .unwrap();
+        assert_eq!(large.ring_bytes, MAX_RING_BYTES);
+        assert_eq!(
+            large.ring_max_delay,
+            Some(Duration::from_millis(MAX_RING_MAX_DELAY_MS))
+        );
+        assert_eq!(large.batch_size, MAX_BATCH_SIZE);
+        for keys in [
+            format!("ring_bytes = {}\n", MIN_RING_BYTES - 1),
+            format!("ring_bytes = {}\n", MAX_RING_BYTES + 1),
+            format!("batch_size = {}\n", MAX_BATCH_SIZE + 1),
+            "ring_max_delay_ms = 2.5\n".to_string(),
+        ] {
+            let err = set(&keys).unwrap_err().to_string();
+            assert!(err.starts_with("/etc/dhtun/t.toml:4: "), "{keys}: {err}");
+        }
     }
 }

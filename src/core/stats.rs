@@ -39,10 +39,12 @@ pub enum DropReason {
     UnderLoad,
     /// An initiation over its source address's rate limit.
     RateLimited,
+    /// A packet that waited in a ring longer than `ring_max_delay_ms` (dropped at dequeue).
+    RingDelay,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::RingFull,
         DropReason::Replay,
         DropReason::UnknownPeer,
@@ -59,6 +61,7 @@ impl DropReason {
         DropReason::SocketOverflow,
         DropReason::UnderLoad,
         DropReason::RateLimited,
+        DropReason::RingDelay,
     ];
 
     /// The status key for this reason.
@@ -80,6 +83,7 @@ impl DropReason {
             DropReason::SocketOverflow => "socket_overflow",
             DropReason::UnderLoad => "under_load",
             DropReason::RateLimited => "rate_limited",
+            DropReason::RingDelay => "ring_delay",
         }
     }
 

@@ -28,7 +28,7 @@ pub struct PacketRing<M> {
     queued_bytes: usize,
 }
 
-/// `commit` found no vacant slot.
+/// `commit` found the ring full: no vacant slot, or the byte cap reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RingFull;
 

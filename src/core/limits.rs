@@ -44,9 +44,9 @@ pub const RING_SLOT_BYTES: usize = ring_slot_bytes(MAX_MTU);
 // ---------------------------------------------------------------------------------------------
 
 /// Default slots in each of the TUN->UDP and UDP->TUN rings. 256 packets of 1420 bytes is
-/// 2.9 ms at 1 Gbit/s: enough to absorb one scheduling hiccup of the other side, small enough
-/// that a full ring adds under 3 ms of queueing delay. Memory: 256 x ring_slot_bytes(mtu) per
-/// ring, 368 KiB at the default MTU.
+/// 2.9 ms at 1 Gbit/s: enough to absorb one scheduling hiccup of the other side; the byte cap
+/// (`DEFAULT_RING_BYTES`) keeps a full ring of large packets nearer 1-2 ms. Memory:
+/// 256 x ring_slot_bytes(mtu) per ring, 368 KiB at the default MTU.
 pub const DEFAULT_RING_SLOTS: usize = 256;
 
 /// Fewest ring slots accepted from config: one full syscall batch must fit.

@@ -361,8 +361,6 @@ fn a_relayed_peer_is_looked_up_at_once_then_at_doubling_intervals() {
     // The relay takes over at 101 s (the peer is its own relay here: only the path matters).
     a.peers[0].relay_via = Some(0);
     a.peers[0].relayed_at = Some(secs(101));
-    let schedule: Vec<u64> = (101..300)
-        .filter(|&t| looked(&mut a, secs(t)))
-        .collect();
+    let schedule: Vec<u64> = (101..300).filter(|&t| looked(&mut a, secs(t))).collect();
     assert_eq!(schedule, vec![101, 106, 111, 121, 141, 181, 241]);
 }

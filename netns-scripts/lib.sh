@@ -15,6 +15,7 @@
 #   DHTUN_BIN   the dhtun binary (default: target/release/dhtun of this repository)
 #   LAB_TAG     short word in every name (default: lab)
 #   RUST_LOG    daemon log level (default: info)
+#   LAB_IFACE_EXTRA  lines added to the [interface] section of every lab_config (e.g. ring sizes)
 
 LAB_REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 LAB_TAG=${LAB_TAG:-lab}
@@ -130,7 +131,7 @@ toml_list() {
 
 # lab_config OUT IFACE KEYNAME ADDRESSES PORT PEER_KEYNAME PEER_ALLOWED PEER_ENDPOINT
 #   ADDRESSES and PEER_ALLOWED are comma-separated. Writes a config with the DHT disabled and
-#   one statically addressed peer.
+#   one statically addressed peer, plus the [interface] lines in LAB_IFACE_EXTRA.
 lab_config() {
     local out=$1 iface=$2 key=$3 addrs=$4 port=$5 peer=$6 allowed=$7 endpoint=$8
     cat >"$out" <<EOF
@@ -139,6 +140,7 @@ name = "${iface}"
 private_key_file = "${LAB_WORK}/${key}.key"
 address = $(toml_list "$addrs")
 listen_port = ${port}
+${LAB_IFACE_EXTRA:-}
 
 [dht]
 enabled = false

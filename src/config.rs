@@ -3,6 +3,10 @@
 
 use crate::core::keys::{PresharedKey, PublicKey, SecretKey};
 use crate::core::limits::{
+    DEFAULT_BATCH_SIZE, DEFAULT_RING_BYTES, DEFAULT_RING_MAX_DELAY, MAX_BATCH_SIZE, MAX_RING_BYTES,
+    MAX_RING_MAX_DELAY_MS, MIN_BATCH_SIZE, MIN_RING_BYTES,
+};
+use crate::core::limits::{
     DEFAULT_MTU, DEFAULT_RING_SLOTS, MAX_ALLOWED_IPS, MAX_MTU, MAX_PEERS, MAX_RING_SLOTS, MIN_MTU,
     MIN_RING_SLOTS,
 };
@@ -49,6 +53,12 @@ pub struct InterfaceConfig {
     pub mtu: usize,
     /// Slots in each of the TUN->UDP and UDP->TUN rings.
     pub ring_slots: usize,
+    /// Cap on the bytes queued in each ring.
+    pub ring_bytes: usize,
+    /// Packets that waited longer in a ring are dropped; None turns the check off.
+    pub ring_max_delay: Option<Duration>,
+    /// Datagrams per batched UDP syscall.
+    pub batch_size: usize,
     /// Log level of the daemon (error, warn, info, debug, trace).
     pub log_level: String,
     /// Where to serve Prometheus metrics (text format over HTTP); off when None.
@@ -186,6 +196,9 @@ struct RawInterface {
     listen_port: Option<u16>,
     mtu: Option<Spanned<usize>>,
     ring_slots: Option<Spanned<usize>>,
+    ring_bytes: Option<Spanned<usize>>,
+    ring_max_delay_ms: Option<Spanned<u64>>,
+    batch_size: Option<Spanned<usize>>,
     log_level: Option<Spanned<String>>,
     metrics_listen: Option<Spanned<String>>,
     relay: Option<bool>,
@@ -315,6 +328,26 @@ impl Ctx<'_> {
             Some(slots) => slots.into_inner(),
             None => DEFAULT_RING_SLOTS,
         };
+        let ring_bytes = self.bounded(
+            raw.ring_bytes,
+            "ring_bytes",
+            MIN_RING_BYTES..=MAX_RING_BYTES,
+            DEFAULT_RING_BYTES,
+        )?;
+        let default_delay = DEFAULT_RING_MAX_DELAY.as_millis() as u64;
+        let ring_max_delay = self.bounded(
+            raw.ring_max_delay_ms,
+            "ring_max_delay_ms",
+            0..=MAX_RING_MAX_DELAY_MS,
+            default_delay,
+        )?;
+        let ring_max_delay = (ring_max_delay > 0).then(|| Duration::from_millis(ring_max_delay));
+        let batch_size = self.bounded(
+            raw.batch_size,
+            "batch_size",
+            MIN_BATCH_SIZE..=MAX_BATCH_SIZE,
+            DEFAULT_BATCH_SIZE,
+        )?;
         let log_level = match raw.log_level {
             Some(level)
                 if !["error", "warn", "info", "debug", "trace"]
@@ -352,6 +385,9 @@ impl Ctx<'_> {
             listen_port: raw.listen_port.unwrap_or(DEFAULT_LISTEN_PORT),
             mtu,
             ring_slots,
+            ring_bytes,
+            ring_max_delay,
+            batch_size,
             log_level,
             metrics_listen,
             relay: raw.relay.unwrap_or(false),
@@ -417,6 +453,29 @@ impl Ctx<'_> {
         })
     }
 
+    /// A number that must lie in `range`: `default` when absent.
+    fn bounded<T: PartialOrd + Copy + std::fmt::Display>(
+        &self,
+        value: Option<Spanned<T>>,
+        key: &str,
+        range: std::ops::RangeInclusive<T>,
+        default: T,
+    ) -> Result<T, ConfigError> {
+        match value {
+            Some(v) if !range.contains(v.get_ref()) => Err(self.err(
+                Some(v.span()),
+                format!(
+                    "{key} {} is outside {}..={}",
+                    v.get_ref(),
+                    range.start(),
+                    range.end()
+                ),
+            )),
+            Some(v) => Ok(v.into_inner()),
+            None => Ok(default),
+        }
+    }
+
     fn network(&self, text: &Spanned<String>, key: &str) -> Result<IpNetwork, ConfigError> {
         text.get_ref().parse::<IpNetwork>().map_err(|_| {
             self.err(
@@ -453,103 +512,4 @@ fn one_line(message: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const KEY_A: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
-
-    fn peer_key() -> String {
-        SecretKey::from_seed([2; 32]).public_key().to_base64()
-    }
-
-    fn parse(text: &str) -> Result<Config, ConfigError> {
-        Config::parse(Path::new("/etc/dhtun/t.toml"), text)
-    }
-
-    #[test]
-    fn full_config_parses_with_defaults() {
-        let text = format!(
-            "[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\", \"fd64::1/64\"]\n\n\
-             [dht]\nenabled = false\n\n[[peer]]\npublic_key = \"{}\"\n\
-             allowed_ips = [\"100.64.0.2/32\", \"100.65.2.9/24\"]\nendpoint = \"198.18.0.2:51820\"\n\
-             persistent_keepalive = 25\n",
-            peer_key()
-        );
-        let config = parse(&text).unwrap();
-        assert_eq!(config.interface.name, "dhtun0");
-        assert_eq!(config.interface.listen_port, 51820);
-        assert_eq!(config.interface.mtu, 1420);
-        assert!(!config.dht.enabled);
-        let peer = &config.peers[0];
-        assert_eq!(
-            peer.allowed_ips[1],
-            "100.65.2.0/24".parse::<IpNetwork>().unwrap()
-        );
-        assert_eq!(peer.persistent_keepalive, Some(Duration::from_secs(25)));
-    }
-
-    #[test]
-    fn relay_keys_parse_and_default_off() {
-        let plain = format!(
-            "[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n\n\
-             [[peer]]\npublic_key = \"{}\"\n",
-            peer_key()
-        );
-        let config = parse(&plain).unwrap();
-        assert!(!config.interface.relay);
-        assert!(!config.peers[0].relay);
-        // A relay-only peer routes nothing: no allowed_ips at all.
-        assert!(config.peers[0].allowed_ips.is_empty());
-
-        let relaying = format!(
-            "[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\nrelay = true\n\n\
-             [[peer]]\npublic_key = \"{}\"\nrelay = true\n",
-            peer_key()
-        );
-        let config = parse(&relaying).unwrap();
-        assert!(config.interface.relay);
-        assert!(config.peers[0].relay);
-
-        let wrong = plain.replace("[[peer]]\n", "[[peer]]\nrelay = \"yes\"\n");
-        let err = parse(&wrong).unwrap_err().to_string();
-        assert!(err.starts_with("/etc/dhtun/t.toml:6: "), "{err}");
-    }
-
-    #[test]
-    fn unknown_key_names_file_and_line() {
-        let text = format!(
-            "[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\ncolour = 3\n"
-        );
-        let err = parse(&text).unwrap_err().to_string();
-        assert!(err.starts_with("/etc/dhtun/t.toml:4: "), "{err}");
-        assert!(err.contains("colour"), "{err}");
-    }
-
-    #[test]
-    fn bad_values_name_their_line() {
-        let cases = [
-            ("[interface]\nprivate_key = \"abc\"\naddress = [\"100.64.0.1/24\"]\n", 2, "private_key"),
-            (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.300/24\"]\n") as &str, 3, "address"),
-            (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\nmtu = 100\n"), 4, "mtu"),
-            (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n[[peer]]\npublic_key = \"{}\"\nendpoint = \"nowhere\"\n", peer_key()), 6, "endpoint"),
-        ];
-        for (text, line, word) in cases {
-            let err = parse(text).unwrap_err();
-            assert_eq!(err.line, Some(line), "{err}");
-            assert!(err.to_string().contains(word), "{err}");
-        }
-    }
-
-    #[test]
-    fn duplicate_peers_and_prefixes_are_refused() {
-        let peer = format!(
-            "[[peer]]\npublic_key = \"{}\"\nallowed_ips = [\"100.64.0.2/32\"]\n",
-            peer_key()
-        );
-        let text = format!(
-            "[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n{peer}{peer}"
-        );
-        let err = parse(&text).unwrap_err().to_string();
-        assert!(err.contains("listed twice"), "{err}");
-    }
-}
+mod tests;

@@ -451,9 +451,12 @@ fn time_to_first_packet() {
 
     let status = lab.status(&b.iface);
     let view = lab.peer_status(&status, &a.public);
-    if view["endpoint_source"] != "dht" || view["dht_sequence"] != a_seq {
+    // A publishes again once it has learnt its reflexive address, so B may have found that
+    // newer record.
+    let found = view["dht_sequence"].as_i64().unwrap_or(i64::MIN);
+    if view["endpoint_source"] != "dht" || found < a_seq {
         lab.fail(format!(
-            "B should have found A in the DHT (sequence {a_seq}): {view}"
+            "B should have found A in the DHT (sequence {a_seq} or newer): {view}"
         ));
     }
     let build = if cfg!(debug_assertions) {

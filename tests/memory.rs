@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{in_netns, loud, netns_udp_counter, proc_memory, Lab, ProcMemory};
+use common::{in_netns, loud, netns_udp_counter, proc_memory, Lab, Node, ProcMemory};
 use serde_json::Value;
 
 /// The target for the peak resident memory (VmHWM) of one daemon with one peer at default
@@ -85,6 +85,9 @@ impl Watch {
     }
 }
 
+/// The README's small-device profile: fewer and smaller rings, one receive buffer per batch.
+const SMALL_DEVICE: &str = "ring_slots = 64\nring_bytes = 65536\nbatch_size = 8\n";
+
 #[test]
 fn memory_stays_bounded_and_flat_under_udp_flood() {
     if !common::netns_available("memory_stays_bounded_and_flat_under_udp_flood") {
@@ -92,6 +95,42 @@ fn memory_stays_bounded_and_flat_under_udp_flood() {
     }
     let (mut lab, a, b) = Lab::pair("mem", 51820);
     lab.up_pair(&a, &b, &[], &[]);
+    flood_and_check(lab, a, b);
+}
+
+/// The same flood through daemons set up with the small-device profile: the smaller rings and
+/// batches carry it, and status reports the configured caps.
+#[test]
+fn small_device_profile_stays_bounded_under_udp_flood() {
+    if !common::netns_available("small_device_profile_stays_bounded_under_udp_flood") {
+        return;
+    }
+    let (mut lab, a, b) = Lab::pair("msd", 51820);
+    for (me, peer) in [(&a, &b), (&b, &a)] {
+        let text = lab.config_text(me, &[(peer, &[])]);
+        let Some(at) = text.find("[dht]") else {
+            lab.fail("the lab config has no [dht] section to put the profile before");
+        };
+        let text = format!("{}{SMALL_DEVICE}\n{}", &text[..at], &text[at..]);
+        let config = lab.write_file(&format!("{}.toml", me.iface), &text);
+        lab.start_daemon(&me.ns, &me.iface, &config);
+        lab.wait_ready(&me.iface, &me.v4);
+    }
+    let status = lab.status(&a.iface);
+    for ring in ["tun_to_udp", "udp_to_tun"] {
+        let r = &status["rings"][ring];
+        if r["slots"] != 64 || r["max_bytes"] != 65536 {
+            lab.fail(format!(
+                "ring {ring} of {} is {r}; the profile asks for 64 slots and 65536 bytes",
+                a.iface
+            ));
+        }
+    }
+    flood_and_check(lab, a, b);
+}
+
+/// Floods A -> B through a pair that is up, and checks both daemons' memory and the tunnel.
+fn flood_and_check(mut lab: Lab, a: Node, b: Node) {
     // Handshake first, so the flood exercises the data path rather than the staging queue.
     lab.must_ping(&a, &b.v4);
 

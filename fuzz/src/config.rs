@@ -15,7 +15,10 @@
 use crate::known;
 use dhtun::config::{Config, ConfigError};
 use dhtun::core::keys::SecretKey;
-use dhtun::core::limits::{MAX_MTU, MAX_PEERS, MAX_RING_SLOTS, MIN_MTU, MIN_RING_SLOTS};
+use dhtun::core::limits::{
+    MAX_BATCH_SIZE, MAX_MTU, MAX_PEERS, MAX_RING_BYTES, MAX_RING_MAX_DELAY_MS, MAX_RING_SLOTS,
+    MIN_BATCH_SIZE, MIN_MTU, MIN_RING_BYTES, MIN_RING_SLOTS,
+};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -143,6 +146,11 @@ fn check_config(path: &Path, config: &Config) {
         .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
     assert!((MIN_MTU..=MAX_MTU).contains(&iface.mtu));
     assert!((MIN_RING_SLOTS..=MAX_RING_SLOTS).contains(&iface.ring_slots));
+    assert!((MIN_RING_BYTES..=MAX_RING_BYTES).contains(&iface.ring_bytes));
+    assert!((MIN_BATCH_SIZE..=MAX_BATCH_SIZE).contains(&iface.batch_size));
+    assert!(iface
+        .ring_max_delay
+        .is_none_or(|d| !d.is_zero() && d.as_millis() <= u128::from(MAX_RING_MAX_DELAY_MS)));
     assert!(!iface.addresses.is_empty());
     assert!(config.peers.len() <= MAX_PEERS);
     let own = iface.secret_key.public_key();

@@ -61,9 +61,9 @@ pub const RING_SLOT_BYTES: usize = ring_slot_bytes(MAX_MTU);
 // ---------------------------------------------------------------------------------------------
 
 /// Default slots in each of the TUN->UDP and UDP->TUN rings. 256 packets of 1420 bytes is
-/// 2.9 ms at 1 Gbit/s: enough to absorb one scheduling hiccup of the other side, small enough
-/// that a full ring adds under 3 ms of queueing delay. Memory: 256 x ring_slot_bytes(mtu) per
-/// ring, 400 KiB at the default MTU.
+/// 2.9 ms at 1 Gbit/s: enough to absorb one scheduling hiccup of the other side; the byte cap
+/// (`DEFAULT_RING_BYTES`) keeps a full ring of large packets nearer 1-2 ms. Memory:
+/// 256 x ring_slot_bytes(mtu) per ring, 400 KiB at the default MTU.
 pub const DEFAULT_RING_SLOTS: usize = 256;
 
 /// Fewest ring slots accepted from config: one full syscall batch must fit.
@@ -78,9 +78,52 @@ pub const MAX_RING_SLOTS: usize = 16384;
 /// rest would be retransmitted by TCP anyway. Memory: this x ring_slot_bytes(mtu) per peer.
 pub const STAGED_PACKETS_PER_PEER: usize = 16;
 
-/// Datagrams moved per batched read or write: enough to amortise a syscall over a burst,
-/// small enough that one batch is a fraction of a ring.
-pub const IO_BATCH: usize = 32;
+/// Default cap on the bytes queued in each ring. A ring fills only while what drains it (the UDP
+/// socket, the TUN device) cannot keep up, so a full ring is a queue draining at the tunnel's
+/// speed: 256 KiB waits 0.6-1 ms at the 2-3.5 Gbit/s this tunnel carries and 2.1 ms at
+/// 1 Gbit/s, inside the 3 ms a ping under a TCP stream may take. Counting slots alone would
+/// let 256 full-size packets (363 KB, 2.9 ms at 1 Gbit/s) queue; small packets (ACKs) still
+/// stop at the slot count long before this. Costs no memory: memory is slots x slot size.
+pub const DEFAULT_RING_BYTES: usize = 256 * 1024;
+
+/// Smallest byte cap accepted: one TSO super-packet (64 KiB) cut into packets must fit.
+pub const MIN_RING_BYTES: usize = 64 * 1024;
+
+/// Largest byte cap accepted: 64 MiB is 50 ms at 10 Gbit/s, more queue than any link benefits
+/// from; past the slots' own capacity a cap changes nothing anyway.
+pub const MAX_RING_BYTES: usize = 64 * 1024 * 1024;
+
+/// Default longest wait in a ring before a packet is dropped at dequeue (`ring_max_delay_ms`).
+/// The byte cap bounds delay only at the speed it was sized for: behind a 10 Mbit/s uplink
+/// 256 KiB is 210 ms. 5 ms (CoDel's target) never cuts in at the tunnel's own speeds, where a
+/// full ring drains in 1-2 ms, and caps the ring's share of latency on slow links.
+pub const DEFAULT_RING_MAX_DELAY: Duration = Duration::from_millis(5);
+
+/// Largest `ring_max_delay_ms` accepted (0 turns the check off): past a second a packet is
+/// stale for anything interactive and TCP has long retransmitted it.
+pub const MAX_RING_MAX_DELAY_MS: u64 = 1000;
+
+/// Default datagrams per batched syscall (`batch_size`): a `sendmmsg` carries up to this many
+/// datagrams in up to a quarter as many messages (GSO trains), and `recvmmsg` fills one 64 KiB
+/// GRO buffer per 16 of them. 128 amortises a syscall over two full GSO trains (64 datagrams
+/// each) and gives 8 receive buffers (512 KiB), the batches dhtun was measured with.
+pub const DEFAULT_BATCH_SIZE: usize = 128;
+
+/// Fewest datagrams per batch accepted: below 8 the syscall cost per packet dominates. 8 still
+/// gets one 64 KiB receive buffer, since a GRO train needs one whole.
+pub const MIN_BATCH_SIZE: usize = 8;
+
+/// Most datagrams per batch accepted: 1024 is 64 receive buffers (4 MiB); beyond that a batch
+/// only holds packets back from the other direction for longer.
+pub const MAX_BATCH_SIZE: usize = 1024;
+
+/// Datagrams of `batch_size` per `sendmmsg` message: a message is one GSO train to one peer.
+pub const BATCH_DATAGRAMS_PER_SEND_MESSAGE: usize = 4;
+
+/// Datagrams of `batch_size` per 64 KiB receive buffer. A GRO buffer holds up to 44 full-size
+/// datagrams when the kernel coalesced them, one when it did not; 16 is in between and keeps the
+/// receive buffers (the largest per-batch memory) at an eighth of a megabyte per 32 datagrams.
+pub const BATCH_DATAGRAMS_PER_RECV_BUFFER: usize = 16;
 
 // ---------------------------------------------------------------------------------------------
 // Peers and sessions
@@ -269,6 +312,12 @@ pub const DIRECT_RETRY_INTERVAL: Duration = Duration::from_secs(10);
 /// a direct try needs them. Once a minute, not at the 10 s retry pace of an unreachable peer,
 /// since traffic already flows and a lookup costs dozens of DHT messages.
 pub const RELAYED_LOOKUP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The second lookup of a newly relayed peer, 5 s after the first; the wait then doubles up to
+/// RELAYED_LOOKUP_INTERVAL. A peer that moved learns its new outside address within about 10 s
+/// (REFLECTOR_FIRST_RETRY backing off on the new path) and republishes at once, so looks at 5, 10
+/// and 20 s find it without polling the DHT every few seconds for long.
+pub const RELAYED_LOOKUP_FIRST_RETRY: Duration = Duration::from_secs(5);
 
 /// How long a direct path may stay silent before packets arriving through a relay move the
 /// peer back onto the relay: the same time WireGuard gives a session to show it is alive

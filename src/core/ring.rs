@@ -1,8 +1,14 @@
 //! Fixed-size FIFO of packets with tail drop. All memory is allocated once in `new`; pushing,
 //! peeking and popping only copy bytes and move indices, so a full ring costs no allocation and
 //! refuses the newest packet instead of growing.
+//!
+//! A ring is full when its slots are taken or when the bytes queued reach its byte cap: slots
+//! bound memory, the byte cap bounds the queueing delay a full ring adds (bytes drain at the
+//! link's speed, slots do not). Packets also carry the time they were queued, so a caller can
+//! drop those that waited too long (`drop_stale`).
 
 use core::fmt;
+use core::time::Duration;
 
 /// Packets of at most `slot_bytes` each, oldest first, with per-packet metadata `M`.
 #[derive(Debug, Clone)]
@@ -11,21 +17,26 @@ pub struct PacketRing<M> {
     buf: Box<[u8]>,
     lens: Box<[u32]>,
     meta: Box<[M]>,
+    /// When each packet was committed (`commit_at`); zero for untimed commits.
+    queued_at: Box<[Duration]>,
     slot_bytes: usize,
+    /// The ring takes packets while fewer bytes than this are queued.
+    max_bytes: usize,
     /// Physical slot of the oldest packet.
     head: usize,
     len: usize,
     queued_bytes: usize,
 }
 
-/// `commit` found no vacant slot.
+/// `commit` found the ring full: no vacant slot, or the byte cap reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RingFull;
 
 /// Why `push` refused a packet. The ring is unchanged either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushError {
-    /// Every slot is taken: the caller drops the new packet (tail drop).
+    /// Every slot is taken, or the byte cap is reached: the caller drops the new packet (tail
+    /// drop).
     Full,
     /// The packet is longer than a slot and could never be queued whole.
     TooLarge,
@@ -34,7 +45,7 @@ pub enum PushError {
 impl<M: Copy + Default> PacketRing<M> {
     /// Allocates `slots * slot_bytes` bytes up front; callers bound both from `limits`.
     /// `slots` below 1 is raised to 1, and `slot_bytes` is capped at `u32::MAX` because lengths
-    /// are stored as `u32`.
+    /// are stored as `u32`. Without `with_max_bytes` only the slots limit the ring.
     pub fn new(slots: usize, slot_bytes: usize) -> Self {
         let slots = slots.max(1);
         let slot_bytes = slot_bytes.min(u32::MAX as usize);
@@ -42,11 +53,22 @@ impl<M: Copy + Default> PacketRing<M> {
             buf: vec![0u8; slots.saturating_mul(slot_bytes)].into_boxed_slice(),
             lens: vec![0u32; slots].into_boxed_slice(),
             meta: vec![M::default(); slots].into_boxed_slice(),
+            queued_at: vec![Duration::ZERO; slots].into_boxed_slice(),
             slot_bytes,
+            max_bytes: usize::MAX,
             head: 0,
             len: 0,
             queued_bytes: 0,
         }
+    }
+
+    /// Caps the bytes queued: the ring takes a packet only while fewer than `max_bytes` are
+    /// queued, so it holds at most `max_bytes + slot_bytes - 1`. Admission does not depend on the
+    /// new packet's length, so a caller can refuse a packet before producing it (before
+    /// encrypting it). Allocates nothing: memory stays `slots * slot_bytes`. At least 1.
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes.max(1);
+        self
     }
 
     pub fn capacity(&self) -> usize {
@@ -61,16 +83,32 @@ impl<M: Copy + Default> PacketRing<M> {
         self.len == 0
     }
 
+    /// No packet fits: every slot is taken or the byte cap is reached.
     pub fn is_full(&self) -> bool {
-        self.len == self.capacity()
+        self.len == self.capacity() || self.queued_bytes >= self.max_bytes
     }
 
     pub fn slot_bytes(&self) -> usize {
         self.slot_bytes
     }
 
-    /// The buffer the next push fills, or None when full (the caller drops the new packet: tail
-    /// drop). It may hold bytes of an earlier packet; nothing is queued until `commit`.
+    /// The byte cap (`usize::MAX` when none was set).
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    /// Slots still vacant (packets may still be refused by the byte cap).
+    pub fn free_slots(&self) -> usize {
+        self.capacity() - self.len
+    }
+
+    /// Bytes that may still be queued before the byte cap refuses packets.
+    pub fn free_bytes(&self) -> usize {
+        self.max_bytes.saturating_sub(self.queued_bytes)
+    }
+
+    /// The buffer the next push fills, or None when full by slots or bytes (the caller drops the
+    /// new packet: tail drop). It may hold bytes of an earlier packet; nothing is queued until `commit`.
     pub fn vacant_slot(&mut self) -> Option<&mut [u8]> {
         if self.is_full() {
             return None;
@@ -83,6 +121,11 @@ impl<M: Copy + Default> PacketRing<M> {
     /// Publishes the packet written into `vacant_slot` (len clamped to slot_bytes). Err(RingFull)
     /// if full.
     pub fn commit(&mut self, len: usize, meta: M) -> Result<(), RingFull> {
+        self.commit_at(len, meta, Duration::ZERO)
+    }
+
+    /// `commit`, noting that the packet was queued at `now` (for `drop_stale`).
+    pub fn commit_at(&mut self, len: usize, meta: M, now: Duration) -> Result<(), RingFull> {
         if self.is_full() {
             return Err(RingFull);
         }
@@ -91,6 +134,7 @@ impl<M: Copy + Default> PacketRing<M> {
         // `slot_bytes` was capped at u32::MAX in `new`, so this never saturates.
         self.lens[slot] = u32::try_from(len).unwrap_or(u32::MAX);
         self.meta[slot] = meta;
+        self.queued_at[slot] = now;
         self.len += 1;
         self.queued_bytes += len;
         Ok(())
@@ -99,12 +143,17 @@ impl<M: Copy + Default> PacketRing<M> {
     /// Copies `packet` in. A packet longer than a slot is `TooLarge` even when the ring is also
     /// full, since it could never be queued; otherwise a full ring gives `Full`.
     pub fn push(&mut self, packet: &[u8], meta: M) -> Result<(), PushError> {
+        self.push_at(packet, meta, Duration::ZERO)
+    }
+
+    /// `push`, noting that the packet was queued at `now` (for `drop_stale`).
+    pub fn push_at(&mut self, packet: &[u8], meta: M, now: Duration) -> Result<(), PushError> {
         if packet.len() > self.slot_bytes {
             return Err(PushError::TooLarge);
         }
         let slot = self.vacant_slot().ok_or(PushError::Full)?;
         slot[..packet.len()].copy_from_slice(packet);
-        self.commit(packet.len(), meta)
+        self.commit_at(packet.len(), meta, now)
             .map_err(|RingFull| PushError::Full)
     }
 
@@ -134,6 +183,20 @@ impl<M: Copy + Default> PacketRing<M> {
         self.head = self.physical(removed);
         self.len -= removed;
         removed
+    }
+
+    /// Removes the oldest packets while they have waited longer than `max_wait` at `now`; returns
+    /// how many. Packets leave in the order they came, so the first young one ends the scan.
+    pub fn drop_stale(&mut self, now: Duration, max_wait: Duration) -> usize {
+        let mut stale = 0;
+        while stale < self.len {
+            let slot = self.physical(stale);
+            if now.saturating_sub(self.queued_at[slot]) <= max_wait {
+                break;
+            }
+            stale += 1;
+        }
+        self.pop_front_n(stale)
     }
 
     /// Removes the oldest packet; false when the ring was empty.
@@ -195,80 +258,134 @@ mod tests {
         (0..len).map(|_| rng.gen()).collect()
     }
 
-    fn assert_same(ring: &PacketRing<u32>, model: &VecDeque<(Vec<u8>, u32)>, capacity: usize) {
-        assert!(ring.len() <= capacity);
-        assert_eq!(ring.len(), model.len());
-        assert_eq!(ring.is_empty(), model.is_empty());
-        assert_eq!(ring.is_full(), model.len() == capacity);
-        let bytes: usize = model.iter().map(|(p, _)| p.len()).sum();
-        assert_eq!(ring.queued_bytes(), bytes);
-        for (i, (packet, meta)) in model.iter().enumerate() {
+    /// The model: a VecDeque of (packet, meta, queued at), and the ring's two limits.
+    struct Model {
+        packets: VecDeque<(Vec<u8>, u32, Duration)>,
+        capacity: usize,
+        max_bytes: usize,
+    }
+
+    impl Model {
+        fn bytes(&self) -> usize {
+            self.packets.iter().map(|(p, _, _)| p.len()).sum()
+        }
+
+        fn full(&self) -> bool {
+            self.packets.len() == self.capacity || self.bytes() >= self.max_bytes
+        }
+    }
+
+    fn assert_same(ring: &PacketRing<u32>, model: &Model) {
+        assert!(ring.len() <= model.capacity);
+        assert_eq!(ring.len(), model.packets.len());
+        assert_eq!(ring.is_empty(), model.packets.is_empty());
+        assert_eq!(ring.is_full(), model.full());
+        assert_eq!(ring.queued_bytes(), model.bytes());
+        assert_eq!(ring.free_slots(), model.capacity - model.packets.len());
+        assert_eq!(
+            ring.free_bytes(),
+            model.max_bytes.saturating_sub(model.bytes())
+        );
+        // Admission ignores the new packet's length, so a ring may pass its cap by one packet.
+        assert!(ring.queued_bytes() < model.max_bytes.saturating_add(ring.slot_bytes()));
+        for (i, (packet, meta, _)) in model.packets.iter().enumerate() {
             assert_eq!(ring.get(i), Some((packet.as_slice(), *meta)), "packet {i}");
         }
-        assert_eq!(ring.get(model.len()), None);
-        assert_eq!(ring.front(), model.front().map(|(p, m)| (p.as_slice(), *m)));
+        assert_eq!(ring.get(model.packets.len()), None);
+        assert_eq!(
+            ring.front(),
+            model.packets.front().map(|(p, m, _)| (p.as_slice(), *m))
+        );
     }
 
     #[test]
     fn matches_model_on_random_operations() {
         const SLOT: usize = 48;
-        for seed in 0..32u64 {
+        for seed in 0..64u64 {
             let mut rng = StdRng::seed_from_u64(seed);
             let capacity = rng.gen_range(1..=9);
+            // Half the rings are limited by slots only, half also by a byte cap that may be
+            // below, around or above what the slots hold.
+            let max_bytes = if seed % 2 == 0 {
+                usize::MAX
+            } else {
+                rng.gen_range(1..=capacity * SLOT + SLOT)
+            };
             let mut ring = PacketRing::<u32>::new(capacity, SLOT);
-            let mut model: VecDeque<(Vec<u8>, u32)> = VecDeque::new();
+            if max_bytes != usize::MAX {
+                ring = ring.with_max_bytes(max_bytes);
+            }
+            assert_eq!(ring.max_bytes(), max_bytes);
+            let mut model = Model {
+                packets: VecDeque::new(),
+                capacity,
+                max_bytes,
+            };
             let base = ring.buf.as_ptr();
+            let mut now = Duration::ZERO;
             for _ in 0..5_000 {
+                now += Duration::from_micros(rng.gen_range(0..=3_000));
                 let meta: u32 = rng.gen();
                 match rng.gen_range(0..100) {
-                    0..=39 => {
+                    0..=34 => {
                         let packet = random_packet(&mut rng, SLOT + 8);
                         let expected = if packet.len() > SLOT {
                             Err(PushError::TooLarge)
-                        } else if model.len() == capacity {
+                        } else if model.full() {
                             Err(PushError::Full)
                         } else {
-                            model.push_back((packet.clone(), meta));
+                            model.packets.push_back((packet.clone(), meta, now));
                             Ok(())
                         };
                         // A refused push leaves the model untouched, and `assert_same` below
                         // then proves the ring kept its old contents too.
-                        assert_eq!(ring.push(&packet, meta), expected);
+                        assert_eq!(ring.push_at(&packet, meta, now), expected);
                     }
-                    40..=64 => {
+                    35..=59 => {
                         let fill = random_packet(&mut rng, SLOT);
                         let claimed = rng.gen_range(0..=SLOT + 8);
                         match ring.vacant_slot() {
                             None => {
-                                assert_eq!(model.len(), capacity);
-                                assert_eq!(ring.commit(claimed, meta), Err(RingFull));
+                                assert!(model.full());
+                                assert_eq!(ring.commit_at(claimed, meta, now), Err(RingFull));
                             }
                             Some(slot) => {
+                                assert!(!model.full());
                                 assert_eq!(slot.len(), SLOT);
                                 slot.fill(0xee);
                                 slot[..fill.len()].copy_from_slice(&fill);
                                 let stored = slot[..claimed.min(SLOT)].to_vec();
-                                assert_eq!(ring.commit(claimed, meta), Ok(()));
-                                model.push_back((stored, meta));
+                                assert_eq!(ring.commit_at(claimed, meta, now), Ok(()));
+                                model.packets.push_back((stored, meta, now));
                             }
                         }
                     }
-                    65..=79 => {
+                    60..=72 => {
                         let popped = ring.pop_front();
-                        assert_eq!(popped, model.pop_front().is_some());
+                        assert_eq!(popped, model.packets.pop_front().is_some());
                     }
-                    80..=97 => {
+                    73..=87 => {
                         let n = rng.gen_range(0..=capacity + 2);
-                        let expected = n.min(model.len());
-                        model.drain(..expected);
+                        let expected = n.min(model.packets.len());
+                        model.packets.drain(..expected);
                         assert_eq!(ring.pop_front_n(n), expected);
+                    }
+                    88..=97 => {
+                        let max_wait = Duration::from_micros(rng.gen_range(0..=10_000));
+                        let stale = model
+                            .packets
+                            .iter()
+                            .take_while(|(_, _, at)| now - *at > max_wait)
+                            .count();
+                        model.packets.drain(..stale);
+                        assert_eq!(ring.drop_stale(now, max_wait), stale);
                     }
                     _ => {
                         ring.clear();
-                        model.clear();
+                        model.packets.clear();
                     }
                 }
-                assert_same(&ring, &model, capacity);
+                assert_same(&ring, &model);
                 assert_eq!(ring.buf.as_ptr(), base, "backing buffer moved");
             }
         }
@@ -327,5 +444,36 @@ mod tests {
             assert_eq!(front, &meta.to_le_bytes()[..]);
         }
         assert_eq!(ring.buf.as_ptr(), base);
+    }
+
+    #[test]
+    fn byte_cap_refuses_before_the_packet_is_known() {
+        let mut ring = PacketRing::<u8>::new(8, 100).with_max_bytes(150);
+        assert_eq!(ring.push(&[1; 100], 1), Ok(()));
+        // 100 < 150 queued: one more packet is taken whatever its length, then the cap holds.
+        assert_eq!(ring.push(&[2; 100], 2), Ok(()));
+        assert!(ring.is_full());
+        assert!(ring.vacant_slot().is_none());
+        assert_eq!(ring.push(b"x", 3), Err(PushError::Full));
+        assert_eq!(ring.free_slots(), 6);
+        assert_eq!(ring.free_bytes(), 0);
+        assert!(ring.pop_front());
+        assert_eq!(ring.free_bytes(), 50);
+        assert_eq!(ring.push(b"x", 3), Ok(()));
+    }
+
+    #[test]
+    fn stale_packets_leave_from_the_front_only() {
+        let ms = Duration::from_millis;
+        let mut ring = PacketRing::<u8>::new(4, 8);
+        assert_eq!(ring.push_at(b"a", 1, ms(10)), Ok(()));
+        assert_eq!(ring.push_at(b"b", 2, ms(12)), Ok(()));
+        assert_eq!(ring.push_at(b"c", 3, ms(20)), Ok(()));
+        // At 17 ms with 5 ms allowed, "a" (7 ms) goes; "b" waited exactly 5 ms and stays.
+        assert_eq!(ring.drop_stale(ms(17), ms(5)), 1);
+        assert_eq!(ring.front(), Some((&b"b"[..], 2)));
+        assert_eq!(ring.drop_stale(ms(30), ms(5)), 2);
+        assert!(ring.is_empty());
+        assert_eq!(ring.drop_stale(ms(30), ms(5)), 0);
     }
 }

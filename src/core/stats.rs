@@ -39,6 +39,8 @@ pub enum DropReason {
     UnderLoad,
     /// An initiation over its source address's rate limit.
     RateLimited,
+    /// A packet that waited in a ring longer than `ring_max_delay_ms` (dropped at dequeue).
+    RingDelay,
     /// A relay envelope we may not act on: asked to forward while not serving as a relay, a
     /// delivery from a peer not configured as our relay, or an envelope inside an envelope.
     RelayRefused,
@@ -48,7 +50,7 @@ pub enum DropReason {
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 18] = [
+    pub const ALL: [DropReason; 19] = [
         DropReason::RingFull,
         DropReason::Replay,
         DropReason::UnknownPeer,
@@ -65,6 +67,7 @@ impl DropReason {
         DropReason::SocketOverflow,
         DropReason::UnderLoad,
         DropReason::RateLimited,
+        DropReason::RingDelay,
         DropReason::RelayRefused,
         DropReason::RelayNoPath,
     ];
@@ -88,6 +91,7 @@ impl DropReason {
             DropReason::SocketOverflow => "socket_overflow",
             DropReason::UnderLoad => "under_load",
             DropReason::RateLimited => "rate_limited",
+            DropReason::RingDelay => "ring_delay",
             DropReason::RelayRefused => "relay_refused",
             DropReason::RelayNoPath => "relay_no_path",
         }

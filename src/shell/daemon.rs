@@ -11,7 +11,7 @@ use crate::core::device::{Device, DeviceConfig, PeerEvent};
 use crate::core::limits::TIMER_TICK;
 use crate::core::reflexive::Reflector;
 use crate::shell::control::{ControlCommand, ControlRequest, ControlServer};
-use crate::shell::datapath::DataPath;
+use crate::shell::datapath::{DataPath, RingOccupancy, RingSettings};
 use crate::shell::dht::DhtStatus;
 use crate::shell::discovery::{Discovery, Lookup};
 use crate::shell::metrics;
@@ -47,7 +47,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let port = config.interface.listen_port;
     let socket = udp::bind(port).map_err(|e| port_error(e, port, &config))?;
-    let mut udp = UdpIo::new(UdpSocket::from_std(socket)?);
+    let mut udp = UdpIo::new(UdpSocket::from_std(socket)?, config.interface.batch_size);
     udp.limit_gso_segment(crate::core::limits::direct_datagram_bytes(
         config.interface.mtu,
     ));
@@ -175,7 +175,11 @@ async fn event_loop(
     let mut path = DataPath::new(
         new_device(config)?,
         config.interface.mtu,
-        config.interface.ring_slots,
+        RingSettings {
+            slots: config.interface.ring_slots,
+            bytes: config.interface.ring_bytes,
+            max_delay: config.interface.ring_max_delay,
+        },
         tun.offloads(),
     );
     if let Some(discovery) = &discovery {
@@ -366,8 +370,13 @@ fn status_json(
     dht: Option<DhtStatus>,
     reflexive: &ReflexiveSeen,
 ) -> String {
-    let [(net_slots, net_queued), (tun_slots, tun_queued)] = path.ring_occupancy();
-    let ring = |slots, queued| RingStatus { slots, queued };
+    let [net, tun] = path.ring_occupancy();
+    let ring = |r: RingOccupancy| RingStatus {
+        slots: r.slots,
+        queued: r.queued,
+        max_bytes: r.max_bytes,
+        queued_bytes: r.queued_bytes,
+    };
     let status = InterfaceStatus::snapshot(
         &path.device,
         ShellFacts {
@@ -375,10 +384,7 @@ fn status_json(
             listen_port,
             addresses: &config.interface.addresses,
             mtu: config.interface.mtu,
-            rings: [
-                ("tun_to_udp", ring(net_slots, net_queued)),
-                ("udp_to_tun", ring(tun_slots, tun_queued)),
-            ],
+            rings: [("tun_to_udp", ring(net)), ("udp_to_tun", ring(tun))],
             dht,
             reflexive_address: reflexive.address,
             reflexive_port_varies: reflexive.port_varies,

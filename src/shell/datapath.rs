@@ -4,7 +4,9 @@
 //! Two rings sit in front of the two writes that can block: `to_network` (encrypted datagrams
 //! for the UDP socket) and `to_tun` (decrypted packets for the TUN device). When a ring is full
 //! the newest packet is dropped and counted before any crypto is spent on it, so overload costs
-//! drops, never memory.
+//! drops, never memory. A ring is full when its slots are taken or its byte cap is reached, and
+//! packets that waited longer than the configured delay are dropped before they are written, so
+//! a ring adds bounded delay whatever the speed of what drains it.
 
 use crate::core::device::{Device, NetworkAction, TunAction};
 use crate::core::limits::ring_slot_bytes;
@@ -24,6 +26,8 @@ const TUN_READS_PER_WAKE: usize = 8;
 const UDP_BATCHES_PER_WAKE: usize = 4;
 /// Flush a ring when fewer slots than this are free: one super-packet's worth of segments.
 const FLUSH_HEADROOM: usize = 48;
+/// Flush a ring when fewer bytes than this may still be queued: one super-packet's worth.
+const FLUSH_HEADROOM_BYTES: usize = MAX_SUPER_PACKET;
 /// Packets one TUN write may merge (iovecs: header, first packet's headers and payload, then
 /// one payload per further packet).
 const MAX_MERGE: usize = 64;
@@ -43,18 +47,45 @@ pub struct DataPath {
     merge_iov: Box<[libc::iovec]>,
     /// What the TUN device accepts: which packets may be merged on write.
     offloads: Offloads,
+    /// Longest a packet may wait in a ring; None: as long as it takes.
+    max_delay: Option<Duration>,
+    /// The last flush of each ring stopped because the socket or device would block. Only then
+    /// is a ring a standing queue whose old packets are dropped: without it, a packet's age is
+    /// the time we took to process the rest of its batch, which no drop would shorten.
+    network_blocked: bool,
+    tun_blocked: bool,
     started: Instant,
 }
 
+/// How the two rings are sized (from `[interface]`, bounded by the config).
+#[derive(Debug, Clone, Copy)]
+pub struct RingSettings {
+    pub slots: usize,
+    pub bytes: usize,
+    pub max_delay: Option<Duration>,
+}
+
+/// One ring's occupancy, for `dhtun status`.
+#[derive(Debug, Clone, Copy)]
+pub struct RingOccupancy {
+    pub slots: usize,
+    pub queued: usize,
+    pub max_bytes: usize,
+    pub queued_bytes: usize,
+}
+
 impl DataPath {
-    pub fn new(device: Device, mtu: usize, ring_slots: usize, offloads: Offloads) -> Self {
+    pub fn new(device: Device, mtu: usize, rings: RingSettings, offloads: Offloads) -> Self {
         let slot = ring_slot_bytes(mtu);
         Self {
             device,
             reflector: None,
             offloads,
-            to_network: PacketRing::new(ring_slots, slot),
-            to_tun: PacketRing::new(ring_slots, slot),
+            max_delay: rings.max_delay,
+            network_blocked: false,
+            tun_blocked: false,
+            to_network: PacketRing::new(rings.slots, slot).with_max_bytes(rings.bytes),
+            to_tun: PacketRing::new(rings.slots, slot).with_max_bytes(rings.bytes),
             tun_buf: vec![0u8; VNET_HDR_LEN + MAX_SUPER_PACKET].into_boxed_slice(),
             segment_buf: vec![0u8; slot].into_boxed_slice(),
             merge_headers: [0u8; 192],
@@ -73,12 +104,17 @@ impl DataPath {
         self.started.elapsed()
     }
 
-    /// (slots, queued) of the TUN->UDP and UDP->TUN rings.
-    pub fn ring_occupancy(&self) -> [(usize, usize); 2] {
-        [
-            (self.to_network.capacity(), self.to_network.len()),
-            (self.to_tun.capacity(), self.to_tun.len()),
-        ]
+    /// Occupancy of the TUN->UDP and UDP->TUN rings.
+    pub fn ring_occupancy(&self) -> [RingOccupancy; 2] {
+        fn of<M: Copy + Default>(ring: &PacketRing<M>) -> RingOccupancy {
+            RingOccupancy {
+                slots: ring.capacity(),
+                queued: ring.len(),
+                max_bytes: ring.max_bytes(),
+                queued_bytes: ring.queued_bytes(),
+            }
+        }
+        [of(&self.to_network), of(&self.to_tun)]
     }
 
     pub fn has_network_backlog(&self) -> bool {
@@ -92,7 +128,7 @@ impl DataPath {
     /// Reads packets from the TUN device until it runs dry (true) or the batch ends (false).
     pub fn read_tun(&mut self, tun: &TunDevice, udp: &mut UdpIo) -> bool {
         for _ in 0..TUN_READS_PER_WAKE {
-            if self.to_network.capacity() - self.to_network.len() < FLUSH_HEADROOM {
+            if lacks_headroom(&self.to_network) {
                 self.flush_network(udp);
             }
             let n = match tun.try_read(&mut self.tun_buf) {
@@ -160,7 +196,7 @@ impl DataPath {
                 kernel_drops.saturating_sub(counted),
             );
             for i in 0..messages {
-                if self.to_tun.capacity() - self.to_tun.len() < FLUSH_HEADROOM {
+                if lacks_headroom(&self.to_tun) {
                     self.flush_tun(tun);
                 }
                 let Some(message) = udp.received(i) else {
@@ -196,13 +232,20 @@ impl DataPath {
             let Some(transmit) = self.device.poll_transmit(now, out) else {
                 break;
             };
-            let _ = self.to_network.commit(transmit.len, Some(transmit.to));
+            let _ = self
+                .to_network
+                .commit_at(transmit.len, Some(transmit.to), now);
         }
     }
 
     /// Sends queued datagrams; true when the socket is full.
     pub fn flush_network(&mut self, udp: &mut UdpIo) -> bool {
+        if self.network_blocked {
+            let now = self.now();
+            drop_stale(&mut self.to_network, &mut self.device, self.max_delay, now);
+        }
         let outcome = udp.send_from(&mut self.to_network);
+        self.network_blocked = outcome.would_block;
         self.device
             .count_drops(DropReason::SendFailed, outcome.failed as u64);
         outcome.would_block
@@ -211,6 +254,15 @@ impl DataPath {
     /// Writes queued packets to the TUN device, merging runs of one TCP flow into one
     /// super-packet; true when the device would block.
     pub fn flush_tun(&mut self, tun: &TunDevice) -> bool {
+        if self.tun_blocked {
+            let now = self.now();
+            drop_stale(&mut self.to_tun, &mut self.device, self.max_delay, now);
+        }
+        self.tun_blocked = self.write_tun(tun);
+        self.tun_blocked
+    }
+
+    fn write_tun(&mut self, tun: &TunDevice) -> bool {
         while !self.to_tun.is_empty() {
             let count = self.plan_write();
             match tun.try_write_vectored(&self.merge_iov[..self.iov_len(count)]) {
@@ -245,12 +297,12 @@ impl DataPath {
         };
         match self.device.handle_datagram(from, datagram, now, out) {
             NetworkAction::WriteToTun { len } => {
-                let _ = self.to_tun.commit(len, ());
+                let _ = self.to_tun.commit_at(len, (), now);
             }
             NetworkAction::WriteToNetwork { to, len } => {
                 // A handshake response, written into the TUN ring's free slot: move it.
                 let reply = self.to_tun.vacant_slot().and_then(|s| s.get(..len));
-                if reply.is_none_or(|r| self.to_network.push(r, Some(to)).is_err()) {
+                if reply.is_none_or(|r| self.to_network.push_at(r, Some(to), now).is_err()) {
                     self.device.count_drop(DropReason::RingFull);
                 }
             }
@@ -342,6 +394,24 @@ fn encapsulate(
         return;
     };
     if let TunAction::WriteToNetwork { to, len } = device.handle_tun_packet(buf, len, now, out) {
-        let _ = to_network.commit(len, Some(to));
+        let _ = to_network.commit_at(len, Some(to), now);
     }
+}
+
+/// Drops (and counts) the packets that waited in `ring` longer than `max_delay`.
+fn drop_stale<M: Copy + Default>(
+    ring: &mut PacketRing<M>,
+    device: &mut Device,
+    max_delay: Option<Duration>,
+    now: Duration,
+) {
+    if let Some(max_delay) = max_delay {
+        let stale = ring.drop_stale(now, max_delay);
+        device.count_drops(DropReason::RingDelay, stale as u64);
+    }
+}
+
+/// A ring that might not take a whole super-packet's segments: flush it before reading more.
+fn lacks_headroom<M: Copy + Default>(ring: &PacketRing<M>) -> bool {
+    ring.free_slots() < FLUSH_HEADROOM || ring.free_bytes() < FLUSH_HEADROOM_BYTES
 }

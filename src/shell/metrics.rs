@@ -4,7 +4,7 @@
 
 use crate::core::limits::CONTROL_CONNECTIONS;
 use crate::shell::control::{ControlCommand, ControlRequest};
-use crate::shell::status::{InterfaceStatus, PeerStatus};
+use crate::shell::status::{InterfaceStatus, PeerStatus, RingStatus};
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +63,9 @@ async fn scrape(commands: &mpsc::Sender<ControlCommand>) -> Option<String> {
 }
 
 /// A per-peer counter: metric name, help text, and how to read it from a peer's status.
+/// A ring gauge: metric name, help text, and how to read it from a ring's status.
+type RingGauge = (&'static str, &'static str, fn(&RingStatus) -> usize);
+
 type PeerCounter = (&'static str, &'static str, fn(&PeerStatus) -> u64);
 
 /// The Prometheus text form of a status snapshot.
@@ -97,6 +100,29 @@ pub fn render(status: &InterfaceStatus) -> String {
             "dhtun_ring_slots{{interface=\"{iface}\",ring=\"{ring}\"}} {}",
             r.slots
         );
+    }
+    let ring_bytes: [RingGauge; 2] = [
+        (
+            "dhtun_ring_queued_bytes",
+            "Bytes of the packets waiting in a ring.",
+            |r| r.queued_bytes,
+        ),
+        (
+            "dhtun_ring_max_bytes",
+            "Byte cap of a ring (ring_bytes).",
+            |r| r.max_bytes,
+        ),
+    ];
+    for (name, help, value) in ring_bytes {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} gauge");
+        for (ring, r) in &status.rings {
+            let _ = writeln!(
+                out,
+                "{name}{{interface=\"{iface}\",ring=\"{ring}\"}} {}",
+                value(r)
+            );
+        }
     }
     let counters: [PeerCounter; 4] = [
         (
@@ -214,6 +240,8 @@ mod tests {
                 RingStatus {
                     slots: 256,
                     queued: 7,
+                    max_bytes: 262144,
+                    queued_bytes: 9856,
                 },
             )]),
             dht: None,
@@ -251,6 +279,9 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("dhtun_ring_queued{interface=\"dh\\\"t0\",ring=\"tun_to_udp\"} 7\n"));
+        assert!(text.contains(
+            "dhtun_ring_queued_bytes{interface=\"dh\\\"t0\",ring=\"tun_to_udp\"} 9856\n"
+        ));
         assert!(
             text.contains("dhtun_peer_tx_bytes_total{interface=\"dh\\\"t0\",peer=\"abc=\"} 20\n")
         );

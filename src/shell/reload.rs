@@ -85,6 +85,12 @@ fn needs_restart(old: &Config, new: &Config) -> Option<&'static str> {
         Some("[interface] mtu")
     } else if o.ring_slots != n.ring_slots {
         Some("[interface] ring_slots")
+    } else if o.ring_bytes != n.ring_bytes {
+        Some("[interface] ring_bytes")
+    } else if o.ring_max_delay != n.ring_max_delay {
+        Some("[interface] ring_max_delay_ms")
+    } else if o.batch_size != n.batch_size {
+        Some("[interface] batch_size")
     } else if o.log_level != n.log_level {
         Some("[interface] log_level")
     } else if o.metrics_listen != n.metrics_listen {

@@ -40,6 +40,11 @@ pub struct InterfaceStatus {
 pub struct RingStatus {
     pub slots: usize,
     pub queued: usize,
+    /// The ring's byte cap (`ring_bytes`) and the bytes of the packets queued now.
+    #[serde(default)]
+    pub max_bytes: usize,
+    #[serde(default)]
+    pub queued_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -162,8 +167,11 @@ impl InterfaceStatus {
         for (name, ring) in &self.rings {
             let _ = writeln!(
                 out,
-                "  ring {name}: {}/{} slots in use",
-                ring.queued, ring.slots
+                "  ring {name}: {}/{} slots in use, {} of {} queued",
+                ring.queued,
+                ring.slots,
+                bytes(ring.queued_bytes as u64),
+                bytes(ring.max_bytes as u64)
             );
         }
         let _ = writeln!(out, "  drops: {}", drops_text(&self.drops));

@@ -1,8 +1,10 @@
 //! The tunnel's UDP socket, batched: `recvmmsg` with UDP GRO (the kernel hands over up to 64
 //! datagrams of one sender glued together) and `sendmmsg` with UDP GSO (one message carries a
 //! train of equal-sized datagrams to one destination). All buffers and syscall arrays are
-//! allocated once; where the kernel refuses GSO or GRO, we fall back to one datagram each.
+//! allocated once, sized from `batch_size`; where the kernel refuses GSO or GRO, we fall back to
+//! one datagram each.
 
+use crate::core::limits::{BATCH_DATAGRAMS_PER_RECV_BUFFER, BATCH_DATAGRAMS_PER_SEND_MESSAGE};
 use crate::core::ring::PacketRing;
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -11,14 +13,8 @@ use std::os::fd::AsRawFd;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-/// Messages one `recvmmsg` fills. With GRO each can hold 64 datagrams.
-const RECV_MSGS: usize = 8;
 /// One receive buffer: the largest UDP payload GRO can deliver.
 const RECV_BUF_BYTES: usize = 65536;
-/// Messages (datagram trains) one `sendmmsg` carries.
-const SEND_MSGS: usize = 32;
-/// Datagrams one `sendmmsg` carries in all.
-const SEND_SEGMENTS: usize = 128;
 /// The kernel's limit of segments in one GSO send (UDP_MAX_SEGMENTS).
 const GSO_MAX_SEGMENTS: usize = 64;
 /// Stay under the 64 KiB an IP packet can hold, headers included.
@@ -37,6 +33,8 @@ pub struct UdpIo {
     recv_iov: Box<[libc::iovec]>,
     recv_cmsg: Box<[[u8; CMSG_BYTES]]>,
     recv_hdrs: Box<[libc::mmsghdr]>,
+    /// Messages one `recvmmsg` fills; with GRO each can hold a train of datagrams.
+    recv_msgs: usize,
     received: usize,
     /// The kernel's running count of datagrams it dropped because our socket was full.
     kernel_drops: u32,
@@ -45,7 +43,11 @@ pub struct UdpIo {
     send_cmsg: Box<[[u8; CMSG_BYTES]]>,
     send_hdrs: Box<[libc::mmsghdr]>,
     /// Datagrams in each message of the batch being sent.
-    send_counts: [usize; SEND_MSGS],
+    send_counts: Box<[usize]>,
+    /// Messages (datagram trains) one `sendmmsg` carries.
+    send_msgs: usize,
+    /// Datagrams one `sendmmsg` carries in all.
+    send_segments: usize,
     /// Largest datagram sent in a GSO train. The kernel refuses a GSO segment that would need
     /// IP fragmentation, and refusals turn GSO off for good; relayed datagrams are larger than
     /// direct ones and may need fragments, so they go one by one.
@@ -69,7 +71,12 @@ pub struct SendOutcome {
 }
 
 impl UdpIo {
-    pub fn new(socket: UdpSocket) -> Self {
+    /// `batch_size` datagrams per syscall (bounded by config): `sendmmsg` sends up to that many,
+    /// `recvmmsg` fills one 64 KiB GRO buffer per BATCH_DATAGRAMS_PER_RECV_BUFFER of them.
+    pub fn new(socket: UdpSocket, batch_size: usize) -> Self {
+        let send_segments = batch_size.max(1);
+        let send_msgs = send_segments.div_ceil(BATCH_DATAGRAMS_PER_SEND_MESSAGE);
+        let recv_msgs = send_segments.div_ceil(BATCH_DATAGRAMS_PER_RECV_BUFFER);
         let v6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
         let one: libc::c_int = 1;
         // GRO is an optimisation: where the kernel says no, datagrams simply come one by one.
@@ -88,18 +95,21 @@ impl UdpIo {
             socket,
             v6,
             gso,
-            recv_bufs: vec![0u8; RECV_MSGS * RECV_BUF_BYTES].into_boxed_slice(),
-            recv_names: (0..RECV_MSGS).map(|_| zero_storage()).collect(),
-            recv_iov: (0..RECV_MSGS).map(|_| empty_iov()).collect(),
-            recv_cmsg: vec![[0u8; CMSG_BYTES]; RECV_MSGS].into_boxed_slice(),
-            recv_hdrs: (0..RECV_MSGS).map(|_| zero_hdr()).collect(),
+            recv_bufs: vec![0u8; recv_msgs * RECV_BUF_BYTES].into_boxed_slice(),
+            recv_names: (0..recv_msgs).map(|_| zero_storage()).collect(),
+            recv_iov: (0..recv_msgs).map(|_| empty_iov()).collect(),
+            recv_cmsg: vec![[0u8; CMSG_BYTES]; recv_msgs].into_boxed_slice(),
+            recv_hdrs: (0..recv_msgs).map(|_| zero_hdr()).collect(),
+            recv_msgs,
             received: 0,
             kernel_drops: 0,
-            send_names: (0..SEND_MSGS).map(|_| zero_storage()).collect(),
-            send_iov: (0..SEND_SEGMENTS).map(|_| empty_iov()).collect(),
-            send_cmsg: vec![[0u8; CMSG_BYTES]; SEND_MSGS].into_boxed_slice(),
-            send_hdrs: (0..SEND_MSGS).map(|_| zero_hdr()).collect(),
-            send_counts: [0; SEND_MSGS],
+            send_names: (0..send_msgs).map(|_| zero_storage()).collect(),
+            send_iov: (0..send_segments).map(|_| empty_iov()).collect(),
+            send_cmsg: vec![[0u8; CMSG_BYTES]; send_msgs].into_boxed_slice(),
+            send_hdrs: (0..send_msgs).map(|_| zero_hdr()).collect(),
+            send_counts: vec![0; send_msgs].into_boxed_slice(),
+            send_msgs,
+            send_segments,
             gso_max_segment: usize::MAX,
         }
     }
@@ -133,7 +143,7 @@ impl UdpIo {
     /// Receives a batch; returns how many messages `received(i)` now holds (0 when none waited).
     pub fn recv_batch(&mut self) -> io::Result<usize> {
         self.received = 0;
-        for i in 0..RECV_MSGS {
+        for i in 0..self.recv_msgs {
             self.recv_iov[i] = libc::iovec {
                 iov_base: self.recv_bufs[i * RECV_BUF_BYTES..].as_mut_ptr().cast(),
                 iov_len: RECV_BUF_BYTES,
@@ -150,17 +160,12 @@ impl UdpIo {
         }
         let fd = self.socket.as_raw_fd();
         let hdrs = self.recv_hdrs.as_mut_ptr();
+        let count = self.recv_msgs as libc::c_uint;
         let result = self.socket.try_io(Interest::READABLE, || {
             // SAFETY: every header points at buffers owned by self that outlive the call, with
             // their true lengths; the kernel writes only within them.
             let n = unsafe {
-                libc::recvmmsg(
-                    fd,
-                    hdrs,
-                    RECV_MSGS as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                    std::ptr::null_mut(),
-                )
+                libc::recvmmsg(fd, hdrs, count, libc::MSG_DONTWAIT, std::ptr::null_mut())
             };
             if n < 0 {
                 Err(io::Error::last_os_error())
@@ -270,7 +275,7 @@ impl UdpIo {
         let mut messages = 0;
         let mut segments = 0;
         let mut i = 0;
-        while messages < SEND_MSGS && segments < SEND_SEGMENTS {
+        while messages < self.send_msgs && segments < self.send_segments {
             let Some((first, Some(to))) = ring.get(i) else {
                 break;
             };
@@ -286,7 +291,7 @@ impl UdpIo {
                         && datagram.len() <= size
                         && count < GSO_MAX_SEGMENTS
                         && bytes + datagram.len() <= GSO_MAX_BYTES);
-                if !joins || segments >= SEND_SEGMENTS {
+                if !joins || segments >= self.send_segments {
                     break;
                 }
                 self.send_iov[segments] = libc::iovec {

@@ -5,7 +5,7 @@ use super::Device;
 use crate::core::keys::PublicKey;
 use crate::core::limits::{
     DHT_RESOLVE_FIRST_RETRY, DHT_RESOLVE_REFRESH, DHT_RESOLVE_RETRY, MAX_RECORD_CANDIDATES,
-    RELAYED_LOOKUP_INTERVAL,
+    RELAYED_LOOKUP_FIRST_RETRY, RELAYED_LOOKUP_INTERVAL,
 };
 use crate::core::peer::Peer;
 use core::time::Duration;
@@ -100,7 +100,12 @@ fn lookup_due(peer: &Peer, now: Duration) -> bool {
         peer.discovery.last_lookup_at,
     ) {
         // The relay took over: the peer may have moved, so look once at once, then now and then.
-        return last < relayed_at || elapsed >= RELAYED_LOOKUP_INTERVAL;
+        // The first look may come before a moved peer has republished, so look again soon,
+        // doubling the wait up to RELAYED_LOOKUP_INTERVAL.
+        let interval = last
+            .saturating_sub(relayed_at)
+            .clamp(RELAYED_LOOKUP_FIRST_RETRY, RELAYED_LOOKUP_INTERVAL);
+        return last < relayed_at || elapsed >= interval;
     }
     match since_last {
         None => true,

@@ -351,3 +351,16 @@ fn under_load_an_initiation_needs_a_cookie_first() {
     );
     assert!(a.peers()[0].current.is_some());
 }
+
+#[test]
+fn a_relayed_peer_is_looked_up_at_once_then_at_doubling_intervals() {
+    let (mut a, _) = pair();
+    let secs = Duration::from_secs;
+    let looked = |a: &mut Device, at: Duration| a.next_lookup(at).is_some();
+    assert!(looked(&mut a, secs(100)), "first lookup");
+    // The relay takes over at 101 s (the peer is its own relay here: only the path matters).
+    a.peers[0].relay_via = Some(0);
+    a.peers[0].relayed_at = Some(secs(101));
+    let schedule: Vec<u64> = (101..300).filter(|&t| looked(&mut a, secs(t))).collect();
+    assert_eq!(schedule, vec![101, 106, 111, 121, 141, 181, 241]);
+}

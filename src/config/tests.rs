@@ -1,0 +1,144 @@
+//! Config parsing: defaults, every key's bounds, and errors that name file and line.
+
+use super::*;
+
+const KEY_A: &str = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+
+fn peer_key() -> String {
+    SecretKey::from_seed([2; 32]).public_key().to_base64()
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(Path::new("/etc/dhtun/t.toml"), text)
+}
+
+#[test]
+fn full_config_parses_with_defaults() {
+    let text = format!(
+        "[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\", \"fd64::1/64\"]\n\n\
+         [dht]\nenabled = false\n\n[[peer]]\npublic_key = \"{}\"\n\
+         allowed_ips = [\"100.64.0.2/32\", \"100.65.2.9/24\"]\nendpoint = \"198.18.0.2:51820\"\n\
+         persistent_keepalive = 25\n",
+        peer_key()
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.interface.name, "dhtun0");
+    assert_eq!(config.interface.listen_port, 51820);
+    assert_eq!(config.interface.mtu, 1420);
+    assert!(!config.dht.enabled);
+    let peer = &config.peers[0];
+    assert_eq!(
+        peer.allowed_ips[1],
+        "100.65.2.0/24".parse::<IpNetwork>().unwrap()
+    );
+    assert_eq!(peer.persistent_keepalive, Some(Duration::from_secs(25)));
+}
+
+#[test]
+fn relay_keys_parse_and_default_off() {
+    let plain = format!(
+        "[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n\n\
+         [[peer]]\npublic_key = \"{}\"\n",
+        peer_key()
+    );
+    let config = parse(&plain).unwrap();
+    assert!(!config.interface.relay);
+    assert!(!config.peers[0].relay);
+    // A relay-only peer routes nothing: no allowed_ips at all.
+    assert!(config.peers[0].allowed_ips.is_empty());
+
+    let relaying = format!(
+        "[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\nrelay = true\n\n\
+         [[peer]]\npublic_key = \"{}\"\nrelay = true\n",
+        peer_key()
+    );
+    let config = parse(&relaying).unwrap();
+    assert!(config.interface.relay);
+    assert!(config.peers[0].relay);
+
+    let wrong = plain.replace("[[peer]]\n", "[[peer]]\nrelay = \"yes\"\n");
+    let err = parse(&wrong).unwrap_err().to_string();
+    assert!(err.starts_with("/etc/dhtun/t.toml:6: "), "{err}");
+}
+
+#[test]
+fn unknown_key_names_file_and_line() {
+    let text = format!(
+        "[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\ncolour = 3\n"
+    );
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.starts_with("/etc/dhtun/t.toml:4: "), "{err}");
+    assert!(err.contains("colour"), "{err}");
+}
+
+#[test]
+fn bad_values_name_their_line() {
+    let cases = [
+        ("[interface]\nprivate_key = \"abc\"\naddress = [\"100.64.0.1/24\"]\n", 2, "private_key"),
+        (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.300/24\"]\n") as &str, 3, "address"),
+        (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\nmtu = 100\n"), 4, "mtu"),
+        (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\nring_bytes = 1000\n"), 4, "ring_bytes 1000 is outside 65536..=67108864"),
+        (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n\nring_max_delay_ms = 1001\n"), 5, "ring_max_delay_ms 1001 is outside 0..=1000"),
+        (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\nbatch_size = 4\n"), 4, "batch_size 4 is outside 8..=1024"),
+        (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\nbatch_size = -1\n"), 4, "-1"),
+        (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n[[peer]]\npublic_key = \"{}\"\nendpoint = \"nowhere\"\n", peer_key()), 6, "endpoint"),
+    ];
+    for (text, line, word) in cases {
+        let err = parse(text).unwrap_err();
+        assert_eq!(err.line, Some(line), "{err}");
+        assert!(err.to_string().contains(word), "{err}");
+    }
+}
+
+#[test]
+fn duplicate_peers_and_prefixes_are_refused() {
+    let peer = format!(
+        "[[peer]]\npublic_key = \"{}\"\nallowed_ips = [\"100.64.0.2/32\"]\n",
+        peer_key()
+    );
+    let text = format!(
+        "[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n{peer}{peer}"
+    );
+    let err = parse(&text).unwrap_err().to_string();
+    assert!(err.contains("listed twice"), "{err}");
+}
+
+#[test]
+fn ring_and_batch_keys_default_bound_and_parse() {
+    let base = format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n");
+    let iface = parse(&base).unwrap().interface;
+    assert_eq!(iface.ring_bytes, DEFAULT_RING_BYTES);
+    assert_eq!(iface.ring_max_delay, Some(DEFAULT_RING_MAX_DELAY));
+    assert_eq!(iface.batch_size, DEFAULT_BATCH_SIZE);
+    let set = |keys: &str| parse(&format!("{base}{keys}")).map(|c| c.interface);
+    let small = set("ring_slots = 64\nring_bytes = 65536\nring_max_delay_ms = 0\nbatch_size = 8\n")
+        .unwrap();
+    assert_eq!(
+        (
+            small.ring_slots,
+            small.ring_bytes,
+            small.ring_max_delay,
+            small.batch_size
+        ),
+        (64, MIN_RING_BYTES, None, MIN_BATCH_SIZE)
+    );
+    let large = set(&format!(
+        "ring_bytes = {MAX_RING_BYTES}\nring_max_delay_ms = {MAX_RING_MAX_DELAY_MS}\nbatch_size = {MAX_BATCH_SIZE}\n"
+    ))
+    .unwrap();
+    assert_eq!(large.ring_bytes, MAX_RING_BYTES);
+    assert_eq!(
+        large.ring_max_delay,
+        Some(Duration::from_millis(MAX_RING_MAX_DELAY_MS))
+    );
+    assert_eq!(large.batch_size, MAX_BATCH_SIZE);
+    for keys in [
+        format!("ring_bytes = {}\n", MIN_RING_BYTES - 1),
+        format!("ring_bytes = {}\n", MAX_RING_BYTES + 1),
+        format!("batch_size = {}\n", MAX_BATCH_SIZE + 1),
+        "ring_max_delay_ms = 2.5\n".to_string(),
+    ] {
+        let err = set(&keys).unwrap_err().to_string();
+        assert!(err.starts_with("/etc/dhtun/t.toml:4: "), "{keys}: {err}");
+    }
+}

@@ -7,7 +7,8 @@
 //! - one peer public, the other behind a port-randomising NAT: a direct path;
 //! - both behind port-randomising NATs: no direct path can exist, so traffic goes through the
 //!   relay, intact both ways, and the status says so (and keeps saying so);
-//! - a peer moves to another NAT (new public address) with its daemon running: traffic resumes.
+//! - a peer moves to another NAT (new public address) with its daemon running: traffic resumes,
+//!   and the path is direct again, to the new NAT.
 //!
 //! Time from `dhtun up` to the first reply is printed for each case; the README's figures come
 //! from netns-scripts/nat-bench.sh (release build), not from these debug-build runs. No timing
@@ -428,25 +429,33 @@ fn peer_moving_to_another_nat_resumes_without_restart() {
             "B's rx_bytes from A did not grow after the move: {view}"
         ));
     }
-    match path.as_str() {
-        "direct" => {
-            let got = endpoint(&w, &w.b, &w.a);
-            if !got.starts_with(&format!("{}:", third.wan)) {
-                w.fail(format!(
-                    "B reports a direct path to A, but at {got}, not at A's new router {}",
-                    third.wan
-                ));
-            }
-        }
-        "relay" if relay == w.relay.public => {}
-        _ => w.fail(format!(
+    if !(path == "direct" || (path == "relay" && relay == w.relay.public)) {
+        w.fail(format!(
             "after the move B reports path {path} via {relay} to A, though traffic flows"
-        )),
+        ));
     }
+    // Both NATs keep ports, so once the new record is found the path is direct again, to A's
+    // new router.
+    for (me, peer) in [(&w.a, &w.b), (&w.b, &w.a)] {
+        w.wait_path(me, peer, "direct", None, PATH_LIMIT);
+    }
+    let direct_again = moved.elapsed();
+    let got = endpoint(&w, &w.b, &w.a);
+    if got != format!("{}:{}", third.wan, nat_support::PORT) {
+        w.fail(format!(
+            "B reports a direct path to A at {got}, not at A's new router {}:{}",
+            third.wan,
+            nat_support::PORT
+        ));
+    }
+    w.lab.must_ping(&w.a, &w.b.v4);
+    w.lab.must_ping(&w.b, &w.a.v4);
     loud(&format!(
         "nat: move to another NAT: first reply {} ms after up; path before the move \
-         {path_before}; traffic resumed {} ms after the move, B's path to A is {path}",
+         {path_before}; traffic resumed {} ms after the move (B's path to A then {path}), both \
+         ends direct again {} ms after the move",
         first.as_millis(),
-        resumed.as_millis()
+        resumed.as_millis(),
+        direct_again.as_millis()
     ));
 }

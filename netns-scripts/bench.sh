@@ -161,6 +161,7 @@ runs_word=$( ((TCP_RUNS == 1)) && echo "1 run" || echo "median of ${TCP_RUNS}")
 metric tcp1 "TCP 1 stream, Gbit/s (${runs_word})" 1
 metric tcp4 "TCP 4 streams, Gbit/s" 1
 metric tcpR "TCP reverse (B to A), Gbit/s" 1
+metric cpu_idle_tcp1 "CPU idle during 1 TCP stream, % of all cores" 1
 metric ping_idle_avg "ping idle, avg ms" 1
 metric ping_idle_p99 "ping idle, p99 ms" 1
 metric ping_load_avg "ping under 1 TCP stream, avg ms" 1
@@ -295,6 +296,9 @@ socket_drops() {
 tx_dropped() { ip -n "$1" -s -j link show dev "$2" | jq -r '.[0].stats64.tx.dropped'; }
 
 # ring_full IFACE - dhtun's drops.ring_full counter.
+# cpu_ticks - "idle total" jiffies of all cores from /proc/stat (idle includes iowait).
+cpu_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print $5 + $6, t; exit }' /proc/stat; }
+
 ring_full() { "${DHTUN_BIN}" status "$1" --json | jq -r '.drops.ring_full'; }
 
 # drops_save IFACE FILE - keep dhtun's drop counters; drops_moved IFACE FILE - print those that
@@ -459,7 +463,7 @@ for t in "${TARGETS[@]}"; do
     memory_ladder "$t"
 done
 
-declare -A RUNS=()
+declare -A RUNS=() IDLE=()
 for ((run = 1; run <= TCP_RUNS; run++)); do
     for t in "${TARGETS[@]}"; do
         for mode in tcp1 tcp4 tcpR; do
@@ -469,7 +473,14 @@ for ((run = 1; run <= TCP_RUNS; run++)); do
             tcpR) args=(-R) ;;
             esac
             json="${LAB_WORK}/${mode}-${t}-${run}.json"
+            read -r idle0 total0 <<<"$(cpu_ticks)"
             iperf_test "$json" "${TCP_SECS}" "${ADDR[$t]}" "${args[@]}" || true
+            read -r idle1 total1 <<<"$(cpu_ticks)"
+            # Whether a second worker thread could help: it needs an idle core to run on.
+            if [[ $mode == tcp1 ]]; then
+                IDLE["$t"]+="${IDLE["$t"]:+ }$(awk -v i=$((idle1 - idle0)) -v t=$((total1 - total0)) \
+                    'BEGIN { if (t > 0) printf "%.0f", 100 * i / t; else printf "NA" }')"
+            fi
             v=$(gbps "$json" .end.sum_received.bits_per_second)
             RUNS["$mode|$t"]+="${RUNS["$mode|$t"]:+ }$v"
             log "TCP ${mode} through ${TITLE[$t]}, run ${run}/${TCP_RUNS}: ${v} Gbit/s"
@@ -482,6 +493,8 @@ for t in "${TARGETS[@]}"; do
         put "$mode" "$t" "$(median "${runs[@]}" | awk '{ if ($1 == "NA") printf "NA"; else printf "%.2f", $1 }')"
         put "${mode}_runs" "$t" "${runs[*]}"
     done
+    read -ra idles <<<"${IDLE["$t"]}"
+    put cpu_idle_tcp1 "$t" "$(median "${idles[@]}" | awk '{ if ($1 == "NA") printf "NA"; else printf "%.0f", $1 }')"
 done
 
 for t in "${TARGETS[@]}"; do

@@ -71,7 +71,7 @@ mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 # packet_buffers SLOTS BATCH - what the rings and UDP batches allocate, in KiB: two rings of
 # SLOTS slots of ring_slot_bytes(MTU), one 64 KiB receive buffer per 16 datagrams of batch_size.
 packet_buffers() {
-    local slot=$(((MTU + 48 + 63) / 64 * 64)) recv_buffers=$((($2 + 15) / 16))
+    local slot=$(((MTU + 132 + 63) / 64 * 64)) recv_buffers=$((($2 + 15) / 16))
     echo $(((2 * $1 * slot + recv_buffers * 65536) / 1024))
 }
 

@@ -20,7 +20,7 @@ root=0
 
 if ((root)); then
     step "checking system packages"
-    ensure_tools ip:iproute2 ping:iputils-ping ps:procps timeout:coreutils \
+    ensure_tools ip:iproute2 ping:iputils-ping ps:procps timeout:coreutils nft:nftables \
         cc:build-essential make:build-essential pkg-config:pkg-config
     ensure_tun
 fi

@@ -248,6 +248,7 @@ async fn event_loop(
                         if let Some(reflector) = path.reflector.as_mut() {
                             reflector.refresh(now);
                         }
+                        path.device.underlay_changed(now);
                     }
                     discovery.start_lookups(&mut path.device, now);
                 }
@@ -273,7 +274,11 @@ async fn event_loop(
             Event::UdpWritable => {}
         }
         log_peer_events(&mut path.device);
-        reflexive.update(&path, discovery.as_ref());
+        if reflexive.update(&path, discovery.as_ref()) {
+            // The NAT in front of us changed its mapping (or we moved behind another one).
+            let now = path.now();
+            path.device.underlay_changed(now);
+        }
         path.drain_transmits();
         path.flush_network(&mut udp);
         if path.has_tun_backlog() {
@@ -328,10 +333,12 @@ struct ReflexiveSeen {
 }
 
 impl ReflexiveSeen {
-    fn update(&mut self, path: &DataPath, discovery: Option<&Discovery>) {
+    /// Takes in the reflector's view; true when a known address changed to another one.
+    fn update(&mut self, path: &DataPath, discovery: Option<&Discovery>) -> bool {
         let Some(reflector) = path.reflector.as_ref() else {
-            return;
+            return false;
         };
+        let mut moved = false;
         let (address, port_varies) = (reflector.address(), reflector.port_varies());
         if address != self.address {
             match address {
@@ -341,6 +348,7 @@ impl ReflexiveSeen {
             if let Some(discovery) = discovery {
                 discovery.set_reflexive(address);
             }
+            moved = self.address.is_some() && address.is_some();
             self.address = address;
         }
         if port_varies != self.port_varies {
@@ -352,6 +360,7 @@ impl ReflexiveSeen {
             }
             self.port_varies = port_varies;
         }
+        moved
     }
 }
 

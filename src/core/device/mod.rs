@@ -283,6 +283,21 @@ impl Device {
         }
     }
 
+    /// Our own underlay address changed (the host moved, or the NAT in front of it did): the
+    /// peers we talk to would only notice after 15 s of unanswered data. Start a handshake with
+    /// each of them now, sent to every address we know and, if unanswered, through a relay, so
+    /// they learn where we are at once.
+    pub fn underlay_changed(&mut self, now: Duration) {
+        for id in 0..self.peers.len() {
+            let peer = &mut self.peers[id];
+            let in_use = peer.current.as_ref().is_some_and(|s| s.is_usable(now));
+            if in_use && peer.handshake.is_none() {
+                peer.sent_data_unanswered_since = None;
+                self.want_initiation(id);
+            }
+        }
+    }
+
     /// Fires due timers: handshake retries and give-ups, keepalives, session expiry. Call at
     /// least every `limits::TIMER_TICK`; then drain `poll_transmit`.
     pub fn handle_timers(&mut self, now: Duration) {

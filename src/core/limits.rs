@@ -283,6 +283,14 @@ pub const DHT_STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// 30 minutes keeps the record alive with margin for a failed attempt or two.
 pub const DHT_REPUBLISH_INTERVAL: Duration = Duration::from_secs(30 * 60);
 
+/// How often the host's addresses are read (one netlink dump) to notice a move: a host that
+/// moved must tell its peers at once (they would otherwise wait 15 s of silence) and republish
+/// its record, and a dump every 2 s costs nothing.
+pub const ADDRESS_CHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How often the publisher retries while the first publish has not succeeded.
+pub const FIRST_PUBLISH_RETRY: Duration = Duration::from_secs(2);
+
 /// How long mainline's actor thread may take to answer a status question. It answers between
 /// two steps of its loop (about 50 ms each), so seconds of silence mean it has stopped.
 pub const DHT_ACTOR_TIMEOUT: Duration = Duration::from_secs(5);

@@ -10,7 +10,10 @@
 use crate::config::DhtConfig;
 use crate::core::device::Device;
 use crate::core::keys::{PublicKey, SecretKey};
-use crate::core::limits::{DHT_REPUBLISH_INTERVAL, DHT_RESOLVES_IN_FLIGHT, MAX_RECORD_CANDIDATES};
+use crate::core::limits::{
+    ADDRESS_CHECK_INTERVAL, DHT_REPUBLISH_INTERVAL, DHT_RESOLVES_IN_FLIGHT, FIRST_PUBLISH_RETRY,
+    MAX_RECORD_CANDIDATES,
+};
 use crate::core::record::{is_usable_address, Record};
 use crate::shell::dht::{Dht, DhtOptions, DhtStatus};
 use crate::shell::netlink::Netlink;
@@ -18,11 +21,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-
-/// How often the publisher checks whether our addresses changed.
-const ADDRESS_CHECK_INTERVAL: Duration = Duration::from_secs(10);
-/// How often the publisher retries while the first publish has not succeeded.
-const FIRST_PUBLISH_RETRY: Duration = Duration::from_secs(2);
 
 /// The answer to one lookup.
 pub struct Lookup {

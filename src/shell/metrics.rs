@@ -62,46 +62,35 @@ async fn scrape(commands: &mpsc::Sender<ControlCommand>) -> Option<String> {
     Some(render(&status))
 }
 
-/// A per-peer counter: metric name, help text, and how to read it from a peer's status.
 /// A ring gauge: metric name, help text, and how to read it from a ring's status.
 type RingGauge = (&'static str, &'static str, fn(&RingStatus) -> usize);
 
+/// A per-peer counter: metric name, help text, and how to read it from a peer's status.
 type PeerCounter = (&'static str, &'static str, fn(&PeerStatus) -> u64);
 
 /// The Prometheus text form of a status snapshot.
 pub fn render(status: &InterfaceStatus) -> String {
     let iface = escape(&status.interface);
     let mut out = String::new();
-    let _ = writeln!(out, "# HELP dhtun_drops_total Packets dropped, by reason.");
-    let _ = writeln!(out, "# TYPE dhtun_drops_total counter");
-    for (reason, n) in &status.drops {
-        let _ = writeln!(
-            out,
-            "dhtun_drops_total{{interface=\"{iface}\",reason=\"{reason}\"}} {n}"
-        );
-    }
-    let _ = writeln!(out, "# HELP dhtun_ring_queued Packets waiting in a ring.");
-    let _ = writeln!(out, "# TYPE dhtun_ring_queued gauge");
-    for (ring, r) in &status.rings {
-        let _ = writeln!(
-            out,
-            "dhtun_ring_queued{{interface=\"{iface}\",ring=\"{ring}\"}} {}",
-            r.queued
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP dhtun_ring_slots Capacity of a ring, in packets."
+    let drops = status
+        .drops
+        .iter()
+        .map(|(reason, n)| (format!("interface=\"{iface}\",reason=\"{reason}\""), *n));
+    family(
+        &mut out,
+        "dhtun_drops_total",
+        "counter",
+        "Packets dropped, by reason.",
+        drops,
     );
-    let _ = writeln!(out, "# TYPE dhtun_ring_slots gauge");
-    for (ring, r) in &status.rings {
-        let _ = writeln!(
-            out,
-            "dhtun_ring_slots{{interface=\"{iface}\",ring=\"{ring}\"}} {}",
+
+    let ring_gauges: [RingGauge; 4] = [
+        ("dhtun_ring_queued", "Packets waiting in a ring.", |r| {
+            r.queued
+        }),
+        ("dhtun_ring_slots", "Capacity of a ring, in packets.", |r| {
             r.slots
-        );
-    }
-    let ring_bytes: [RingGauge; 2] = [
+        }),
         (
             "dhtun_ring_queued_bytes",
             "Bytes of the packets waiting in a ring.",
@@ -113,18 +102,19 @@ pub fn render(status: &InterfaceStatus) -> String {
             |r| r.max_bytes,
         ),
     ];
-    for (name, help, value) in ring_bytes {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} gauge");
-        for (ring, r) in &status.rings {
-            let _ = writeln!(
-                out,
-                "{name}{{interface=\"{iface}\",ring=\"{ring}\"}} {}",
-                value(r)
-            );
-        }
+    for (name, help, value) in ring_gauges {
+        let rings = status.rings.iter().map(|(ring, r)| {
+            (
+                format!("interface=\"{iface}\",ring=\"{ring}\""),
+                value(r) as u64,
+            )
+        });
+        family(&mut out, name, "gauge", help, rings);
     }
-    let counters: [PeerCounter; 4] = [
+
+    let peer_label =
+        |p: &PeerStatus| format!("interface=\"{iface}\",peer=\"{}\"", escape(&p.public_key));
+    let peer_counters: [PeerCounter; 4] = [
         (
             "dhtun_peer_rx_bytes_total",
             "Bytes received from a peer, on the wire.",
@@ -146,70 +136,68 @@ pub fn render(status: &InterfaceStatus) -> String {
             |p| p.tx_packets,
         ),
     ];
-    for (name, help, value) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} counter");
-        for peer in &status.peers {
-            let key = escape(&peer.public_key);
-            let _ = writeln!(
-                out,
-                "{name}{{interface=\"{iface}\",peer=\"{key}\"}} {}",
-                value(peer)
-            );
-        }
+    for (name, help, value) in peer_counters {
+        let peers = status.peers.iter().map(|p| (peer_label(p), value(p)));
+        family(&mut out, name, "counter", help, peers);
     }
-    let _ = writeln!(
-        out,
-        "# HELP dhtun_peer_last_handshake_seconds Seconds since the latest handshake with a peer."
+    let handshakes = status
+        .peers
+        .iter()
+        .filter_map(|p| p.last_handshake_secs_ago.map(|age| (peer_label(p), age)));
+    family(
+        &mut out,
+        "dhtun_peer_last_handshake_seconds",
+        "gauge",
+        "Seconds since the latest handshake with a peer.",
+        handshakes,
     );
-    let _ = writeln!(out, "# TYPE dhtun_peer_last_handshake_seconds gauge");
-    for peer in &status.peers {
-        if let Some(age) = peer.last_handshake_secs_ago {
-            let key = escape(&peer.public_key);
-            let _ = writeln!(
-                out,
-                "dhtun_peer_last_handshake_seconds{{interface=\"{iface}\",peer=\"{key}\"}} {age}"
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP dhtun_peer_relayed Whether a peer is reached through a relay (1) or not (0)."
+    let relayed = status.peers.iter().map(|p| {
+        let on_relay = p.path.as_deref() == Some("relay");
+        (peer_label(p), u64::from(on_relay))
+    });
+    family(
+        &mut out,
+        "dhtun_peer_relayed",
+        "gauge",
+        "Whether a peer is reached through a relay (1) or not (0).",
+        relayed,
     );
-    let _ = writeln!(out, "# TYPE dhtun_peer_relayed gauge");
-    for peer in &status.peers {
-        let key = escape(&peer.public_key);
-        let relayed = u8::from(peer.path.as_deref() == Some("relay"));
-        let _ = writeln!(
-            out,
-            "dhtun_peer_relayed{{interface=\"{iface}\",peer=\"{key}\"}} {relayed}"
-        );
-    }
+
+    let interface_label = format!("interface=\"{iface}\"");
     if status.relay {
-        let _ = writeln!(
-            out,
-            "# HELP dhtun_relayed_packets_total Packets this node forwarded as a relay."
-        );
-        let _ = writeln!(out, "# TYPE dhtun_relayed_packets_total counter");
-        let _ = writeln!(
-            out,
-            "dhtun_relayed_packets_total{{interface=\"{iface}\"}} {}",
-            status.relayed_packets
+        family(
+            &mut out,
+            "dhtun_relayed_packets_total",
+            "counter",
+            "Packets this node forwarded as a relay.",
+            [(interface_label.clone(), status.relayed_packets)],
         );
     }
     if let Some(dht) = &status.dht {
-        let _ = writeln!(
-            out,
-            "# HELP dhtun_dht_routing_table_size Nodes in the DHT routing table."
-        );
-        let _ = writeln!(out, "# TYPE dhtun_dht_routing_table_size gauge");
-        let _ = writeln!(
-            out,
-            "dhtun_dht_routing_table_size{{interface=\"{iface}\"}} {}",
-            dht.routing_table_size
+        family(
+            &mut out,
+            "dhtun_dht_routing_table_size",
+            "gauge",
+            "Nodes in the DHT routing table.",
+            [(interface_label, dht.routing_table_size as u64)],
         );
     }
     out
+}
+
+/// One metric family: its HELP and TYPE lines, then a sample per (labels, value).
+fn family(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, u64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{{{labels}}} {value}");
+    }
 }
 
 /// Label values are quoted; a backslash, quote or newline in one must be escaped.

@@ -6,20 +6,19 @@
 //! per-peer flag and comes out of `poll_transmit`, so no queue grows with traffic.
 
 use crate::core::cookie::CookieMaker;
-use crate::core::envelope;
-use crate::core::handshake::{self, Mac1Key};
+use crate::core::handshake::Mac1Key;
 use crate::core::keys::{PublicKey, SecretKey};
 use crate::core::limits::{
-    ring_slot_bytes, EVENT_QUEUE, KEEPALIVE_TIMEOUT, MIN_INITIATION_INTERVAL, REJECT_AFTER_TIME,
-    REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME, REKEY_TIMEOUT, SESSIONS_PER_PEER,
+    ring_slot_bytes, EVENT_QUEUE, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME, REKEY_TIMEOUT,
+    SESSIONS_PER_PEER,
 };
 use crate::core::packet;
-use crate::core::peer::{Path, Peer, PeerConfig, PeerId, SessionSlot};
+use crate::core::peer::{Path, Peer, PeerConfig, PeerId};
 use crate::core::ratelimit::RateLimiter;
 use crate::core::routing::PrefixTable;
-use crate::core::session::{ReceiveError, SendError, Session};
+use crate::core::session::{SendError, Session};
 use crate::core::stats::{DropCounters, DropReason};
-use crate::core::wire::{self, Initiation, Message, Response, Transport};
+use crate::core::wire::Message;
 use core::time::Duration;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -28,6 +27,7 @@ use std::net::SocketAddr;
 use transmit::note_sent;
 
 mod discovery;
+mod receive;
 mod reconfigure;
 mod relay;
 #[cfg(test)]
@@ -398,252 +398,6 @@ impl Device {
             self.want_initiation(id);
         }
         Ok(TunAction::Staged)
-    }
-
-    fn on_initiation(
-        &mut self,
-        from: Path,
-        message: Initiation<'_>,
-        now: Duration,
-        out: &mut [u8],
-    ) -> Result<NetworkAction, (DropReason, Option<PeerId>)> {
-        // Everything before the Curve25519 work must be cheap: mac1, load, rate.
-        if !self.own_mac1.verify(message.mac1_input(), message.mac1()) {
-            return Err((DropReason::Unauthenticated, None));
-        }
-        // A relayed initiation comes in an authenticated session with our relay, so there is
-        // no source address to prove with a cookie; it is rate-limited as the relay's.
-        let source = match from {
-            Path::Direct(address) => Some(address),
-            Path::Relay(relay) => self.peers.get(relay).and_then(|r| r.endpoint),
-        };
-        let source = source.ok_or((DropReason::RelayNoPath, None))?;
-        let under_load = self.limiter.note_initiation(now);
-        if let (true, Path::Direct(address)) = (under_load, from) {
-            if self.cookies.needs_rotation(now) {
-                let fresh = self.seed();
-                self.cookies.rotate(now, fresh);
-            }
-            if !self
-                .cookies
-                .mac2_valid(address, message.mac2_input(), message.mac2())
-            {
-                return self.send_cookie(address, message, out);
-            }
-        }
-        if !self.limiter.allow(source.ip(), now) {
-            return Err((DropReason::RateLimited, None));
-        }
-        let seed = self.seed();
-        let received =
-            handshake::receive_initiation(&self.secret_key, &self.own_mac1, message, seed)
-                .map_err(|_| (DropReason::Unauthenticated, None))?;
-        let id = *self
-            .by_x25519
-            .get(&received.remote_x25519)
-            .ok_or((DropReason::UnknownPeer, None))?;
-        let local_index = self.fresh_index();
-        let peer = self
-            .peers
-            .get_mut(id)
-            .ok_or((DropReason::UnknownPeer, None))?;
-        let newer = peer.latest_timestamp.is_none_or(|t| received.timestamp > t);
-        let too_soon = peer
-            .last_initiation_at
-            .is_some_and(|t| now.saturating_sub(t) < MIN_INITIATION_INTERVAL);
-        if !newer || too_soon {
-            return Err((DropReason::StaleInitiation, Some(id)));
-        }
-        let timestamp = received.timestamp;
-        let remote_index = received.sender_index;
-        let response: &mut [u8; wire::RESPONSE_LEN] = out
-            .get_mut(..wire::RESPONSE_LEN)
-            .and_then(|s| s.try_into().ok())
-            .ok_or((DropReason::TooLarge, Some(id)))?;
-        let keys = received
-            .respond(
-                &peer.config.public_key,
-                &peer.config.preshared_key,
-                local_index,
-                response,
-            )
-            .map_err(|_| (DropReason::Unauthenticated, Some(id)))?;
-        peer.latest_timestamp = Some(timestamp);
-        peer.last_initiation_at = Some(now);
-        peer.last_handshake_at = Some(now);
-        let session = Session::new(local_index, remote_index, keys, now, false);
-        // A responder session older than a retry may be the one the peer sends on after
-        // crossed handshakes (we kept ours current): keep receiving on it until the peer
-        // switches, or its packets in flight would be lost. A younger one was never used: the
-        // peer retried because our response was lost.
-        let replaced = match peer.next.replace(session) {
-            Some(old) if old.age(now) >= REKEY_TIMEOUT => {
-                peer.previous.replace(old).map(|s| s.local_index)
-            }
-            old => old.map(|s| s.local_index),
-        };
-        peer.traffic.tx_bytes += wire::RESPONSE_LEN as u64;
-        peer.traffic.tx_packets += 1;
-        if let Some(old) = replaced {
-            self.indexes.remove(&old);
-        }
-        self.indexes.insert(local_index, id);
-        // The response goes back the way the initiation came. While a session works, the
-        // path moves only once the initiator confirms the new session along it: an
-        // initiation alone does not prove that our packets get back that way.
-        let connected = self.peers[id]
-            .current
-            .as_ref()
-            .is_some_and(|s| s.is_usable(now));
-        if !connected {
-            self.roam(id, from, now, true);
-        }
-        let transmit = self
-            .send_along(id, from, out, wire::RESPONSE_LEN, now)
-            .ok_or((DropReason::RelayNoPath, Some(id)))?;
-        Ok(NetworkAction::WriteToNetwork {
-            to: transmit.to,
-            len: transmit.len,
-        })
-    }
-
-    /// The peer holding session or handshake index `local_index`.
-    fn peer_by_index(
-        &mut self,
-        local_index: u32,
-    ) -> Result<(PeerId, &mut Peer), (DropReason, Option<PeerId>)> {
-        let id = *self
-            .indexes
-            .get(&local_index)
-            .ok_or((DropReason::UnknownPeer, None))?;
-        let peer = self
-            .peers
-            .get_mut(id)
-            .ok_or((DropReason::UnknownPeer, None))?;
-        Ok((id, peer))
-    }
-
-    fn on_response(
-        &mut self,
-        from: Path,
-        message: Response<'_>,
-        now: Duration,
-    ) -> Result<NetworkAction, (DropReason, Option<PeerId>)> {
-        let local_index = message.receiver();
-        let own_mac1 = self.own_mac1;
-        let (id, peer) = self.peer_by_index(local_index)?;
-        let attempt = peer
-            .handshake
-            .as_mut()
-            .filter(|h| h.local_index == local_index)
-            .ok_or((DropReason::UnknownPeer, Some(id)))?;
-        let pending = attempt
-            .pending
-            .take()
-            .ok_or((DropReason::UnknownPeer, Some(id)))?;
-        // A response that fails costs only this initiation's state: the attempt stays, and
-        // the retry timer sends a fresh initiation.
-        let keys = pending
-            .receive_response(&own_mac1, message)
-            .map_err(|_| (DropReason::Unauthenticated, Some(id)))?;
-        peer.handshake = None;
-        peer.last_handshake_at = Some(now);
-        let key = peer.config.public_key;
-        let session = Session::new(local_index, message.sender(), keys, now, true);
-        let evicted = peer.install_current(session);
-        // Confirm the session to the responder at once, even with nothing staged to send.
-        peer.want_keepalive = true;
-        if let Some(old) = evicted {
-            self.indexes.remove(&old);
-        }
-        self.enqueue(id);
-        self.emit(PeerEvent::HandshakeCompleted { peer: key });
-        // A response proves the path both ways: our initiation went out along it, and the
-        // answer came back the same way.
-        self.roam(id, from, now, true);
-        Ok(NetworkAction::Consumed)
-    }
-
-    fn on_transport(
-        &mut self,
-        from: Path,
-        message: Transport<'_>,
-        wire_len: usize,
-        now: Duration,
-        out: &mut [u8],
-    ) -> Result<NetworkAction, (DropReason, Option<PeerId>)> {
-        let local_index = message.receiver();
-        let own_x25519 = self.own_x25519;
-        let (id, peer) = self.peer_by_index(local_index)?;
-        let slot = peer
-            .slot_of(local_index)
-            .ok_or((DropReason::UnknownPeer, Some(id)))?;
-        let session = peer
-            .session_mut(slot)
-            .ok_or((DropReason::UnknownPeer, Some(id)))?;
-        let plain_len = session.decrypt(message, now, out).map_err(|e| {
-            let reason = match e {
-                ReceiveError::Replay => DropReason::Replay,
-                ReceiveError::Unauthenticated => DropReason::Unauthenticated,
-                ReceiveError::Expired => DropReason::Expired,
-            };
-            (reason, Some(id))
-        })?;
-        let initiator_should_rekey = session.we_initiated
-            && session.age(now) >= REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT;
-        let key = peer.config.public_key;
-        peer.sent_data_unanswered_since = None;
-        peer.traffic.rx_bytes += wire_len as u64;
-        peer.traffic.rx_packets += 1;
-        // After crossed handshakes each side holds a session it initiated (current) and one it
-        // answered (next), and the peer sends on its own. Both must settle on one session, or
-        // the next handshake would displace the one the peer still sends on and lose its
-        // packets in flight: the session of the side with the lower key wins. Promoting
-        // whichever came last instead would leave both sides on sessions they did not
-        // initiate, and neither would rekey on time.
-        let own_key_wins = own_x25519 < *peer.config.public_key.x25519_bytes();
-        let keep_ours = |peer: &Peer| match (&peer.current, &peer.next) {
-            (Some(current), Some(next)) => {
-                own_key_wins
-                    && current.we_initiated
-                    && current.is_usable(now)
-                    && current.established_at > next.established_at
-            }
-            _ => false,
-        };
-        let confirms = slot == SessionSlot::Next && !keep_ours(peer);
-        if confirms {
-            if let Some(confirmed) = peer.next.take() {
-                if let Some(old) = peer.install_current(confirmed) {
-                    self.indexes.remove(&old);
-                }
-            }
-            self.enqueue(id);
-            self.emit(PeerEvent::HandshakeCompleted { peer: key });
-        }
-        self.roam(id, from, now, confirms);
-        if initiator_should_rekey && self.peers[id].handshake.is_none() {
-            self.want_initiation(id);
-        }
-        if plain_len == 0 {
-            return Ok(NetworkAction::Consumed);
-        }
-        if envelope::is_envelope(&out[..plain_len]) {
-            return self.on_envelope(id, from, plain_len, now, out);
-        }
-        let header =
-            packet::parse(&out[..plain_len]).map_err(|_| (DropReason::Malformed, Some(id)))?;
-        if self.routes.lookup(header.source) != Some(id) {
-            return Err((DropReason::BadSource, Some(id)));
-        }
-        let peer = &mut self.peers[id];
-        if peer.unanswered_data_at.is_none() {
-            peer.unanswered_data_at = Some(now);
-        }
-        peer.last_data_at = Some(now);
-        Ok(NetworkAction::WriteToTun {
-            len: header.total_len,
-        })
     }
 }
 

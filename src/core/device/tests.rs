@@ -3,6 +3,7 @@
 use super::*;
 use crate::core::keys::{PresharedKey, PublicKey};
 use crate::core::limits::{ring_slot_bytes, STAGED_PACKETS_PER_PEER};
+use crate::core::wire;
 use rand::Rng;
 
 const MTU: usize = 1420;

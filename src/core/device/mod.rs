@@ -301,8 +301,9 @@ impl Device {
     /// Fires due timers: handshake retries and give-ups, keepalives, session expiry. Call at
     /// least every `limits::TIMER_TICK`; then drain `poll_transmit`.
     pub fn handle_timers(&mut self, now: Duration) {
+        let relays = self.usable_relays(now);
         for id in 0..self.peers.len() {
-            self.peer_timers(id, now);
+            self.peer_timers(id, relay::relay_among(relays, id), now);
         }
     }
 

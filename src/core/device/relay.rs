@@ -18,14 +18,20 @@ impl Device {
     /// The relay that could carry packets to `id` now: a peer configured as a relay (not `id`
     /// itself) that we reach directly with a usable session.
     pub(super) fn relay_for(&self, id: PeerId, now: Duration) -> Option<PeerId> {
-        self.peers.iter().enumerate().find_map(|(r, relay)| {
-            let usable = relay.config.relay
-                && r != id
+        relay_among(self.usable_relays(now), id)
+    }
+
+    /// The first two relays we could use now: enough to find one for any peer (a relay cannot
+    /// relay to itself), computed once for a sweep over all peers instead of once per peer.
+    pub(super) fn usable_relays(&self, now: Duration) -> [Option<PeerId>; 2] {
+        let mut usable = self.peers.iter().enumerate().filter_map(|(r, relay)| {
+            let ok = relay.config.relay
                 && relay.relay_via.is_none()
                 && relay.endpoint.is_some()
                 && relay.current.as_ref().is_some_and(|s| s.is_usable(now));
-            usable.then_some(r)
-        })
+            ok.then_some(r)
+        });
+        [usable.next(), usable.next()]
     }
 
     /// Whether a handshake with `id` can be sent anywhere: directly or through a relay.
@@ -210,4 +216,9 @@ impl Device {
             }
         }
     }
+}
+
+/// The relay of `relays` (see `Device::usable_relays`) that can carry packets to `id`.
+pub(super) fn relay_among(relays: [Option<PeerId>; 2], id: PeerId) -> Option<PeerId> {
+    relays.into_iter().flatten().find(|&r| r != id)
 }

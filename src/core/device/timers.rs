@@ -14,8 +14,8 @@ use crate::core::stats::DropReason;
 use core::time::Duration;
 
 impl Device {
-    pub(super) fn peer_timers(&mut self, id: PeerId, now: Duration) {
-        let relay = self.relay_for(id, now);
+    /// `relay` is the relay that could carry packets to this peer now, if any.
+    pub(super) fn peer_timers(&mut self, id: PeerId, relay: Option<PeerId>, now: Duration) {
         let Some(peer) = self.peers.get_mut(id) else {
             return;
         };

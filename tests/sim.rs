@@ -459,6 +459,34 @@ fn a_node_that_is_not_a_relay_refuses_to_forward() {
     assert_eq!(sim.device(C).relayed().packets, 0);
 }
 
+/// A peer accepts relayed packets only from a peer it chose as a relay: a peer that forwards
+/// for others, but that A never marked `relay = true`, cannot make A talk through it.
+#[test]
+fn only_a_chosen_relay_may_deliver() {
+    let mut sim = Sim::mesh(3, 23, Impairment::NONE);
+    sim.make_relay(C);
+    // B uses C as a relay; A does not.
+    for peer in &mut sim.nodes[A].config.peers {
+        peer.relay = false;
+    }
+    sim.nodes[A].device = Device::new(sim.nodes[A].config.clone());
+    sim.set_links(A, B, Impairment::BLACKHOLE);
+    // A talks to C directly, so C has a session with A to deliver on.
+    sim.stream(A, C, Stream::new(Duration::ZERO, ms(100), 20));
+    sim.stream(B, A, Stream::new(secs(1), ms(100), 50));
+    sim.run_until(secs(10));
+    assert_eq!(
+        sim.audit(B, A).delivered,
+        0,
+        "A took packets from a relay it did not choose"
+    );
+    assert!(sim.device(A).drops().get(DropReason::RelayRefused) > 0);
+    assert!(
+        sim.device(C).relayed().packets > 0,
+        "C did forward B's packets"
+    );
+}
+
 /// The responder may not send on a session until the initiator's first packet confirms it. When
 /// that packet is lost and the initiator has nothing more to say, the responder's own packets
 /// must still go out (WireGuard's responder initiates a handshake of its own), not wait forever.

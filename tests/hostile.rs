@@ -43,27 +43,6 @@ fn peer_drops_delta(lab: &Lab, before: &Value, after: &Value, key: &str, name: &
     count(after).saturating_sub(count(before))
 }
 
-/// The drop counters that moved, as "name +n, ...".
-fn moved(before: &Value, after: &Value) -> String {
-    let Some(drops) = after["drops"].as_object() else {
-        return "unknown".into();
-    };
-    let moved: Vec<String> = drops
-        .iter()
-        .filter_map(|(name, v)| {
-            let d = v
-                .as_u64()?
-                .saturating_sub(before["drops"][name].as_u64().unwrap_or(0));
-            (d > 0).then(|| format!("{name} +{d}"))
-        })
-        .collect();
-    if moved.is_empty() {
-        "none".into()
-    } else {
-        moved.join(", ")
-    }
-}
-
 /// Polls B's status (bounded) until `done` says the daemon has counted what was sent.
 fn wait_for_status(
     lab: &Lab,
@@ -266,7 +245,7 @@ fn replay_round(
             "replayed {when}: B's drops.replay grew by {replayed} (socket_overflow by \
              {overflow}) after {resent} replayed datagrams; expected every one counted as a \
              replay. Drops moved: {}",
-            moved(&before, &after)
+            common::drops_moved(&before, &after)
         ));
     }
     if peer_replayed != replayed {
@@ -300,7 +279,7 @@ fn replay_round(
     }
     format!(
         "drops moved {}, peer A rx_packets +{rx_growth}",
-        moved(&before, &after)
+        common::drops_moved(&before, &after)
     )
 }
 
@@ -547,7 +526,7 @@ fn flood_during_transfer(tag: &str, port: u16, rate: Option<u32>) {
         report.cookies,
         report.unexpected_count,
         FLOOD_TRANSFER >> 20,
-        moved(&before, &after),
+        common::drops_moved(&before, &after),
         watch.describe()
     ));
 
@@ -571,7 +550,7 @@ fn flood_during_transfer(tag: &str, port: u16, rate: Option<u32>) {
         if drops_delta(&lab, &before, &after, reason) == 0 {
             lab.fail(format!(
                 "B's drops.{reason} did not move under the flood; drops moved: {}",
-                moved(&before, &after)
+                common::drops_moved(&before, &after)
             ));
         }
     }
@@ -582,7 +561,7 @@ fn flood_during_transfer(tag: &str, port: u16, rate: Option<u32>) {
             "B answered no initiation with a cookie while {} initiations per second arrived \
              (drops.under_load +0, rate_limited +{rate_limited}); drops moved: {}",
             report.sent[3] as f64 / report.elapsed.as_secs_f64().max(0.001),
-            moved(&before, &after)
+            common::drops_moved(&before, &after)
         ));
     }
     if report.unexpected_count > 0 {
@@ -703,7 +682,7 @@ fn spoofed_unauthenticated_packet_never_moves_the_endpoint() {
     loud(&format!(
         "forgery test: {FORGERIES} forged datagrams for session index {index:#010x} (real \
          counter {counter}) from {C_ADDR}; B's drops moved: {}; answers to the forger: {}",
-        moved(&before, &after),
+        common::drops_moved(&before, &after),
         answers.len()
     ));
 
@@ -711,7 +690,7 @@ fn spoofed_unauthenticated_packet_never_moves_the_endpoint() {
         lab.fail(format!(
             "B's drops.unauthenticated grew by {unauthenticated} (peer A's by \
              {peer_unauthenticated}) after {FORGERIES} forged datagrams; drops moved: {}",
-            moved(&before, &after)
+            common::drops_moved(&before, &after)
         ));
     }
     if !answers.is_empty() {

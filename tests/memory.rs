@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{in_netns, loud, netns_udp_counter, proc_memory, Lab, Node, ProcMemory};
-use serde_json::Value;
 
 /// The target for the peak resident memory (VmHWM) of one daemon with one peer at default
 /// settings (256 ring slots, MTU 1420). Asserted in release builds.
@@ -261,8 +260,8 @@ fn flood_and_check(mut lab: Lab, a: Node, b: Node) {
         },
         watch[0].describe(),
         watch[1].describe(),
-        drop_deltas(&status_a0, &status_a1),
-        drop_deltas(&status_b0, &status_b1),
+        common::drops_moved(&status_a0, &status_a1),
+        common::drops_moved(&status_b0, &status_b1),
         rcvbuf.map_or("unknown".to_string(), |n| n.to_string()),
     ));
 
@@ -328,26 +327,5 @@ fn rcvbuf_errors(ns: &str) -> Option<u64> {
             eprintln!("note: cannot read RcvbufErrors of {ns}: {e}");
             None
         }
-    }
-}
-
-/// The drop counters that moved between two statuses, as "name +n, ..." (or "none").
-fn drop_deltas(before: &Value, after: &Value) -> String {
-    let Some(drops) = after["drops"].as_object() else {
-        return "unknown (status has no drops object)".to_string();
-    };
-    let moved: Vec<String> = drops
-        .iter()
-        .filter_map(|(name, v)| {
-            let d = v
-                .as_u64()?
-                .saturating_sub(before["drops"][name].as_u64().unwrap_or(0));
-            (d > 0).then(|| format!("{name} +{d}"))
-        })
-        .collect();
-    if moved.is_empty() {
-        "none".to_string()
-    } else {
-        moved.join(", ")
     }
 }

@@ -1364,3 +1364,25 @@ impl Default for Fnv64 {
         Self::new()
     }
 }
+
+/// The drop counters that moved between two statuses of one interface (or one peer), as
+/// "name +n, ..." ("none" when nothing moved).
+pub fn drops_moved(before: &Value, after: &Value) -> String {
+    let Some(drops) = after["drops"].as_object() else {
+        return "unknown (status has no drops object)".to_string();
+    };
+    let moved: Vec<String> = drops
+        .iter()
+        .filter_map(|(name, v)| {
+            let d = v
+                .as_u64()?
+                .saturating_sub(before["drops"][name].as_u64().unwrap_or(0));
+            (d > 0).then(|| format!("{name} +{d}"))
+        })
+        .collect();
+    if moved.is_empty() {
+        "none".to_string()
+    } else {
+        moved.join(", ")
+    }
+}

@@ -7,9 +7,10 @@
 
 use super::{Device, NetworkAction, PeerEvent, Transmit};
 use crate::core::envelope::{self, Envelope, Kind};
-use crate::core::limits::{DIRECT_PATH_SILENCE, DIRECT_RETRY_INTERVAL};
+use crate::core::limits::{DIRECT_PATH_SILENCE, DIRECT_RETRY_INTERVAL, ENVELOPE_HEADER};
 use crate::core::peer::{Path, PeerId};
 use crate::core::stats::DropReason;
+use core::ops::Range;
 use core::time::Duration;
 
 type HandlerResult = Result<NetworkAction, (DropReason, Option<PeerId>)>;
@@ -53,23 +54,24 @@ impl Device {
             Path::Direct(to) => Some(Transmit { to, len }),
             Path::Relay(relay) => {
                 let other = *self.peers.get(id)?.config.public_key.x25519_bytes();
-                self.wrap_for(relay, Kind::Forward, &other, out, len, now)
+                self.wrap_for(relay, Kind::Forward, &other, out, 0..len, now)
             }
         }
     }
 
-    /// Puts `out[..len]` in an envelope of `kind` naming `other` and encrypts it into `out` for
-    /// peer `to_peer`, whom we must reach directly with a usable session.
+    /// Puts the datagram at `out[datagram]` in an envelope of `kind` naming `other` and
+    /// encrypts it into `out` for peer `to_peer`, whom we must reach directly with a usable
+    /// session.
     fn wrap_for(
         &mut self,
         to_peer: PeerId,
         kind: Kind,
         other: &[u8; 32],
         out: &mut [u8],
-        len: usize,
+        datagram: Range<usize>,
         now: Duration,
     ) -> Option<Transmit> {
-        let datagram = out.get(..len)?;
+        let datagram = out.get(datagram)?;
         let plain_len = envelope::write(&mut self.relay_scratch, kind, other, datagram).ok()?;
         let peer = self.peers.get_mut(to_peer)?;
         let to = peer.endpoint.filter(|_| peer.relay_via.is_none())?;
@@ -100,23 +102,21 @@ impl Device {
             .ok_or((DropReason::Malformed, Some(id)))?;
         let envelope =
             Envelope::new_checked(plaintext).map_err(|_| (DropReason::Malformed, Some(id)))?;
-        let kind = envelope.kind();
         let other = envelope.other();
-        let len = envelope.datagram().len();
-        // Move the datagram to the front of `out`, so both paths below read it from there.
-        out.copy_within(crate::core::limits::ENVELOPE_HEADER..plain_len, 0);
-        match kind {
-            Kind::Forward => self.forward(id, &other, len, now, out),
-            Kind::Deliver => self.deliver(id, len, now, out),
+        let datagram = ENVELOPE_HEADER..ENVELOPE_HEADER + envelope.datagram().len();
+        match envelope.kind() {
+            Kind::Forward => self.forward(id, &other, datagram, now, out),
+            Kind::Deliver => self.deliver(id, datagram, now, out),
         }
     }
 
-    /// We are the relay: peer `id` asks us to send `out[..len]` on to the peer keyed `other`.
+    /// We are the relay: peer `id` asks us to send `out[datagram]` on to the peer keyed
+    /// `other`.
     fn forward(
         &mut self,
         id: PeerId,
         other: &[u8; 32],
-        len: usize,
+        datagram: Range<usize>,
         now: Duration,
         out: &mut [u8],
     ) -> HandlerResult {
@@ -129,8 +129,9 @@ impl Device {
             .filter(|&&t| t != id)
             .ok_or((DropReason::RelayNoPath, Some(id)))?;
         let sender = *self.peers[id].config.public_key.x25519_bytes();
+        let len = datagram.len();
         let transmit = self
-            .wrap_for(target, Kind::Deliver, &sender, out, len, now)
+            .wrap_for(target, Kind::Deliver, &sender, out, datagram, now)
             .ok_or((DropReason::RelayNoPath, Some(id)))?;
         self.relayed.packets += 1;
         self.relayed.bytes += len as u64;
@@ -140,12 +141,12 @@ impl Device {
         })
     }
 
-    /// Our relay `relay` delivers `out[..len]` from another peer: handle it as a datagram that
+    /// Our relay `relay` delivers `out[datagram]` from another peer: handle it as a datagram that
     /// came along the relay path.
     fn deliver(
         &mut self,
         relay: PeerId,
-        len: usize,
+        datagram: Range<usize>,
         now: Duration,
         out: &mut [u8],
     ) -> HandlerResult {
@@ -155,7 +156,8 @@ impl Device {
         // The inbox, not the scratch: answering a relayed initiation wraps the response in
         // an envelope, which needs the scratch while this datagram is still being read.
         let mut inner = core::mem::take(&mut self.relay_inbox);
-        let result = match (inner.get_mut(..len), out.get(..len)) {
+        let len = datagram.len();
+        let result = match (inner.get_mut(..len), out.get(datagram)) {
             (Some(dst), Some(src)) => {
                 dst.copy_from_slice(src);
                 self.dispatch(Path::Relay(relay), &inner[..len], now, out)

@@ -84,20 +84,15 @@ impl Device {
             self.rng.next_u64() % (REKEY_TIMEOUT_JITTER.as_millis() as u64 + 1),
         );
         let timestamp = handshake::tai64n(self.wall_clock_at_zero + now);
-        let direct_only = self.peers.get(id)?.want_direct_probe;
-        let relay = if direct_only {
-            None
-        } else {
-            self.relay_for(id, now)
+        let peer = self.peers.get_mut(id)?;
+        let direct_only = core::mem::take(&mut peer.want_direct_probe);
+        // Directly when we know an address; through a relay only when we know none.
+        let first = match peer.initiation_targets()[0] {
+            Some(address) => Path::Direct(address),
+            None if direct_only => return None,
+            None => Path::Relay(self.relay_for(id, now)?),
         };
         let peer = self.peers.get_mut(id)?;
-        peer.want_direct_probe = false;
-        // Directly when we know an address; through a relay only when we know none.
-        let first = match (peer.initiation_targets()[0], relay) {
-            (Some(address), _) => Path::Direct(address),
-            (None, Some(relay)) => Path::Relay(relay),
-            (None, None) => return None,
-        };
         let buf: &mut [u8; wire::INITIATION_LEN] =
             out.get_mut(..wire::INITIATION_LEN)?.try_into().ok()?;
         let pending = handshake::initiate(

@@ -193,6 +193,7 @@ for s in "${STEP_NAMES[@]}"; do
     metric "udp_${s}_rcvbuf_A" "UDP ${s} step: RcvbufErrors in A's namespace (/proc/net/snmp)" 0
     metric "udp_${s}_rcvbuf_B" "UDP ${s} step: RcvbufErrors in B's namespace (/proc/net/snmp)" 0
     metric "udp_${s}_sockdrop_B" "UDP ${s} step: drops at B's tunnel UDP socket (/proc/net/udp6)" 0
+    metric "udp_${s}_cpu" "UDP ${s} step: CPU used by each process and left idle, % of one core" 0
 done
 for d in A B; do
     metric "mem_idle_${d}" "${d}: RSS idle, MiB" 0
@@ -346,6 +347,34 @@ mem_sampler() {
     done
 }
 
+# cpu_share OUT SECS NAME:PID... - after 1 s, the CPU each process (and each iperf3) used over
+# the next SECS seconds and the machine's idle time, all in % of one core (NA for a process that
+# ended), written to OUT as "A 65 B 31 sender 83 receiver 20 idle 1". Shows where a CPU-bound
+# step spends the cores.
+cpu_share() {
+    local out=$1 secs=$2 spec pid t0 t1 i0 i1 line="" names=() pids=() before=()
+    shift 2
+    sleep 1
+    for spec in "$@"; do names+=("${spec%%:*}") && pids+=("${spec#*:}"); done
+    pid=$(pgrep -n -f "iperf3 -c .* -p ${IPERF_PORT}") && names+=(sender) && pids+=("$pid")
+    pid=$(pgrep -n -f "iperf3 -s -1 -p ${IPERF_PORT}") && names+=(receiver) && pids+=("$pid")
+    for pid in "${pids[@]}"; do before+=("$(proc_ticks "$pid")"); done
+    read -r i0 t0 <<<"$(cpu_ticks)"
+    sleep "$secs"
+    read -r i1 t1 <<<"$(cpu_ticks)"
+    for i in "${!pids[@]}"; do
+        if [[ -r /proc/${pids[i]}/stat ]]; then
+            line+="${names[i]} $((($(proc_ticks "${pids[i]}") - before[i]) * 100 / (secs * $(getconf CLK_TCK)))) "
+        else
+            line+="${names[i]} NA "
+        fi
+    done
+    printf '%sidle %s\n' "$line" "$(((i1 - i0) * 100 * $(nproc) / (t1 - t0)))" >"$out"
+}
+
+# proc_ticks PID - user + system clock ticks the process has used (0 once it is gone).
+proc_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
 # set_step NAME - tell the sampler which step its samples belong to (rename: atomic).
 set_step() {
     printf '%s\n' "$1" >"${LAB_WORK}/step.tmp"
@@ -371,7 +400,7 @@ mib() {
 
 # memory_ladder TARGET - offer UDP from A to B at each step while both peers' memory is sampled.
 memory_ladder() {
-    local target=$1 i s json spid="" d
+    local target=$1 i s json spid="" d cpid
     local stop="${LAB_WORK}/sampler.stop"
     local -a procs=() before=() after=()
     case $target in
@@ -396,7 +425,12 @@ memory_ladder() {
             drops_save "${IFACE_B}" "${LAB_WORK}/drops-B.json"
         fi
         set_step "$s"
+        rm -f "${LAB_WORK}/cpu-${s}"
+        cpu_share "${LAB_WORK}/cpu-${s}" "$((STEP_SECS > 3 ? STEP_SECS - 2 : 1))" "${procs[@]}" &
+        cpid=$!
         iperf_test "$json" "${STEP_SECS}" "${ADDR[$target]}" -u -b "${STEP_RATES[i]}" -l "${UDP_LEN}" || true
+        wait "$cpid" || true
+        put "udp_${s}_cpu" "$target" "$(cat "${LAB_WORK}/cpu-${s}" 2>/dev/null || echo NA)"
         set_step "after-${s}"
         read -ra after <<<"$(counters "$target")"
         put "udp_${s}" "$target" "$(gbps "$json" .end.sum_received.bits_per_second)"

@@ -17,11 +17,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::transfer::Transfer;
 use common::{in_netns, loud, Lab, Node};
 use dhtun::core::wire::{COOKIE_REPLY_LEN, TYPE_COOKIE_REPLY};
 use hostile_support::{
     add_stranger, flood_datagram, forged_transport, rng, stranger_initiations, transport_header,
-    underlay_of, v4, Capture, MemoryWatch, Transfer, UdpSink, B_SIDE_ADDR, C_ADDR, FLOOD_KINDS,
+    underlay_of, v4, Capture, MemoryWatch, UdpSink, B_SIDE_ADDR, C_ADDR, FLOOD_KINDS,
 };
 use serde_json::Value;
 

@@ -18,14 +18,12 @@
 //! DHTUN_REQUIRE_NETNS=1 (CI), where they fail. They also need `nft` (Debian package nftables).
 
 mod common;
-#[allow(dead_code)]
-mod hostile_support;
 mod nat_support;
 
 use std::time::{Duration, Instant};
 
+use common::transfer::Transfer;
 use common::{loud, Lab, Node};
-use hostile_support::Transfer;
 use nat_support::{
     add_behind, check_path, conntrack, first_reply, move_behind, path_of, peer_config,
     relay_config, relayed_packets, router_drops, start, summary, Internet, Nat, Router,

@@ -6,15 +6,16 @@
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::io::ErrorKind;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use common::{describe, in_netns, run_timeout, try_run_timeout, ByteStream, Fnv64, Lab, BIN};
+use common::transfer::Transfer;
+use common::{describe, in_netns, run_timeout, try_run_timeout, Lab, BIN};
 
 fn v4(s: &str) -> Ipv4Addr {
     s.parse().unwrap_or_else(|e| panic!("bad IPv4 {s}: {e}"))
@@ -72,7 +73,6 @@ const TCP_TOTAL: usize = 64 << 20;
 const TCP_SEED: u64 = 0x00d4_7f3a_61c0_ffee;
 const TCP_PORT: u16 = 47001;
 const TCP_OVERALL: Duration = Duration::from_secs(120);
-const TCP_STALL: Duration = Duration::from_secs(20);
 
 #[test]
 fn tcp_64mib_transfer_intact() {
@@ -85,122 +85,10 @@ fn tcp_64mib_transfer_intact() {
     lab.must_ping(&a, &b.v4);
 
     let deadline = Instant::now() + TCP_OVERALL;
-    let listen = SocketAddr::V4(SocketAddrV4::new(v4(&b.v4), TCP_PORT));
-    let (ready_tx, ready_rx) = mpsc::channel::<()>();
-    let abort = Arc::new(AtomicBool::new(false));
-    let abort_rx = abort.clone();
-
-    // Receiver in B: accept one connection, compare every byte with the regenerated stream.
-    let receiver = in_netns(&b.ns, move || {
-        let listener = TcpListener::bind(listen).map_err(|e| format!("bind {listen}: {e}"))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| format!("nonblocking: {e}"))?;
-        let _ = ready_tx.send(());
-        let mut conn = loop {
-            match listener.accept() {
-                Ok((c, _)) => break c,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    if abort_rx.load(Ordering::Relaxed) {
-                        return Err("aborted: the sender gave up".into());
-                    }
-                    if Instant::now() >= deadline {
-                        return Err("no connection arrived before the deadline".into());
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => return Err(format!("accept: {e}")),
-            }
-        };
-        conn.set_nonblocking(false).map_err(|e| e.to_string())?;
-        conn.set_read_timeout(Some(TCP_STALL))
-            .map_err(|e| e.to_string())?;
-        let mut expect = ByteStream::new(TCP_SEED);
-        let mut hash = Fnv64::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut want = vec![0u8; 64 * 1024];
-        let mut got = 0usize;
-        loop {
-            if Instant::now() >= deadline {
-                return Err(format!("deadline passed after receiving {got} bytes"));
-            }
-            let n = match conn.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("read after {got} bytes: {e}")),
-            };
-            expect.fill(&mut want[..n]);
-            if buf[..n] != want[..n] {
-                let i = (0..n).find(|&i| buf[i] != want[i]).unwrap_or(0);
-                return Err(format!(
-                    "byte {} differs: received {:#04x}, sent {:#04x}",
-                    got + i,
-                    buf[i],
-                    want[i]
-                ));
-            }
-            hash.update(&buf[..n]);
-            got += n;
-            if got > TCP_TOTAL {
-                return Err(format!(
-                    "received {got} bytes, more than the {TCP_TOTAL} sent"
-                ));
-            }
-        }
-        Ok((got, hash.0))
-    });
-
-    if ready_rx.recv_timeout(Duration::from_secs(10)).is_err() {
-        let err = receiver.join().expect("receiver panicked").err();
-        lab.fail(format!("receiver in B did not start listening: {err:?}"));
-    }
-
-    // Sender in A.
-    let start = Instant::now();
-    let sender = in_netns(&a.ns, move || {
-        let mut conn = None;
-        let mut last = String::new();
-        for _ in 0..4 {
-            match TcpStream::connect_timeout(&listen, Duration::from_secs(10)) {
-                Ok(c) => {
-                    conn = Some(c);
-                    break;
-                }
-                Err(e) => last = e.to_string(),
-            }
-            if Instant::now() >= deadline {
-                break;
-            }
-        }
-        let mut conn = conn.ok_or_else(|| format!("connect to {listen}: {last}"))?;
-        conn.set_write_timeout(Some(TCP_STALL))
-            .map_err(|e| e.to_string())?;
-        let mut gen = ByteStream::new(TCP_SEED);
-        let mut hash = Fnv64::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut sent = 0usize;
-        while sent < TCP_TOTAL {
-            if Instant::now() >= deadline {
-                return Err(format!("deadline passed after sending {sent} bytes"));
-            }
-            let n = buf.len().min(TCP_TOTAL - sent);
-            gen.fill(&mut buf[..n]);
-            conn.write_all(&buf[..n])
-                .map_err(|e| format!("write after {sent} bytes: {e}"))?;
-            hash.update(&buf[..n]);
-            sent += n;
-        }
-        conn.shutdown(std::net::Shutdown::Write)
-            .map_err(|e| format!("shutdown: {e}"))?;
-        Ok((sent, hash.0))
-    });
-
-    let sent = sender.join().expect("sender thread panicked");
-    if sent.is_err() {
-        abort.store(true, Ordering::Relaxed);
-    }
-    let received = receiver.join().expect("receiver thread panicked");
+    let transfer = Transfer::start(&a, &b, TCP_PORT, TCP_TOTAL, TCP_SEED, deadline)
+        .unwrap_or_else(|e| lab.fail(format!("transfer from A to B: {e}")));
+    let start = transfer.started;
+    let (sent, received) = transfer.finish();
     let secs = start.elapsed().as_secs_f64();
     let (sent, sent_hash) = sent.unwrap_or_else(|e| lab.fail(format!("sender in A failed: {e}")));
     let (got, got_hash) =

@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod transfer;
+
 /// The daemon under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_dhtun");
 

@@ -39,14 +39,7 @@ while (($#)); do
     --quick) quick=1 ;;
     --compare) compare=1 ;;
     --no-build) build=0 ;;
-    -h | --help)
-        usage
-        exit 0
-        ;;
-    *)
-        usage >&2
-        die "unknown option: $1"
-        ;;
+    *) other_option "$1" ;;
     esac
     shift
 done

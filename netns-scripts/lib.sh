@@ -34,6 +34,21 @@ die() {
 }
 have() { command -v "$1" >/dev/null 2>&1; }
 
+# other_option OPTION - the end of a script's option loop, for an option it did not match:
+# -h/--help prints the script's `usage` and exits 0; anything else prints it to stderr and fails.
+other_option() {
+    case $1 in
+    -h | --help)
+        usage
+        exit 0
+        ;;
+    *)
+        usage >&2
+        die "unknown option: $1"
+        ;;
+    esac
+}
+
 need_root() {
     [[ ${EUID} -eq 0 ]] || die "$1 must run as root (it creates network namespaces); try: sudo $0"
 }

@@ -17,6 +17,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=netns-scripts/lib.sh
 source "${here}/lib.sh"
 
+usage() { echo "usage: sudo bash netns-scripts/memory.sh [--no-build] [--secs N]"; }
+
 build=1
 secs=5
 while (($#)); do
@@ -26,11 +28,7 @@ while (($#)); do
         secs=${2:?--secs needs a number}
         shift
         ;;
-    -h | --help)
-        echo "usage: sudo bash netns-scripts/memory.sh [--no-build] [--secs N]"
-        exit 0
-        ;;
-    *) die "unknown option: $1" ;;
+    *) other_option "$1" ;;
     esac
     shift
 done

@@ -81,14 +81,7 @@ while (($#)); do
         shift
         ;;
     --no-build) build=0 ;;
-    -h | --help)
-        usage
-        exit 0
-        ;;
-    *)
-        usage >&2
-        die "unknown option: $1"
-        ;;
+    *) other_option "$1" ;;
     esac
     shift
 done

@@ -32,22 +32,19 @@ pub struct UdpIo {
     recv_names: Box<[libc::sockaddr_storage]>,
     recv_iov: Box<[libc::iovec]>,
     recv_cmsg: Box<[[u8; CMSG_BYTES]]>,
+    /// One per message a `recvmmsg` fills (with GRO, each a train of datagrams).
     recv_hdrs: Box<[libc::mmsghdr]>,
-    /// Messages one `recvmmsg` fills; with GRO each can hold a train of datagrams.
-    recv_msgs: usize,
     received: usize,
     /// The kernel's running count of datagrams it dropped because our socket was full.
     kernel_drops: u32,
     send_names: Box<[libc::sockaddr_storage]>,
+    /// One per datagram a `sendmmsg` carries in all.
     send_iov: Box<[libc::iovec]>,
     send_cmsg: Box<[[u8; CMSG_BYTES]]>,
+    /// One per message (datagram train) a `sendmmsg` carries.
     send_hdrs: Box<[libc::mmsghdr]>,
     /// Datagrams in each message of the batch being sent.
     send_counts: Box<[usize]>,
-    /// Messages (datagram trains) one `sendmmsg` carries.
-    send_msgs: usize,
-    /// Datagrams one `sendmmsg` carries in all.
-    send_segments: usize,
     /// Largest datagram sent in a GSO train. The kernel refuses a GSO segment that would need
     /// IP fragmentation, and refusals turn GSO off for good; relayed datagrams are larger than
     /// direct ones and may need fragments, so they go one by one.
@@ -100,7 +97,6 @@ impl UdpIo {
             recv_iov: (0..recv_msgs).map(|_| empty_iov()).collect(),
             recv_cmsg: vec![[0u8; CMSG_BYTES]; recv_msgs].into_boxed_slice(),
             recv_hdrs: (0..recv_msgs).map(|_| zero_hdr()).collect(),
-            recv_msgs,
             received: 0,
             kernel_drops: 0,
             send_names: (0..send_msgs).map(|_| zero_storage()).collect(),
@@ -108,8 +104,6 @@ impl UdpIo {
             send_cmsg: vec![[0u8; CMSG_BYTES]; send_msgs].into_boxed_slice(),
             send_hdrs: (0..send_msgs).map(|_| zero_hdr()).collect(),
             send_counts: vec![0; send_msgs].into_boxed_slice(),
-            send_msgs,
-            send_segments,
             gso_max_segment: usize::MAX,
         }
     }
@@ -143,7 +137,7 @@ impl UdpIo {
     /// Receives a batch; returns how many messages `received(i)` now holds (0 when none waited).
     pub fn recv_batch(&mut self) -> io::Result<usize> {
         self.received = 0;
-        for i in 0..self.recv_msgs {
+        for i in 0..self.recv_hdrs.len() {
             self.recv_iov[i] = libc::iovec {
                 iov_base: self.recv_bufs[i * RECV_BUF_BYTES..].as_mut_ptr().cast(),
                 iov_len: RECV_BUF_BYTES,
@@ -160,7 +154,7 @@ impl UdpIo {
         }
         let fd = self.socket.as_raw_fd();
         let hdrs = self.recv_hdrs.as_mut_ptr();
-        let count = self.recv_msgs as libc::c_uint;
+        let count = self.recv_hdrs.len() as libc::c_uint;
         let result = self.socket.try_io(Interest::READABLE, || {
             // SAFETY: every header points at buffers owned by self that outlive the call, with
             // their true lengths; the kernel writes only within them.
@@ -275,7 +269,7 @@ impl UdpIo {
         let mut messages = 0;
         let mut segments = 0;
         let mut i = 0;
-        while messages < self.send_msgs && segments < self.send_segments {
+        while messages < self.send_hdrs.len() && segments < self.send_iov.len() {
             let Some((first, Some(to))) = ring.get(i) else {
                 break;
             };
@@ -291,7 +285,7 @@ impl UdpIo {
                         && datagram.len() <= size
                         && count < GSO_MAX_SEGMENTS
                         && bytes + datagram.len() <= GSO_MAX_BYTES);
-                if !joins || segments >= self.send_segments {
+                if !joins || segments >= self.send_iov.len() {
                     break;
                 }
                 self.send_iov[segments] = libc::iovec {

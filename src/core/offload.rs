@@ -41,6 +41,9 @@ const TCP_ACK: u8 = 0x10;
 const TCP_CWR: u8 = 0x80;
 const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
+/// Offsets of the transport protocol in the IPv4 header and of the next header in IPv6's.
+const IPV4_PROTOCOL: usize = 9;
+const IPV6_NEXT_HEADER: usize = 6;
 
 /// A parsed virtio-net header. The kernel writes it in native (little-endian here) order.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -217,6 +220,17 @@ struct FlowKey {
     ip_bits: [u8; 3],
 }
 
+/// Whether an IP packet carries UDP, from its protocol (next header) field alone: no header is
+/// validated and no checksum read, so it costs one byte on the per-packet path.
+pub fn carries_udp(packet: &[u8]) -> bool {
+    let protocol = match packet.first().map(|b| b >> 4) {
+        Some(4) => packet.get(IPV4_PROTOCOL),
+        Some(6) => packet.get(IPV6_NEXT_HEADER),
+        _ => None,
+    };
+    protocol == Some(&PROTO_UDP)
+}
+
 impl Segment {
     /// A packet that may merge with its neighbours: a TCP segment with plain ACK or PSH+ACK
     /// and payload, or a UDP datagram with payload; no IP options or fragments; a valid
@@ -234,13 +248,13 @@ impl Segment {
                 {
                     return None;
                 }
-                (20usize, false, *packet.get(9)?)
+                (20usize, false, *packet.get(IPV4_PROTOCOL)?)
             }
             6 => {
                 if usize::from(read_u16(packet, IPV6_PAYLOAD_LEN)) + IPV6_HEADER != packet.len() {
                     return None;
                 }
-                (IPV6_HEADER, true, *packet.get(6)?)
+                (IPV6_HEADER, true, *packet.get(IPV6_NEXT_HEADER)?)
             }
             _ => return None,
         };

@@ -319,11 +319,7 @@ impl DataPath {
         };
         match self.device.handle_datagram(from, datagram, now, out) {
             NetworkAction::WriteToTun { len } => {
-                if out
-                    .get(..len)
-                    .and_then(Segment::classify)
-                    .is_some_and(|s| s.is_udp())
-                {
+                if offload::carries_udp(out) {
                     self.udp_burst_bytes += len;
                 }
                 let _ = self.to_tun.commit_at(len, (), now);

@@ -279,3 +279,20 @@ fn udp_datagrams_coalesce_and_split_back() {
             .for_each(|(a, b)| assert_eq!(a, b));
     }
 }
+
+#[test]
+fn carries_udp_reads_the_protocol_field_of_either_version() {
+    let (tcp_v4, _) = tcp_super_packet(false, &[1; 100], TCP_ACK);
+    let (tcp_v6, _) = tcp_super_packet(true, &[1; 100], TCP_ACK);
+    assert!(!carries_udp(&tcp_v4));
+    assert!(!carries_udp(&tcp_v6));
+    let (mut udp_v4, mut udp_v6) = (tcp_v4, tcp_v6);
+    udp_v4[IPV4_PROTOCOL] = PROTO_UDP;
+    udp_v6[IPV6_NEXT_HEADER] = PROTO_UDP;
+    assert!(carries_udp(&udp_v4));
+    assert!(carries_udp(&udp_v6));
+    // Too short to hold the field, or not IP at all.
+    assert!(!carries_udp(&udp_v4[..IPV4_PROTOCOL]));
+    assert!(!carries_udp(&[]));
+    assert!(!carries_udp(&[0x50; 40]));
+}

@@ -17,7 +17,7 @@ pub struct PacketRing<M> {
     buf: Box<[u8]>,
     lens: Box<[u32]>,
     meta: Box<[M]>,
-    /// When each packet was committed (`commit_at`); zero for untimed commits.
+    /// When each packet was committed, for `drop_stale`.
     queued_at: Box<[Duration]>,
     slot_bytes: usize,
     /// The ring takes packets while fewer bytes than this are queued.
@@ -118,14 +118,9 @@ impl<M: Copy + Default> PacketRing<M> {
         self.buf.get_mut(start..start + self.slot_bytes)
     }
 
-    /// Publishes the packet written into `vacant_slot` (len clamped to slot_bytes). Err(RingFull)
-    /// if full.
-    pub fn commit(&mut self, len: usize, meta: M) -> Result<(), RingFull> {
-        self.commit_at(len, meta, Duration::ZERO)
-    }
-
-    /// `commit`, noting that the packet was queued at `now` (for `drop_stale`).
-    pub fn commit_at(&mut self, len: usize, meta: M, now: Duration) -> Result<(), RingFull> {
+    /// Publishes the packet written into `vacant_slot` (len clamped to slot_bytes), queued at
+    /// `now` (for `drop_stale`). Err(RingFull) if full.
+    pub fn commit(&mut self, len: usize, meta: M, now: Duration) -> Result<(), RingFull> {
         if self.is_full() {
             return Err(RingFull);
         }
@@ -140,20 +135,15 @@ impl<M: Copy + Default> PacketRing<M> {
         Ok(())
     }
 
-    /// Copies `packet` in. A packet longer than a slot is `TooLarge` even when the ring is also
-    /// full, since it could never be queued; otherwise a full ring gives `Full`.
-    pub fn push(&mut self, packet: &[u8], meta: M) -> Result<(), PushError> {
-        self.push_at(packet, meta, Duration::ZERO)
-    }
-
-    /// `push`, noting that the packet was queued at `now` (for `drop_stale`).
-    pub fn push_at(&mut self, packet: &[u8], meta: M, now: Duration) -> Result<(), PushError> {
+    /// Copies `packet` in, queued at `now`. A packet longer than a slot is `TooLarge` even when
+    /// the ring is also full, since it could never be queued; otherwise a full ring gives `Full`.
+    pub fn push(&mut self, packet: &[u8], meta: M, now: Duration) -> Result<(), PushError> {
         if packet.len() > self.slot_bytes {
             return Err(PushError::TooLarge);
         }
         let slot = self.vacant_slot().ok_or(PushError::Full)?;
         slot[..packet.len()].copy_from_slice(packet);
-        self.commit_at(packet.len(), meta, now)
+        self.commit(packet.len(), meta, now)
             .map_err(|RingFull| PushError::Full)
     }
 
@@ -339,7 +329,7 @@ mod tests {
                         };
                         // A refused push leaves the model untouched, and `assert_same` below
                         // then proves the ring kept its old contents too.
-                        assert_eq!(ring.push_at(&packet, meta, now), expected);
+                        assert_eq!(ring.push(&packet, meta, now), expected);
                     }
                     35..=59 => {
                         let fill = random_packet(&mut rng, SLOT);
@@ -347,7 +337,7 @@ mod tests {
                         match ring.vacant_slot() {
                             None => {
                                 assert!(model.full());
-                                assert_eq!(ring.commit_at(claimed, meta, now), Err(RingFull));
+                                assert_eq!(ring.commit(claimed, meta, now), Err(RingFull));
                             }
                             Some(slot) => {
                                 assert!(!model.full());
@@ -355,7 +345,7 @@ mod tests {
                                 slot.fill(0xee);
                                 slot[..fill.len()].copy_from_slice(&fill);
                                 let stored = slot[..claimed.min(SLOT)].to_vec();
-                                assert_eq!(ring.commit_at(claimed, meta, now), Ok(()));
+                                assert_eq!(ring.commit(claimed, meta, now), Ok(()));
                                 model.packets.push_back((stored, meta, now));
                             }
                         }
@@ -394,11 +384,11 @@ mod tests {
     #[test]
     fn full_ring_drops_newest() {
         let mut ring = PacketRing::<u8>::new(2, 4);
-        assert_eq!(ring.push(b"a", 1), Ok(()));
-        assert_eq!(ring.push(b"bb", 2), Ok(()));
-        assert_eq!(ring.push(b"ccc", 3), Err(PushError::Full));
+        assert_eq!(ring.push(b"a", 1, Duration::ZERO), Ok(()));
+        assert_eq!(ring.push(b"bb", 2, Duration::ZERO), Ok(()));
+        assert_eq!(ring.push(b"ccc", 3, Duration::ZERO), Err(PushError::Full));
         assert!(ring.vacant_slot().is_none());
-        assert_eq!(ring.commit(1, 4), Err(RingFull));
+        assert_eq!(ring.commit(1, 4, Duration::ZERO), Err(RingFull));
         assert_eq!(ring.get(0), Some((&b"a"[..], 1)));
         assert_eq!(ring.get(1), Some((&b"bb"[..], 2)));
         assert_eq!(ring.queued_bytes(), 3);
@@ -407,9 +397,12 @@ mod tests {
     #[test]
     fn too_large_is_refused_not_truncated() {
         let mut ring = PacketRing::<()>::new(2, 4);
-        assert_eq!(ring.push(b"12345", ()), Err(PushError::TooLarge));
+        assert_eq!(
+            ring.push(b"12345", (), Duration::ZERO),
+            Err(PushError::TooLarge)
+        );
         assert!(ring.is_empty());
-        assert_eq!(ring.push(b"1234", ()), Ok(()));
+        assert_eq!(ring.push(b"1234", (), Duration::ZERO), Ok(()));
         assert_eq!(ring.front(), Some((&b"1234"[..], ())));
     }
 
@@ -417,7 +410,7 @@ mod tests {
     fn commit_clamps_length() {
         let mut ring = PacketRing::<()>::new(1, 4);
         ring.vacant_slot().unwrap().copy_from_slice(b"wxyz");
-        assert_eq!(ring.commit(100, ()), Ok(()));
+        assert_eq!(ring.commit(100, (), Duration::ZERO), Ok(()));
         assert_eq!(ring.front(), Some((&b"wxyz"[..], ())));
         assert_eq!(ring.queued_bytes(), 4);
     }
@@ -426,7 +419,7 @@ mod tests {
     fn zero_slots_become_one() {
         let mut ring = PacketRing::<()>::new(0, 8);
         assert_eq!(ring.capacity(), 1);
-        assert_eq!(ring.push(b"x", ()), Ok(()));
+        assert_eq!(ring.push(b"x", (), Duration::ZERO), Ok(()));
         assert!(ring.is_full());
     }
 
@@ -436,7 +429,7 @@ mod tests {
         let base = ring.buf.as_ptr();
         for i in 0..10_000usize {
             let bytes = i.to_le_bytes();
-            assert_eq!(ring.push(&bytes, i), Ok(()));
+            assert_eq!(ring.push(&bytes, i, Duration::ZERO), Ok(()));
             if ring.is_full() {
                 assert_eq!(ring.pop_front_n(2), 2);
             }
@@ -449,26 +442,26 @@ mod tests {
     #[test]
     fn byte_cap_refuses_before_the_packet_is_known() {
         let mut ring = PacketRing::<u8>::new(8, 100).with_max_bytes(150);
-        assert_eq!(ring.push(&[1; 100], 1), Ok(()));
+        assert_eq!(ring.push(&[1; 100], 1, Duration::ZERO), Ok(()));
         // 100 < 150 queued: one more packet is taken whatever its length, then the cap holds.
-        assert_eq!(ring.push(&[2; 100], 2), Ok(()));
+        assert_eq!(ring.push(&[2; 100], 2, Duration::ZERO), Ok(()));
         assert!(ring.is_full());
         assert!(ring.vacant_slot().is_none());
-        assert_eq!(ring.push(b"x", 3), Err(PushError::Full));
+        assert_eq!(ring.push(b"x", 3, Duration::ZERO), Err(PushError::Full));
         assert_eq!(ring.free_slots(), 6);
         assert_eq!(ring.free_bytes(), 0);
         assert!(ring.pop_front());
         assert_eq!(ring.free_bytes(), 50);
-        assert_eq!(ring.push(b"x", 3), Ok(()));
+        assert_eq!(ring.push(b"x", 3, Duration::ZERO), Ok(()));
     }
 
     #[test]
     fn stale_packets_leave_from_the_front_only() {
         let ms = Duration::from_millis;
         let mut ring = PacketRing::<u8>::new(4, 8);
-        assert_eq!(ring.push_at(b"a", 1, ms(10)), Ok(()));
-        assert_eq!(ring.push_at(b"b", 2, ms(12)), Ok(()));
-        assert_eq!(ring.push_at(b"c", 3, ms(20)), Ok(()));
+        assert_eq!(ring.push(b"a", 1, ms(10)), Ok(()));
+        assert_eq!(ring.push(b"b", 2, ms(12)), Ok(()));
+        assert_eq!(ring.push(b"c", 3, ms(20)), Ok(()));
         // At 17 ms with 5 ms allowed, "a" (7 ms) goes; "b" waited exactly 5 ms and stays.
         assert_eq!(ring.drop_stale(ms(17), ms(5)), 1);
         assert_eq!(ring.front(), Some((&b"b"[..], 2)));

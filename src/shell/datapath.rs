@@ -242,7 +242,7 @@ impl DataPath {
             let Some((to, len)) = reflector.poll_transmit(now, out) else {
                 break;
             };
-            let _ = self.to_network.commit(len, Some(to));
+            let _ = self.to_network.commit(len, Some(to), now);
         }
     }
 
@@ -253,9 +253,7 @@ impl DataPath {
             let Some(transmit) = self.device.poll_transmit(now, out) else {
                 break;
             };
-            let _ = self
-                .to_network
-                .commit_at(transmit.len, Some(transmit.to), now);
+            let _ = self.to_network.commit(transmit.len, Some(transmit.to), now);
         }
     }
 
@@ -322,12 +320,12 @@ impl DataPath {
                 if offload::carries_udp(out) {
                     self.udp_burst_bytes += len;
                 }
-                let _ = self.to_tun.commit_at(len, (), now);
+                let _ = self.to_tun.commit(len, (), now);
             }
             NetworkAction::WriteToNetwork { to, len } => {
                 // A handshake response, written into the TUN ring's free slot: move it.
                 let reply = self.to_tun.vacant_slot().and_then(|s| s.get(..len));
-                if reply.is_none_or(|r| self.to_network.push_at(r, Some(to), now).is_err()) {
+                if reply.is_none_or(|r| self.to_network.push(r, Some(to), now).is_err()) {
                     self.device.count_drop(DropReason::RingFull);
                 }
             }
@@ -419,7 +417,7 @@ fn encapsulate(
         return;
     };
     if let TunAction::WriteToNetwork { to, len } = device.handle_tun_packet(buf, len, now, out) {
-        let _ = to_network.commit_at(len, Some(to), now);
+        let _ = to_network.commit(len, Some(to), now);
     }
 }
 

@@ -385,7 +385,7 @@ impl Device {
             peer.drops.count(DropReason::NoEndpoint);
             return Err(DropReason::NoEndpoint);
         }
-        if peer.staged.push(&buf[..len], ()).is_err() {
+        if peer.staged.push(&buf[..len], (), now).is_err() {
             peer.drops.count(DropReason::RingFull);
             return Err(DropReason::RingFull);
         }

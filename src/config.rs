@@ -3,12 +3,9 @@
 
 use crate::core::keys::{PresharedKey, PublicKey, SecretKey};
 use crate::core::limits::{
-    DEFAULT_BATCH_SIZE, DEFAULT_RING_BYTES, DEFAULT_RING_MAX_DELAY, MAX_BATCH_SIZE, MAX_RING_BYTES,
-    MAX_RING_MAX_DELAY_MS, MIN_BATCH_SIZE, MIN_RING_BYTES,
-};
-use crate::core::limits::{
-    DEFAULT_MTU, DEFAULT_RING_SLOTS, MAX_ALLOWED_IPS, MAX_MTU, MAX_PEERS, MAX_RING_SLOTS, MIN_MTU,
-    MIN_RING_SLOTS,
+    DEFAULT_BATCH_SIZE, DEFAULT_MTU, DEFAULT_RING_BYTES, DEFAULT_RING_MAX_DELAY,
+    DEFAULT_RING_SLOTS, MAX_ALLOWED_IPS, MAX_BATCH_SIZE, MAX_MTU, MAX_PEERS, MAX_RING_BYTES,
+    MAX_RING_MAX_DELAY_MS, MAX_RING_SLOTS, MIN_BATCH_SIZE, MIN_MTU, MIN_RING_BYTES, MIN_RING_SLOTS,
 };
 use crate::core::peer::PeerConfig;
 use crate::shell::netlink::masked;
@@ -305,29 +302,13 @@ impl Ctx<'_> {
             .iter()
             .map(|a| self.network(a, "address"))
             .collect::<Result<Vec<_>, _>>()?;
-        let mtu = match raw.mtu {
-            Some(mtu) if !(MIN_MTU..=MAX_MTU).contains(mtu.get_ref()) => {
-                return Err(self.err(
-                    Some(mtu.span()),
-                    format!("mtu {} is outside {MIN_MTU}..={MAX_MTU}", mtu.get_ref()),
-                ))
-            }
-            Some(mtu) => mtu.into_inner(),
-            None => DEFAULT_MTU,
-        };
-        let ring_slots = match raw.ring_slots {
-            Some(slots) if !(MIN_RING_SLOTS..=MAX_RING_SLOTS).contains(slots.get_ref()) => {
-                return Err(self.err(
-                    Some(slots.span()),
-                    format!(
-                        "ring_slots {} is outside {MIN_RING_SLOTS}..={MAX_RING_SLOTS}",
-                        slots.get_ref()
-                    ),
-                ))
-            }
-            Some(slots) => slots.into_inner(),
-            None => DEFAULT_RING_SLOTS,
-        };
+        let mtu = self.bounded(raw.mtu, "mtu", MIN_MTU..=MAX_MTU, DEFAULT_MTU)?;
+        let ring_slots = self.bounded(
+            raw.ring_slots,
+            "ring_slots",
+            MIN_RING_SLOTS..=MAX_RING_SLOTS,
+            DEFAULT_RING_SLOTS,
+        )?;
         let ring_bytes = self.bounded(
             raw.ring_bytes,
             "ring_bytes",

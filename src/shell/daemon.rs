@@ -11,14 +11,14 @@ use crate::core::device::{Device, DeviceConfig, PeerEvent};
 use crate::core::limits::TIMER_TICK;
 use crate::core::reflexive::Reflector;
 use crate::shell::control::{ControlCommand, ControlRequest, ControlServer};
-use crate::shell::datapath::{DataPath, RingOccupancy, RingSettings};
+use crate::shell::datapath::{DataPath, RingSettings};
 use crate::shell::dht::DhtStatus;
 use crate::shell::discovery::{Discovery, Lookup};
 use crate::shell::metrics;
 use crate::shell::netlink::{prefixes_needing_routes, Netlink};
 use crate::shell::privileges;
 use crate::shell::reload::{reload, Link};
-use crate::shell::status::{InterfaceStatus, RingStatus, ShellFacts};
+use crate::shell::status::{InterfaceStatus, ShellFacts};
 use crate::shell::tun::TunDevice;
 use crate::shell::udp::{self, UdpIo};
 use anyhow::Context as _;
@@ -380,12 +380,6 @@ fn status_json(
     reflexive: &ReflexiveSeen,
 ) -> String {
     let [net, tun] = path.ring_occupancy();
-    let ring = |r: RingOccupancy| RingStatus {
-        slots: r.slots,
-        queued: r.queued,
-        max_bytes: r.max_bytes,
-        queued_bytes: r.queued_bytes,
-    };
     let status = InterfaceStatus::snapshot(
         &path.device,
         ShellFacts {
@@ -393,7 +387,7 @@ fn status_json(
             listen_port,
             addresses: &config.interface.addresses,
             mtu: config.interface.mtu,
-            rings: [("tun_to_udp", ring(net)), ("udp_to_tun", ring(tun))],
+            rings: [("tun_to_udp", net), ("udp_to_tun", tun)],
             dht,
             reflexive_address: reflexive.address,
             reflexive_port_varies: reflexive.port_varies,

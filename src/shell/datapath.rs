@@ -14,6 +14,7 @@ use crate::core::offload::{self, Group, Segment, VnetHeader, MAX_SUPER_PACKET, V
 use crate::core::reflexive::{self, Reflected, Reflector};
 use crate::core::ring::PacketRing;
 use crate::core::stats::DropReason;
+use crate::shell::status::RingStatus;
 use crate::shell::tun::{Offloads, TunDevice};
 use crate::shell::udp::UdpIo;
 use std::io;
@@ -74,15 +75,6 @@ pub struct RingSettings {
     pub max_delay: Option<Duration>,
 }
 
-/// One ring's occupancy, for `dhtun status`.
-#[derive(Debug, Clone, Copy)]
-pub struct RingOccupancy {
-    pub slots: usize,
-    pub queued: usize,
-    pub max_bytes: usize,
-    pub queued_bytes: usize,
-}
-
 impl DataPath {
     pub fn new(device: Device, mtu: usize, rings: RingSettings, offloads: Offloads) -> Self {
         let slot = ring_slot_bytes(mtu);
@@ -115,9 +107,9 @@ impl DataPath {
     }
 
     /// Occupancy of the TUN->UDP and UDP->TUN rings.
-    pub fn ring_occupancy(&self) -> [RingOccupancy; 2] {
-        fn of<M: Copy + Default>(ring: &PacketRing<M>) -> RingOccupancy {
-            RingOccupancy {
+    pub fn ring_occupancy(&self) -> [RingStatus; 2] {
+        fn of<M: Copy + Default>(ring: &PacketRing<M>) -> RingStatus {
+            RingStatus {
                 slots: ring.capacity(),
                 queued: ring.len(),
                 max_bytes: ring.max_bytes(),

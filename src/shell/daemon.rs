@@ -217,13 +217,9 @@ async fn event_loop(
             Event::Command(command) => match command.request {
                 ControlRequest::Status => {
                     let dht = discovery.as_ref().map(Discovery::status);
-                    let _ = command.reply.send(status_json(
-                        &path,
-                        config,
-                        listen_port,
-                        dht,
-                        &reflexive,
-                    ));
+                    let _ = command
+                        .reply
+                        .send(status_json(&path, config, listen_port, dht));
                 }
                 ControlRequest::Down => return Ok(Some(command.reply)),
                 ControlRequest::Reload => {
@@ -377,8 +373,8 @@ fn status_json(
     config: &Config,
     listen_port: u16,
     dht: Option<DhtStatus>,
-    reflexive: &ReflexiveSeen,
 ) -> String {
+    let reflector = path.reflector.as_ref();
     let [net, tun] = path.ring_occupancy();
     let status = InterfaceStatus::snapshot(
         &path.device,
@@ -389,8 +385,8 @@ fn status_json(
             mtu: config.interface.mtu,
             rings: [("tun_to_udp", net), ("udp_to_tun", tun)],
             dht,
-            reflexive_address: reflexive.address,
-            reflexive_port_varies: reflexive.port_varies,
+            reflexive_address: reflector.and_then(Reflector::address),
+            reflexive_port_varies: reflector.is_some_and(Reflector::port_varies),
         },
         path.now(),
     );

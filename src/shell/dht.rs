@@ -255,21 +255,18 @@ impl Dht {
     }
 
     /// One put of `value` at `seq`; on success, how many nodes stored it.
-    async fn put(&self, key: &SecretKey, value: &[u8], seq: i64) -> Result<u32, PutFailure> {
+    async fn put(&self, key: &SecretKey, value: &[u8], seq: i64) -> Result<u32, String> {
         let item = MutableItem::new(key.signing_key(), value, seq, Some(RECORD_SALT));
         let node = self.inner.node.clone();
         let put = async move { node.put_mutable(item, None).await };
         match isolated(DHT_PUBLISH_TIMEOUT, put).await {
             Ok(Some(Ok(outcome))) => Ok(outcome.stored_at),
-            Ok(Some(Err(PutMutableError::Concurrency(ConcurrencyError::NotMostRecent)))) => {
-                Err(PutFailure::NotMostRecent)
-            }
-            Ok(Some(Err(error))) => Err(PutFailure::Refused(describe_put_error(&error))),
-            Ok(None) => Err(PutFailure::Refused(format!(
+            Ok(Some(Err(error))) => Err(describe_put_error(&error)),
+            Ok(None) => Err(format!(
                 "no answer within {} s",
                 DHT_PUBLISH_TIMEOUT.as_secs()
-            ))),
-            Err(error) => Err(PutFailure::Refused(error.to_string())),
+            )),
+            Err(error) => Err(error.to_string()),
         }
     }
 
@@ -315,25 +312,6 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // The refresher holds a handle to mainline's thread; stopping it lets that thread end.
         self.refresher.abort();
-    }
-}
-
-/// Why a put failed.
-#[derive(Debug)]
-enum PutFailure {
-    /// Nodes hold a record of ours with a higher sequence number.
-    NotMostRecent,
-    Refused(String),
-}
-
-impl std::fmt::Display for PutFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PutFailure::NotMostRecent => {
-                f.write_str("DHT nodes hold a newer record of ours (is this key in use elsewhere?)")
-            }
-            PutFailure::Refused(why) => f.write_str(why),
-        }
     }
 }
 
@@ -526,6 +504,9 @@ fn describe_put_error(error: &PutMutableError) -> String {
         }
         PutMutableError::Query(PutQueryError::ErrorResponse(e)) => {
             format!("DHT nodes refused it: {} {}", e.code, e.description)
+        }
+        PutMutableError::Concurrency(ConcurrencyError::NotMostRecent) => {
+            "DHT nodes hold a newer record of ours (is this key in use elsewhere?)".to_string()
         }
         PutMutableError::Concurrency(e) => e.to_string(),
     }

@@ -27,7 +27,7 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use std::net::SocketAddr;
 
-pub use krpc::{is_krpc, PING_BYTES};
+pub use krpc::is_krpc;
 
 /// What a datagram from the network did to the reflexive address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,11 +82,6 @@ impl Reflector {
             address: None,
             port_varies: false,
         }
-    }
-
-    /// The nodes this reflector asks.
-    pub fn nodes(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.slots.iter().map(|s| s.to)
     }
 
     /// The tunnel socket's reflexive address, when a node has told us recently: the one most

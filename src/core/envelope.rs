@@ -20,6 +20,7 @@
 //! 4 or 6 for an IP packet, and an empty plaintext is a keepalive.
 
 use crate::core::limits::ENVELOPE_HEADER;
+use std::ops::Range;
 
 /// First byte of an envelope asking a relay to forward its datagram.
 pub const KIND_FORWARD: u8 = 0x10;
@@ -109,7 +110,12 @@ impl<'a> Envelope<'a> {
 
     /// The carried datagram, without padding.
     pub fn datagram(&self) -> &'a [u8] {
-        &self.bytes[ENVELOPE_HEADER..ENVELOPE_HEADER + self.len]
+        &self.bytes[self.datagram_range()]
+    }
+
+    /// Where the carried datagram lies in the envelope's bytes.
+    pub fn datagram_range(&self) -> Range<usize> {
+        ENVELOPE_HEADER..ENVELOPE_HEADER + self.len
     }
 }
 

@@ -290,7 +290,7 @@ impl Device {
     pub fn underlay_changed(&mut self, now: Duration) {
         for id in 0..self.peers.len() {
             let peer = &mut self.peers[id];
-            let in_use = peer.current.as_ref().is_some_and(|s| s.is_usable(now));
+            let in_use = peer.sending_session(now).is_some();
             if in_use && peer.handshake.is_none() {
                 peer.sent_data_unanswered_since = None;
                 self.want_initiation(id);

@@ -7,7 +7,7 @@
 
 use super::{Device, NetworkAction, PeerEvent, Transmit};
 use crate::core::envelope::{self, Envelope, Kind};
-use crate::core::limits::{DIRECT_PATH_SILENCE, DIRECT_RETRY_INTERVAL, ENVELOPE_HEADER};
+use crate::core::limits::{DIRECT_PATH_SILENCE, DIRECT_RETRY_INTERVAL};
 use crate::core::peer::{Path, PeerId};
 use crate::core::stats::DropReason;
 use core::ops::Range;
@@ -103,7 +103,7 @@ impl Device {
         let envelope =
             Envelope::new_checked(plaintext).map_err(|_| (DropReason::Malformed, Some(id)))?;
         let other = envelope.other();
-        let datagram = ENVELOPE_HEADER..ENVELOPE_HEADER + envelope.datagram().len();
+        let datagram = envelope.datagram_range();
         match envelope.kind() {
             Kind::Forward => self.forward(id, &other, datagram, now, out),
             Kind::Deliver => self.deliver(id, datagram, now, out),

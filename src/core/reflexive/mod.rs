@@ -27,7 +27,7 @@ use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use std::net::SocketAddr;
 
-pub use krpc::is_krpc;
+pub use krpc::{is_krpc, PING_BYTES};
 
 /// What a datagram from the network did to the reflexive address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@ fn due(reflector: &mut Reflector, now: Duration) -> Vec<(SocketAddr, [u8; 4])> {
     let mut out = [0u8; 128];
     let mut sent = Vec::new();
     while let Some((to, len)) = reflector.poll_transmit(now, &mut out) {
-        assert_eq!(len, krpc::PING_BYTES);
+        assert_eq!(len, PING_BYTES);
         assert!(sent.len() < MAX_REFLECTORS, "more pings than nodes");
         sent.push((to, transaction_id(&out[..len])));
     }
@@ -215,7 +215,7 @@ fn unconfirmed_answers_are_forgotten() {
     let tid = due(&mut r, ms(0))[0].1;
     let seen = addr("203.0.113.7:40001");
     r.handle_datagram(addr(A), &answer(tid, seen), ms(0));
-    let mut out = [0u8; krpc::PING_BYTES];
+    let mut out = [0u8; PING_BYTES];
     let mut now = ms(0);
     while now < REFLECTOR_ANSWER_LIFETIME - ms(100) {
         let _ = r.poll_transmit(now, &mut out);

@@ -53,6 +53,13 @@ fn ping_both_ways_ipv4_and_ipv6() {
             }
         }
         let p = lab.peer_status(after, &peer.public);
+        // Pings over a clean veth lose nothing.
+        if p["rx_lost_packets"].as_u64() != Some(0) {
+            lab.fail(format!(
+                "{}: peer {} rx_lost_packets should be 0 on a clean link, got {}",
+                me.iface, peer.iface, p["rx_lost_packets"]
+            ));
+        }
         if !p["last_handshake_secs_ago"].is_u64() {
             lab.fail(format!(
                 "{}: peer {} last_handshake_secs_ago should be a number after a handshake, \

@@ -490,6 +490,25 @@ fn only_a_chosen_relay_may_deliver() {
 /// The responder may not send on a session until the initiator's first packet confirms it. When
 /// that packet is lost and the initiator has nothing more to say, the responder's own packets
 /// must still go out (WireGuard's responder initiates a handshake of its own), not wait forever.
+/// Packets lost on the way are counted by the receiver from the gaps in the sender's counters,
+/// exactly, once they leave the replay window.
+#[test]
+fn receiver_counts_packets_lost_on_the_way() {
+    let mut sim = Sim::mesh(2, 17, Impairment::NONE);
+    // 6000 packets in 60 s: one session, and far more counters than the replay window holds.
+    sim.stream(A, B, Stream::new(Duration::ZERO, ms(10), 6000));
+    // B starts once A's packets have confirmed the session, so none of B's wait in staging.
+    sim.stream(B, A, Stream::new(secs(1), ms(10), 5900));
+    sim.lose_next(A, TYPE_TRANSPORT, 25);
+    sim.run_until(secs(62));
+
+    sim.assert_no_forgeries();
+    assert_eq!(sim.audit(A, B).missing().len(), 25, "A->B");
+    assert_eq!(sim.peer(B, A).traffic.rx_lost_packets, 25, "seen by B");
+    assert_eq!(sim.audit(B, A).missing(), Vec::<u64>::new(), "B->A");
+    assert_eq!(sim.peer(A, B).traffic.rx_lost_packets, 0, "seen by A");
+}
+
 #[test]
 fn lost_confirmation_does_not_strand_responder_packets() {
     let mut sim = Sim::mesh(2, 12, Impairment::NONE);

@@ -1,5 +1,7 @@
 //! Anti-replay window for transport counters: an RFC 6479 ring of 64-bit bitmap blocks that
-//! accepts each counter at most once and refuses counters that fell behind the window.
+//! accepts each counter at most once and refuses counters that fell behind the window. It also
+//! counts the counters that left the window without ever arriving: packets the peer sent that
+//! were lost on the way, wherever that was (a full socket buffer, the network, a late arrival).
 
 use super::limits::{REPLAY_BLOCKS, REPLAY_WINDOW_BITS};
 
@@ -13,6 +15,8 @@ pub struct ReplayWindow {
     /// Highest counter accepted. Starting at 0 with an empty bitmap needs no special "nothing
     /// seen yet" case: counter 0 is still unmarked, so it is accepted once.
     highest: u64,
+    /// Counters that left the ring unmarked since the last `take_lost`.
+    lost: u64,
 }
 
 impl ReplayWindow {
@@ -20,7 +24,14 @@ impl ReplayWindow {
         Self {
             blocks: [0; REPLAY_BLOCKS],
             highest: 0,
+            lost: 0,
         }
+    }
+
+    /// Counters that left the window without arriving since the last call. A counter is given
+    /// up once its whole block leaves the ring, about `REPLAY_WINDOW_BITS` counters after it.
+    pub fn take_lost(&mut self) -> u64 {
+        std::mem::take(&mut self.lost)
     }
 
     /// True when `counter` would be accepted (not seen, not older than the window). No change.
@@ -49,8 +60,17 @@ impl ReplayWindow {
             let stale = (new_top - top).min(REPLAY_BLOCKS as u64);
             for step in 1..=stale {
                 // `top` is at most u64::MAX / 64, so adding a step cannot overflow.
-                self.blocks[ring_index(top + step)] = 0;
+                let slot = &mut self.blocks[ring_index(top + step)];
+                // The slot held the block one lap below; before the first lap there was none.
+                if top + step >= REPLAY_BLOCKS as u64 {
+                    self.lost = self.lost.saturating_add(u64::from(slot.count_zeros()));
+                }
+                *slot = 0;
             }
+            // A jump of more than a lap skips blocks that were never in the ring at all: none
+            // of their counters arrived.
+            let skipped = (new_top - top).saturating_sub(REPLAY_BLOCKS as u64);
+            self.lost = self.lost.saturating_add(skipped.saturating_mul(BLOCK_BITS));
             self.highest = counter;
         }
         let (index, bit) = locate(counter);
@@ -112,6 +132,18 @@ mod tests {
             self.highest = self.highest.max(counter);
             true
         }
+
+        /// Counters below the lowest block still in the ring that never arrived.
+        fn lost(&self) -> u64 {
+            let blocks = REPLAY_BLOCKS as u64;
+            let top = self.highest / BLOCK_BITS;
+            let floor = if top >= blocks {
+                (top + 1 - blocks) * BLOCK_BITS
+            } else {
+                0
+            };
+            floor - self.seen.range(..floor).count() as u64
+        }
     }
 
     fn next_counter(rng: &mut StdRng, highest: u64, history: &[u64]) -> u64 {
@@ -135,6 +167,7 @@ mod tests {
             let mut window = ReplayWindow::new();
             let mut model = Model::new();
             let mut history: Vec<u64> = Vec::new();
+            let mut lost = 0u64;
             for step in 0..20_000 {
                 let counter = next_counter(&mut rng, model.highest, &history);
                 let expected = model.accept(counter);
@@ -145,6 +178,10 @@ mod tests {
                 );
                 assert_eq!(window.accept(counter), expected, "seed {seed} step {step}");
                 assert_eq!(window.highest, model.highest);
+                lost += window.take_lost();
+                if step % 500 == 499 {
+                    assert_eq!(lost, model.lost(), "seed {seed} step {step} lost");
+                }
                 if history.len() < 256 {
                     history.push(counter);
                 } else {
@@ -152,6 +189,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn counters_never_received_are_counted_lost_once_they_leave_the_window() {
+        let mut window = ReplayWindow::new();
+        let sent = 20 * W;
+        let missing_below = |limit: u64| (0..limit).filter(|c| c % 10 == 3).count() as u64;
+        let mut lost = 0;
+        for counter in (0..sent).filter(|c| c % 10 != 3) {
+            assert!(window.accept(counter));
+            lost += window.take_lost();
+        }
+        let highest = sent - 1;
+        let floor = (highest / BLOCK_BITS + 1 - REPLAY_BLOCKS as u64) * BLOCK_BITS;
+        assert_eq!(lost, missing_below(floor));
+        assert_eq!(window.take_lost(), 0, "taking empties the count");
+    }
+
+    #[test]
+    fn late_arrivals_within_the_window_are_not_lost() {
+        let mut window = ReplayWindow::new();
+        for counter in 0..10 * W {
+            // Every pair arrives swapped.
+            assert!(window.accept(counter ^ 1));
+        }
+        assert_eq!(window.take_lost(), 0);
     }
 
     #[test]

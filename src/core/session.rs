@@ -103,6 +103,12 @@ impl Session {
         Ok(TRANSPORT_HEADER_LEN + written)
     }
 
+    /// Counters the peer sent on this session that left the replay window without arriving,
+    /// since the last call.
+    pub fn take_lost(&mut self) -> u64 {
+        self.replay.take_lost()
+    }
+
     /// Authenticates and decrypts `message` into `out`; returns the plaintext length (padding
     /// included). The replay window is updated only after the tag verifies, so forged packets
     /// cannot move it.

@@ -133,6 +133,10 @@ pub struct TrafficCounters {
     pub tx_bytes: u64,
     pub rx_packets: u64,
     pub tx_packets: u64,
+    /// Packets the peer sent that never arrived: gaps in its counters that left the replay
+    /// window unfilled. Unlike the socket's overflow count, this sees every lost datagram,
+    /// whatever dropped it.
+    pub rx_lost_packets: u64,
 }
 
 #[cfg(test)]

@@ -114,7 +114,7 @@ pub fn render(status: &InterfaceStatus) -> String {
 
     let peer_label =
         |p: &PeerStatus| format!("interface=\"{iface}\",peer=\"{}\"", escape(&p.public_key));
-    let peer_counters: [PeerCounter; 4] = [
+    let peer_counters: [PeerCounter; 5] = [
         (
             "dhtun_peer_rx_bytes_total",
             "Bytes received from a peer, on the wire.",
@@ -134,6 +134,11 @@ pub fn render(status: &InterfaceStatus) -> String {
             "dhtun_peer_tx_packets_total",
             "Packets sent to a peer.",
             |p| p.tx_packets,
+        ),
+        (
+            "dhtun_peer_rx_lost_packets_total",
+            "Packets a peer sent that never arrived (gaps in its message counters).",
+            |p| p.rx_lost_packets,
         ),
     ];
     for (name, help, value) in peer_counters {
@@ -252,6 +257,7 @@ mod tests {
                 tx_bytes: 20,
                 rx_packets: 1,
                 tx_packets: 2,
+                rx_lost_packets: 4,
                 drops: BTreeMap::new(),
                 dht_sequence: None,
                 dht_record_age_secs: None,
@@ -269,6 +275,9 @@ mod tests {
         assert!(text.contains("dhtun_ring_queued{interface=\"dh\\\"t0\",ring=\"tun_to_udp\"} 7\n"));
         assert!(text.contains(
             "dhtun_ring_queued_bytes{interface=\"dh\\\"t0\",ring=\"tun_to_udp\"} 9856\n"
+        ));
+        assert!(text.contains(
+            "dhtun_peer_rx_lost_packets_total{interface=\"dh\\\"t0\",peer=\"abc=\"} 4\n"
         ));
         assert!(
             text.contains("dhtun_peer_tx_bytes_total{interface=\"dh\\\"t0\",peer=\"abc=\"} 20\n")

@@ -68,6 +68,9 @@ pub struct PeerStatus {
     pub tx_bytes: u64,
     pub rx_packets: u64,
     pub tx_packets: u64,
+    /// Packets this peer sent that never arrived (gaps in its counters).
+    #[serde(default)]
+    pub rx_lost_packets: u64,
     pub drops: BTreeMap<String, u64>,
     /// Sequence number of the peer's DHT record we last accepted, and how long ago.
     pub dht_sequence: Option<i64>,
@@ -118,6 +121,7 @@ impl InterfaceStatus {
                 tx_bytes: p.traffic.tx_bytes,
                 rx_packets: p.traffic.rx_packets,
                 tx_packets: p.traffic.tx_packets,
+                rx_lost_packets: p.traffic.rx_lost_packets,
                 drops: p.drops.iter().map(|(k, v)| (k.to_string(), v)).collect(),
                 dht_sequence: p.discovery.sequence,
                 dht_record_age_secs: p
@@ -267,6 +271,13 @@ impl InterfaceStatus {
                 bytes(peer.tx_bytes),
                 peer.tx_packets
             );
+            if peer.rx_lost_packets > 0 {
+                let _ = writeln!(
+                    out,
+                    "  lost on the way here: {} packets",
+                    peer.rx_lost_packets
+                );
+            }
             if let Some(k) = peer.persistent_keepalive {
                 let _ = writeln!(out, "  persistent keepalive: every {k} seconds");
             }

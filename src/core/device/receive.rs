@@ -204,12 +204,14 @@ impl Device {
             };
             (reason, Some(id))
         })?;
+        let lost = session.take_lost();
         let initiator_should_rekey = session.we_initiated
             && session.age(now) >= REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT;
         let key = peer.config.public_key;
         peer.sent_data_unanswered_since = None;
         peer.traffic.rx_bytes += wire_len as u64;
         peer.traffic.rx_packets += 1;
+        peer.traffic.rx_lost_packets += lost;
         // After crossed handshakes each side holds a session it initiated (current) and one it
         // answered (next), and the peer sends on its own. Both must settle on one session, or
         // the next handshake would displace the one the peer still sends on and lose its

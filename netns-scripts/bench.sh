@@ -188,6 +188,8 @@ for s in "${STEP_NAMES[@]}"; do
     metric "udp_${s}_rcvbuf_A" "UDP ${s} step: RcvbufErrors in A's namespace (/proc/net/snmp)" 0
     metric "udp_${s}_rcvbuf_B" "UDP ${s} step: RcvbufErrors in B's namespace (/proc/net/snmp)" 0
     metric "udp_${s}_sockdrop_B" "UDP ${s} step: drops at B's tunnel UDP socket (/proc/net/udp6)" 0
+    metric "udp_${s}_encrypted_A" "UDP ${s} step: packets dhtun A encrypted and sent (tx_packets)" 0
+    metric "udp_${s}_lost_AB" "UDP ${s} step: of those, never arrived at dhtun B (rx_lost_packets)" 0
     metric "udp_${s}_cpu" "UDP ${s} step: CPU used by each process and left idle, % of one core" 0
 done
 for d in A B; do
@@ -296,6 +298,9 @@ tx_dropped() { ip -n "$1" -s -j link show dev "$2" | jq -r '.[0].stats64.tx.drop
 cpu_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print $5 + $6, t; exit }' /proc/stat; }
 
 ring_full() { "${DHTUN_BIN}" status "$1" --json | jq -r '.drops.ring_full'; }
+
+# peers_total IFACE FIELD - a per-peer counter of dhtun's status, summed over its peers.
+peers_total() { "${DHTUN_BIN}" status "$1" --json | jq -r "[.peers[].$2 // 0] | add // 0"; }
 
 # drops_save IFACE FILE - keep dhtun's drop counters; drops_moved IFACE FILE - print those that
 # grew since, as "reason +n ..." (or "none"). Every reason, including any added after this script.
@@ -440,6 +445,8 @@ memory_ladder() {
             put "udp_${s}_ring_full_B" "$target" "$((after[4] - before[4]))"
             put "udp_${s}_drops_A" "$target" "$(drops_moved "${IFACE_A}" "${LAB_WORK}/drops-A.json")"
             put "udp_${s}_drops_B" "$target" "$(drops_moved "${IFACE_B}" "${LAB_WORK}/drops-B.json")"
+            put "udp_${s}_encrypted_A" "$target" "$((after[6] - before[6]))"
+            put "udp_${s}_lost_AB" "$target" "$((after[7] - before[7]))"
         fi
         if [[ -n ${TUNNEL_PORT[$target]:-} ]]; then
             put "udp_${s}_sockdrop_B" "$target" "$((after[5] - before[5]))"
@@ -470,17 +477,21 @@ memory_ladder() {
 }
 
 # counters TARGET - print the drop counters, space separated: the sender interface's tx_dropped,
-# RcvbufErrors in A and in B, for dhtun drops.ring_full of A and of B (else 0 0), and the drops
-# at B's tunnel socket (0 for raw).
+# RcvbufErrors in A and in B, for dhtun drops.ring_full of A and of B (else 0 0), the drops
+# at B's tunnel socket (0 for raw), and for dhtun the packets A sent to its peers and the
+# packets B's peers sent that never arrived (else 0 0).
 counters() {
-    local target=$1 ra=0 rb=0 sd=0
+    local target=$1 ra=0 rb=0 sd=0 sent=0 lost=0
     if [[ $target == dhtun ]]; then
         ra=$(ring_full "${IFACE_A}")
         rb=$(ring_full "${IFACE_B}")
+        sent=$(peers_total "${IFACE_A}" tx_packets)
+        lost=$(peers_total "${IFACE_B}" rx_lost_packets)
     fi
     [[ -n ${TUNNEL_PORT[$target]:-} ]] && sd=$(socket_drops "${NS_B}" "${TUNNEL_PORT[$target]}")
-    printf '%s %s %s %s %s %s\n' "$(tx_dropped "${NS_A}" "${SEND_IFACE[$target]}")" \
-        "$(udp_rcvbuf_errors "${NS_A}")" "$(udp_rcvbuf_errors "${NS_B}")" "$ra" "$rb" "$sd"
+    printf '%s %s %s %s %s %s %s %s\n' "$(tx_dropped "${NS_A}" "${SEND_IFACE[$target]}")" \
+        "$(udp_rcvbuf_errors "${NS_A}")" "$(udp_rcvbuf_errors "${NS_B}")" "$ra" "$rb" "$sd" \
+        "$sent" "$lost"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -593,6 +604,7 @@ for t in "${TARGETS[@]}"; do
     line="   ${TITLE[$t]}: lost $(get udp_unlimited_lost "$t")% end to end;"
     line+=" A's ${SEND_IFACE[$t]} tx_dropped $(get udp_unlimited_tun_drop_A "$t");"
     [[ $t == dhtun ]] && line+=" dhtun drops A: $(get udp_unlimited_drops_A "$t"), B: $(get udp_unlimited_drops_B "$t");"
+    [[ $t == dhtun ]] && line+=" encrypted by A $(get udp_unlimited_encrypted_A "$t"), of which never reached B $(get udp_unlimited_lost_AB "$t");"
     line+=" RcvbufErrors A $(get udp_unlimited_rcvbuf_A "$t"), B $(get udp_unlimited_rcvbuf_B "$t")"
     [[ $t == raw ]] || line+=" (at B's tunnel socket $(get udp_unlimited_sockdrop_B "$t"))"
     printf '%s\n' "$line"

@@ -189,7 +189,7 @@ for s in "${STEP_NAMES[@]}"; do
     metric "udp_${s}_rcvbuf_B" "UDP ${s} step: RcvbufErrors in B's namespace (/proc/net/snmp)" 0
     metric "udp_${s}_sockdrop_B" "UDP ${s} step: drops at B's tunnel UDP socket (/proc/net/udp6)" 0
     metric "udp_${s}_encrypted_A" "UDP ${s} step: packets dhtun A encrypted and sent (tx_packets)" 0
-    metric "udp_${s}_lost_AB" "UDP ${s} step: of those, never arrived at dhtun B (rx_lost_packets)" 0
+    metric "udp_${s}_lost_AB" "UDP ${s} step: gaps in A's counters seen by B (rx_lost_packets; lags ~4000 packets)" 0
     metric "udp_${s}_cpu" "UDP ${s} step: CPU used by each process and left idle, % of one core" 0
 done
 for d in A B; do
@@ -300,7 +300,11 @@ cpu_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print $5 
 ring_full() { "${DHTUN_BIN}" status "$1" --json | jq -r '.drops.ring_full'; }
 
 # peers_total IFACE FIELD - a per-peer counter of dhtun's status, summed over its peers.
-peers_total() { "${DHTUN_BIN}" status "$1" --json | jq -r "[.peers[].$2 // 0] | add // 0"; }
+peers_total() {
+    local n
+    n=$("${DHTUN_BIN}" status "$1" --json 2>/dev/null | jq -r ".peers | map(.$2 // 0) | add // 0" 2>/dev/null) || true
+    echo "${n:-0}"
+}
 
 # drops_save IFACE FILE - keep dhtun's drop counters; drops_moved IFACE FILE - print those that
 # grew since, as "reason +n ..." (or "none"). Every reason, including any added after this script.
@@ -604,7 +608,7 @@ for t in "${TARGETS[@]}"; do
     line="   ${TITLE[$t]}: lost $(get udp_unlimited_lost "$t")% end to end;"
     line+=" A's ${SEND_IFACE[$t]} tx_dropped $(get udp_unlimited_tun_drop_A "$t");"
     [[ $t == dhtun ]] && line+=" dhtun drops A: $(get udp_unlimited_drops_A "$t"), B: $(get udp_unlimited_drops_B "$t");"
-    [[ $t == dhtun ]] && line+=" encrypted by A $(get udp_unlimited_encrypted_A "$t"), of which never reached B $(get udp_unlimited_lost_AB "$t");"
+    [[ $t == dhtun ]] && line+=" encrypted by A $(get udp_unlimited_encrypted_A "$t"), of which B saw never arrive $(get udp_unlimited_lost_AB "$t");"
     line+=" RcvbufErrors A $(get udp_unlimited_rcvbuf_A "$t"), B $(get udp_unlimited_rcvbuf_B "$t")"
     [[ $t == raw ]] || line+=" (at B's tunnel socket $(get udp_unlimited_sockdrop_B "$t"))"
     printf '%s\n' "$line"

@@ -487,9 +487,6 @@ fn only_a_chosen_relay_may_deliver() {
     );
 }
 
-/// The responder may not send on a session until the initiator's first packet confirms it. When
-/// that packet is lost and the initiator has nothing more to say, the responder's own packets
-/// must still go out (WireGuard's responder initiates a handshake of its own), not wait forever.
 /// Packets lost on the way are counted by the receiver from the gaps in the sender's counters,
 /// exactly, once they leave the replay window.
 #[test]
@@ -509,6 +506,9 @@ fn receiver_counts_packets_lost_on_the_way() {
     assert_eq!(sim.peer(A, B).traffic.rx_lost_packets, 0, "seen by A");
 }
 
+/// The responder may not send on a session until the initiator's first packet confirms it. When
+/// that packet is lost and the initiator has nothing more to say, the responder's own packets
+/// must still go out (WireGuard's responder initiates a handshake of its own), not wait forever.
 #[test]
 fn lost_confirmation_does_not_strand_responder_packets() {
     let mut sim = Sim::mesh(2, 12, Impairment::NONE);

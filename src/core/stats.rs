@@ -134,8 +134,10 @@ pub struct TrafficCounters {
     pub rx_packets: u64,
     pub tx_packets: u64,
     /// Packets the peer sent that never arrived: gaps in its counters that left the replay
-    /// window unfilled. Unlike the socket's overflow count, this sees every lost datagram,
-    /// whatever dropped it.
+    /// window unfilled. Unlike the socket's overflow count (one per dropped GRO batch), it
+    /// counts each datagram, whatever dropped it, including drops already counted elsewhere
+    /// (our receive ring, the sender's own after encryption, late arrivals refused as replays).
+    /// Gaps in a session's last ~4000 counters are never counted: the session is replaced first.
     pub rx_lost_packets: u64,
 }
 

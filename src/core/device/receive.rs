@@ -211,7 +211,8 @@ impl Device {
         peer.sent_data_unanswered_since = None;
         peer.traffic.rx_bytes += wire_len as u64;
         peer.traffic.rx_packets += 1;
-        peer.traffic.rx_lost_packets += lost;
+        // A peer that jumps its own counter makes a gap it chose; saturate rather than wrap.
+        peer.traffic.rx_lost_packets = peer.traffic.rx_lost_packets.saturating_add(lost);
         // After crossed handshakes each side holds a session it initiated (current) and one it
         // answered (next), and the peer sends on its own. Both must settle on one session, or
         // the next handshake would displace the one the peer still sends on and lose its

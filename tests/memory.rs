@@ -247,12 +247,17 @@ fn flood_and_check(mut lab: Lab, a: Node, b: Node) {
     let rcvbuf = rcvbuf_errors(&b.ns)
         .zip(rcvbuf0)
         .map(|(x1, x0)| x1.saturating_sub(x0));
+    // Since the daemons started: what A encrypted for B, what B accepted, and the gaps B saw.
+    let a_sent_total = lab.peer_counter(&status_a1, &b.public, "tx_packets");
+    let b_received_total = lab.peer_counter(&status_b1, &a.public, "rx_packets");
+    let b_lost_total = lab.peer_counter(&status_b1, &a.public, "rx_lost_packets");
 
     // One line with every figure, past the output capture, so CI logs keep a record of them.
     loud(&format!(
         "memory test ({} build): {FLOOD:?} flood of {PAYLOAD}-byte datagrams A -> B: sent {sent} \
          (refused by A's kernel {refused}), B's daemon received {rx} from A, sink got {sunk}; \
-         A: {}; B: {}; drops A: {}; drops B: {}; RcvbufErrors in B's namespace +{}",
+         B counts {b_lost_total} of A's packets lost; A: {}; B: {}; drops A: {}; drops B: {}; \
+         RcvbufErrors in B's namespace +{}",
         if cfg!(debug_assertions) {
             "debug"
         } else {
@@ -265,6 +270,13 @@ fn flood_and_check(mut lab: Lab, a: Node, b: Node) {
         rcvbuf.map_or("unknown".to_string(), |n| n.to_string()),
     ));
 
+    // A gap B counts as lost is a counter A used and B never accepted.
+    if b_lost_total > a_sent_total.saturating_sub(b_received_total) {
+        lab.fail(format!(
+            "B counts {b_lost_total} of A's packets as lost, more than the {a_sent_total} A sent \
+             minus the {b_received_total} B received"
+        ));
+    }
     for (node, w) in [(&a, &watch[0]), (&b, &watch[1])] {
         let peak = w.peak_private_kib();
         if peak > PEAK_PRIVATE_BOUND_KIB {

@@ -4,8 +4,9 @@
 use crate::core::keys::{PresharedKey, PublicKey, SecretKey};
 use crate::core::limits::{
     DEFAULT_BATCH_SIZE, DEFAULT_MTU, DEFAULT_RING_BYTES, DEFAULT_RING_MAX_DELAY,
-    DEFAULT_RING_SLOTS, MAX_ALLOWED_IPS, MAX_BATCH_SIZE, MAX_MTU, MAX_PEERS, MAX_RING_BYTES,
-    MAX_RING_MAX_DELAY_MS, MAX_RING_SLOTS, MIN_BATCH_SIZE, MIN_MTU, MIN_RING_BYTES, MIN_RING_SLOTS,
+    DEFAULT_RING_SLOTS, MAX_ALLOWED_IPS, MAX_BATCH_SIZE, MAX_MTU, MAX_PEERS,
+    MAX_RECEIVE_BUFFER_BYTES, MAX_RING_BYTES, MAX_RING_MAX_DELAY_MS, MAX_RING_SLOTS,
+    MIN_BATCH_SIZE, MIN_MTU, MIN_RECEIVE_BUFFER_BYTES, MIN_RING_BYTES, MIN_RING_SLOTS,
 };
 use crate::core::peer::PeerConfig;
 use crate::shell::netlink::masked;
@@ -56,6 +57,8 @@ pub struct InterfaceConfig {
     pub ring_max_delay: Option<Duration>,
     /// Datagrams per batched UDP syscall.
     pub batch_size: usize,
+    /// SO_RCVBUF of the tunnel socket; None keeps the kernel's default.
+    pub receive_buffer_bytes: Option<usize>,
     /// Log level of the daemon (error, warn, info, debug, trace).
     pub log_level: String,
     /// Where to serve Prometheus metrics (text format over HTTP); off when None.
@@ -196,6 +199,7 @@ struct RawInterface {
     ring_bytes: Option<Spanned<usize>>,
     ring_max_delay_ms: Option<Spanned<u64>>,
     batch_size: Option<Spanned<usize>>,
+    receive_buffer_bytes: Option<Spanned<usize>>,
     log_level: Option<Spanned<String>>,
     metrics_listen: Option<Spanned<String>>,
     relay: Option<bool>,
@@ -329,6 +333,17 @@ impl Ctx<'_> {
             MIN_BATCH_SIZE..=MAX_BATCH_SIZE,
             DEFAULT_BATCH_SIZE,
         )?;
+        let receive_buffer_bytes = raw
+            .receive_buffer_bytes
+            .map(|bytes| {
+                self.bounded(
+                    Some(bytes),
+                    "receive_buffer_bytes",
+                    MIN_RECEIVE_BUFFER_BYTES..=MAX_RECEIVE_BUFFER_BYTES,
+                    MIN_RECEIVE_BUFFER_BYTES,
+                )
+            })
+            .transpose()?;
         let log_level = match raw.log_level {
             Some(level)
                 if !["error", "warn", "info", "debug", "trace"]
@@ -369,6 +384,7 @@ impl Ctx<'_> {
             ring_bytes,
             ring_max_delay,
             batch_size,
+            receive_buffer_bytes,
             log_level,
             metrics_listen,
             relay: raw.relay.unwrap_or(false),

@@ -128,6 +128,49 @@ fn small_device_profile_stays_bounded_under_udp_flood() {
     flood_and_check(lab, a, b);
 }
 
+/// `receive_buffer_bytes` sizes the kernel's receive buffer of the tunnel socket, the one
+/// queue in front of the daemon that it does not hold itself; the kernel reports it doubled.
+#[test]
+fn receive_buffer_bytes_sizes_the_tunnel_socket() {
+    if !common::netns_available("receive_buffer_bytes_sizes_the_tunnel_socket") {
+        return;
+    }
+    const ASKED: u64 = 98_304;
+    let (mut lab, a, b) = Lab::pair("rcv", 51820);
+    let text = lab.config_text(&a, &[(&b, &[])]);
+    let Some(at) = text.find("[dht]") else {
+        lab.fail("the lab config has no [dht] section to put the key before");
+    };
+    let text = format!(
+        "{}receive_buffer_bytes = {ASKED}\n\n{}",
+        &text[..at],
+        &text[at..]
+    );
+    let config = lab.write_file(&format!("{}.toml", a.iface), &text);
+    lab.start_daemon(&a.ns, &a.iface, &config);
+    lab.wait_ready(&a.iface, &a.v4);
+    lab.up(&b, &[(&a, &[])]);
+    lab.must_ping(&a, &b.v4);
+
+    // ss prints the socket's memory as skmem:(r<queued>,rb<limit>,...).
+    let port = a.port.to_string();
+    let out = lab.ns_exec(&a.ns, &["ss", "-u", "-a", "-n", "-m"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let limit = text
+        .split("\n")
+        .skip_while(|line| !line.contains(&format!(":{port} ")))
+        .find_map(|line| line.split("rb").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|digits| digits.parse::<u64>().ok());
+    if limit != Some(2 * ASKED) {
+        lab.fail(format!(
+            "receive_buffer_bytes = {ASKED} should give the socket on port {port} a limit of {} \
+             (the kernel doubles it), found {limit:?} in:\n{text}",
+            2 * ASKED
+        ));
+    }
+}
+
 /// Floods A -> B through a pair that is up, and checks both daemons' memory and the tunnel.
 fn flood_and_check(mut lab: Lab, a: Node, b: Node) {
     // Handshake first, so the flood exercises the data path rather than the staging queue.

@@ -81,6 +81,7 @@ fn bad_values_name_their_line() {
         (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n\nring_max_delay_ms = 1001\n"), 5, "ring_max_delay_ms 1001 is outside 0..=1000"),
         (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\nbatch_size = 4\n"), 4, "batch_size 4 is outside 8..=1024"),
         (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\nbatch_size = -1\n"), 4, "-1"),
+        (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\nreceive_buffer_bytes = 4096\n"), 4, "receive_buffer_bytes 4096 is outside 32768..=67108864"),
         (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n[[peer]]\npublic_key = \"{}\"\nendpoint = \"nowhere\"\n", peer_key()), 6, "endpoint"),
     ];
     for (text, line, word) in cases {
@@ -110,6 +111,10 @@ fn ring_and_batch_keys_default_bound_and_parse() {
     assert_eq!(iface.ring_bytes, DEFAULT_RING_BYTES);
     assert_eq!(iface.ring_max_delay, Some(DEFAULT_RING_MAX_DELAY));
     assert_eq!(iface.batch_size, DEFAULT_BATCH_SIZE);
+    assert_eq!(
+        iface.receive_buffer_bytes, None,
+        "unset keeps the kernel's default"
+    );
     let set = |keys: &str| parse(&format!("{base}{keys}")).map(|c| c.interface);
     let small = set("ring_slots = 64\nring_bytes = 65536\nring_max_delay_ms = 0\nbatch_size = 8\n")
         .unwrap();
@@ -132,10 +137,15 @@ fn ring_and_batch_keys_default_bound_and_parse() {
         Some(Duration::from_millis(MAX_RING_MAX_DELAY_MS))
     );
     assert_eq!(large.batch_size, MAX_BATCH_SIZE);
+    for bytes in [MIN_RECEIVE_BUFFER_BYTES, MAX_RECEIVE_BUFFER_BYTES] {
+        let iface = set(&format!("receive_buffer_bytes = {bytes}\n")).unwrap();
+        assert_eq!(iface.receive_buffer_bytes, Some(bytes));
+    }
     for keys in [
         format!("ring_bytes = {}\n", MIN_RING_BYTES - 1),
         format!("ring_bytes = {}\n", MAX_RING_BYTES + 1),
         format!("batch_size = {}\n", MAX_BATCH_SIZE + 1),
+        format!("receive_buffer_bytes = {}\n", MAX_RECEIVE_BUFFER_BYTES + 1),
         "ring_max_delay_ms = 2.5\n".to_string(),
     ] {
         let err = set(&keys).unwrap_err().to_string();

@@ -117,6 +117,17 @@ pub const MIN_BATCH_SIZE: usize = 8;
 /// only holds packets back from the other direction for longer.
 pub const MAX_BATCH_SIZE: usize = 1024;
 
+/// Smallest `receive_buffer_bytes` accepted for the tunnel socket (unset: the kernel's
+/// `net.core.rmem_default`). The kernel doubles the value for its bookkeeping; at 32 KiB a
+/// burst of GSO trains from one fast peer already finds the socket full most of the time, so
+/// below it the setting could only lose packets.
+pub const MIN_RECEIVE_BUFFER_BYTES: usize = 32 * 1024;
+
+/// Largest `receive_buffer_bytes` accepted: 64 MiB is over 100 ms at 4 Gbit/s, far more queue
+/// than a tunnel should hold (wireguard-go asks for 7 MiB). Kernel memory, not ours, but bounded
+/// all the same.
+pub const MAX_RECEIVE_BUFFER_BYTES: usize = 64 * 1024 * 1024;
+
 /// Datagrams of `batch_size` per `sendmmsg` message: a message is one GSO train to one peer.
 pub const BATCH_DATAGRAMS_PER_SEND_MESSAGE: usize = 4;
 

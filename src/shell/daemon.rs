@@ -48,6 +48,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let port = config.interface.listen_port;
     let socket = udp::bind(port).map_err(|e| port_error(e, port, &config))?;
     let mut udp = UdpIo::new(UdpSocket::from_std(socket)?, config.interface.batch_size);
+    if let Some(bytes) = config.interface.receive_buffer_bytes {
+        size_receive_buffer(&udp, bytes);
+    }
     udp.limit_gso_segment(crate::core::limits::direct_datagram_bytes(
         config.interface.mtu,
     ));
@@ -280,6 +283,21 @@ async fn event_loop(
         if path.has_tun_backlog() {
             path.flush_tun(tun);
         }
+    }
+}
+
+/// Applies `receive_buffer_bytes`. A smaller buffer than asked still works, so a refusal is a
+/// warning, not a reason to stay down.
+fn size_receive_buffer(udp: &UdpIo, bytes: usize) {
+    match udp.set_receive_buffer(bytes) {
+        // The kernel reports twice the size asked for: half is its bookkeeping.
+        Ok(granted) if granted / 2 < bytes => tracing::warn!(
+            "receive_buffer_bytes = {bytes}: the kernel granted {} (without CAP_NET_ADMIN it caps \
+             at net.core.rmem_max)",
+            granted / 2
+        ),
+        Ok(granted) => tracing::info!("tunnel socket receive buffer: {} bytes", granted / 2),
+        Err(e) => tracing::warn!("receive_buffer_bytes = {bytes}: {e}; the kernel default stays"),
     }
 }
 

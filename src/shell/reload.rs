@@ -91,6 +91,8 @@ fn needs_restart(old: &Config, new: &Config) -> Option<&'static str> {
         Some("[interface] ring_max_delay_ms")
     } else if o.batch_size != n.batch_size {
         Some("[interface] batch_size")
+    } else if o.receive_buffer_bytes != n.receive_buffer_bytes {
+        Some("[interface] receive_buffer_bytes")
     } else if o.log_level != n.log_level {
         Some("[interface] log_level")
     } else if o.metrics_listen != n.metrics_listen {

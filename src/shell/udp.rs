@@ -122,6 +122,18 @@ impl UdpIo {
         self.gso_max_segment = bytes;
     }
 
+    /// Sizes the socket's receive buffer (SO_RCVBUF semantics: the kernel doubles `bytes` for
+    /// its bookkeeping) and returns what the kernel granted. SO_RCVBUFFORCE may exceed
+    /// `net.core.rmem_max` but needs CAP_NET_ADMIN; without it the plain option is capped there.
+    pub fn set_receive_buffer(&self, bytes: usize) -> io::Result<usize> {
+        let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+        if setsockopt(&self.socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, value).is_err() {
+            setsockopt(&self.socket, libc::SOL_SOCKET, libc::SO_RCVBUF, value)?;
+        }
+        let granted = getsockopt(&self.socket, libc::SOL_SOCKET, libc::SO_RCVBUF)?;
+        Ok(usize::try_from(granted).unwrap_or(0))
+    }
+
     pub fn gso_enabled(&self) -> bool {
         self.gso
     }

@@ -333,6 +333,8 @@ impl Ctx<'_> {
             MIN_BATCH_SIZE..=MAX_BATCH_SIZE,
             DEFAULT_BATCH_SIZE,
         )?;
+        // Optional: unset keeps the kernel's default, so the fallback given to `bounded` below is
+        // never used.
         let receive_buffer_bytes = raw
             .receive_buffer_bytes
             .map(|bytes| {

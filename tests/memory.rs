@@ -155,10 +155,19 @@ fn receive_buffer_bytes_sizes_the_tunnel_socket() {
     // ss prints the socket's memory as skmem:(r<queued>,rb<limit>,...).
     let port = a.port.to_string();
     let out = lab.ns_exec(&a.ns, &["ss", "-u", "-a", "-n", "-m"]);
+    if !out.status.success() {
+        lab.fail(format!(
+            "ss -uanm in {} failed: {}",
+            a.ns,
+            common::describe(&out)
+        ));
+    }
     let text = String::from_utf8_lossy(&out.stdout);
+    // The socket's line, then the skmem line that ss prints under it.
     let limit = text
         .split("\n")
         .skip_while(|line| !line.contains(&format!(":{port} ")))
+        .take(2)
         .find_map(|line| line.split("rb").nth(1))
         .and_then(|rest| rest.split(',').next())
         .and_then(|digits| digits.parse::<u64>().ok());

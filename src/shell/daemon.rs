@@ -292,12 +292,14 @@ fn size_receive_buffer(udp: &UdpIo, bytes: usize) {
     match udp.set_receive_buffer(bytes) {
         // The kernel reports twice the size asked for: half is its bookkeeping.
         Ok(granted) if granted / 2 < bytes => tracing::warn!(
-            "receive_buffer_bytes = {bytes}: the kernel granted {} (without CAP_NET_ADMIN it caps \
-             at net.core.rmem_max)",
+            "receive_buffer_bytes = {bytes}: the kernel granted {} (SO_RCVBUFFORCE was refused, \
+             so net.core.rmem_max caps it; raise that sysctl)",
             granted / 2
         ),
         Ok(granted) => tracing::info!("tunnel socket receive buffer: {} bytes", granted / 2),
-        Err(e) => tracing::warn!("receive_buffer_bytes = {bytes}: {e}; the kernel default stays"),
+        Err(e) => {
+            tracing::warn!("receive_buffer_bytes = {bytes}: {e}; the buffer's size is unknown")
+        }
     }
 }
 

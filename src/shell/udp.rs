@@ -126,11 +126,13 @@ impl UdpIo {
     /// its bookkeeping) and returns what the kernel granted. SO_RCVBUFFORCE may exceed
     /// `net.core.rmem_max` but needs CAP_NET_ADMIN; without it the plain option is capped there.
     pub fn set_receive_buffer(&self, bytes: usize) -> io::Result<usize> {
+        // The config bounds `bytes` to 64 MiB, well inside a c_int; saturate all the same.
         let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
         if setsockopt(&self.socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, value).is_err() {
             setsockopt(&self.socket, libc::SOL_SOCKET, libc::SO_RCVBUF, value)?;
         }
         let granted = getsockopt(&self.socket, libc::SOL_SOCKET, libc::SO_RCVBUF)?;
+        // The kernel never reports a negative size; 0 would read as "less than asked".
         Ok(usize::try_from(granted).unwrap_or(0))
     }
 

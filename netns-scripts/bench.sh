@@ -161,6 +161,7 @@ metric ping_idle_avg "ping idle, avg ms" 1
 metric ping_idle_p99 "ping idle, p99 ms" 1
 metric ping_load_avg "ping under 1 TCP stream, avg ms" 1
 metric ping_load_p99 "ping under 1 TCP stream, p99 ms" 1
+metric ping_load_loss "ping under 1 TCP stream, loss %" 1
 for i in "${!STEP_NAMES[@]}"; do
     metric "udp_${STEP_NAMES[i]}" "UDP delivered, ${STEP_TITLES[i]/unlimited/unlimited (-b 0)} offered, Gbit/s" 1
 done
@@ -175,7 +176,6 @@ for m in tcp1 tcp4 tcpR; do
     metric "${m}_runs" "${M_LABEL[$m]%%,*}, every run (Gbit/s)" 0
 done
 metric ping_idle_loss "ping idle, loss %" 0
-metric ping_load_loss "ping under 1 TCP stream, loss %" 0
 metric ping_load_tcp "TCP stream during the loaded ping, Gbit/s" 0
 for s in "${STEP_NAMES[@]}"; do
     metric "udp_${s}_sent" "UDP ${s} step: sent by iperf3 in A, Gbit/s" 0

@@ -3,10 +3,11 @@
 
 use crate::core::keys::{PresharedKey, PublicKey, SecretKey};
 use crate::core::limits::{
-    DEFAULT_BATCH_SIZE, DEFAULT_MTU, DEFAULT_RING_BYTES, DEFAULT_RING_MAX_DELAY,
-    DEFAULT_RING_SLOTS, MAX_ALLOWED_IPS, MAX_BATCH_SIZE, MAX_MTU, MAX_PEERS,
-    MAX_RECEIVE_BUFFER_BYTES, MAX_RING_BYTES, MAX_RING_MAX_DELAY_MS, MAX_RING_SLOTS,
-    MIN_BATCH_SIZE, MIN_MTU, MIN_RECEIVE_BUFFER_BYTES, MIN_RING_BYTES, MIN_RING_SLOTS,
+    DEFAULT_BATCH_SIZE, DEFAULT_BUSY_POLL_US, DEFAULT_MTU, DEFAULT_RING_BYTES,
+    DEFAULT_RING_MAX_DELAY, DEFAULT_RING_SLOTS, MAX_ALLOWED_IPS, MAX_BATCH_SIZE, MAX_BUSY_POLL_US,
+    MAX_MTU, MAX_PEERS, MAX_RECEIVE_BUFFER_BYTES, MAX_RING_BYTES, MAX_RING_MAX_DELAY_MS,
+    MAX_RING_SLOTS, MIN_BATCH_SIZE, MIN_MTU, MIN_RECEIVE_BUFFER_BYTES, MIN_RING_BYTES,
+    MIN_RING_SLOTS,
 };
 use crate::core::peer::PeerConfig;
 use crate::shell::netlink::masked;
@@ -59,6 +60,8 @@ pub struct InterfaceConfig {
     pub batch_size: usize,
     /// SO_RCVBUF of the tunnel socket; None keeps the kernel's default.
     pub receive_buffer_bytes: Option<usize>,
+    /// How long to keep polling for packets after a burst before sleeping; zero is off.
+    pub busy_poll: Duration,
     /// Log level of the daemon (error, warn, info, debug, trace).
     pub log_level: String,
     /// Where to serve Prometheus metrics (text format over HTTP); off when None.
@@ -200,6 +203,7 @@ struct RawInterface {
     ring_max_delay_ms: Option<Spanned<u64>>,
     batch_size: Option<Spanned<usize>>,
     receive_buffer_bytes: Option<Spanned<usize>>,
+    busy_poll_us: Option<Spanned<u64>>,
     log_level: Option<Spanned<String>>,
     metrics_listen: Option<Spanned<String>>,
     relay: Option<bool>,
@@ -346,6 +350,12 @@ impl Ctx<'_> {
                 )
             })
             .transpose()?;
+        let busy_poll = Duration::from_micros(self.bounded(
+            raw.busy_poll_us,
+            "busy_poll_us",
+            0..=MAX_BUSY_POLL_US,
+            DEFAULT_BUSY_POLL_US,
+        )?);
         let log_level = match raw.log_level {
             Some(level)
                 if !["error", "warn", "info", "debug", "trace"]
@@ -387,6 +397,7 @@ impl Ctx<'_> {
             ring_max_delay,
             batch_size,
             receive_buffer_bytes,
+            busy_poll,
             log_level,
             metrics_listen,
             relay: raw.relay.unwrap_or(false),

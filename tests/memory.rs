@@ -106,7 +106,7 @@ fn small_device_profile_stays_bounded_under_udp_flood() {
     }
     let (mut lab, a, b) = Lab::pair("msd", 51820);
     for (me, peer) in [(&a, &b), (&b, &a)] {
-        up_with_interface_keys(&mut lab, me, peer, SMALL_DEVICE);
+        lab.up_with_interface_keys(me, peer, SMALL_DEVICE);
     }
     let status = lab.status(&a.iface);
     for ring in ["tun_to_udp", "udp_to_tun"] {
@@ -130,12 +130,7 @@ fn receive_buffer_bytes_sizes_the_tunnel_socket() {
     }
     const ASKED: u64 = 98_304;
     let (mut lab, a, b) = Lab::pair("rcv", 51820);
-    up_with_interface_keys(
-        &mut lab,
-        &a,
-        &b,
-        &format!("receive_buffer_bytes = {ASKED}\n"),
-    );
+    lab.up_with_interface_keys(&a, &b, &format!("receive_buffer_bytes = {ASKED}\n"));
     lab.up(&b, &[(&a, &[])]);
     lab.must_ping(&a, &b.v4);
 
@@ -165,19 +160,6 @@ fn receive_buffer_bytes_sizes_the_tunnel_socket() {
             2 * ASKED
         ));
     }
-}
-
-/// Brings `me` up with the lab config plus `keys` (lines of `[interface]`), `peer` its peer.
-fn up_with_interface_keys(lab: &mut Lab, me: &Node, peer: &Node, keys: &str) {
-    let text = lab.config_text(me, &[(peer, &[])]);
-    // The lab config ends [interface] where [dht] begins.
-    let Some(at) = text.find("[dht]") else {
-        lab.fail("the lab config has no [dht] section to put interface keys before");
-    };
-    let text = format!("{}{keys}\n{}", &text[..at], &text[at..]);
-    let config = lab.write_file(&format!("{}.toml", me.iface), &text);
-    lab.start_daemon(&me.ns, &me.iface, &config);
-    lab.wait_ready(&me.iface, &me.v4);
 }
 
 /// Floods A -> B through a pair that is up, and checks both daemons' memory and the tunnel.

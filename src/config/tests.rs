@@ -82,6 +82,7 @@ fn bad_values_name_their_line() {
         (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\nbatch_size = 4\n"), 4, "batch_size 4 is outside 8..=1024"),
         (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\nbatch_size = -1\n"), 4, "-1"),
         (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\nreceive_buffer_bytes = 4096\n"), 4, "receive_buffer_bytes 4096 is outside 32768..=67108864"),
+        (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\nbusy_poll_us = 5000\n"), 4, "busy_poll_us 5000 is outside 0..=1000"),
         (&format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n[[peer]]\npublic_key = \"{}\"\nendpoint = \"nowhere\"\n", peer_key()), 6, "endpoint"),
     ];
     for (text, line, word) in cases {
@@ -115,6 +116,7 @@ fn ring_and_batch_keys_default_bound_and_parse() {
         iface.receive_buffer_bytes, None,
         "unset keeps the kernel's default"
     );
+    assert_eq!(iface.busy_poll, Duration::from_micros(DEFAULT_BUSY_POLL_US));
     let set = |keys: &str| parse(&format!("{base}{keys}")).map(|c| c.interface);
     let small = set("ring_slots = 64\nring_bytes = 65536\nring_max_delay_ms = 0\nbatch_size = 8\n")
         .unwrap();
@@ -141,11 +143,17 @@ fn ring_and_batch_keys_default_bound_and_parse() {
         let iface = set(&format!("receive_buffer_bytes = {bytes}\n")).unwrap();
         assert_eq!(iface.receive_buffer_bytes, Some(bytes));
     }
+    for micros in [0, 50, MAX_BUSY_POLL_US] {
+        let iface = set(&format!("busy_poll_us = {micros}\n")).unwrap();
+        assert_eq!(iface.busy_poll, Duration::from_micros(micros));
+    }
     for keys in [
         format!("ring_bytes = {}\n", MIN_RING_BYTES - 1),
         format!("ring_bytes = {}\n", MAX_RING_BYTES + 1),
         format!("batch_size = {}\n", MAX_BATCH_SIZE + 1),
         format!("receive_buffer_bytes = {}\n", MAX_RECEIVE_BUFFER_BYTES + 1),
+        format!("busy_poll_us = {}\n", MAX_BUSY_POLL_US + 1),
+        "busy_poll_us = -1\n".to_string(),
         "ring_max_delay_ms = 2.5\n".to_string(),
     ] {
         let err = set(&keys).unwrap_err().to_string();

@@ -128,6 +128,20 @@ pub const MIN_RECEIVE_BUFFER_BYTES: usize = 32 * 1024;
 /// all the same.
 pub const MAX_RECEIVE_BUFFER_BYTES: usize = 64 * 1024 * 1024;
 
+/// Default `busy_poll_us`: 0, off. Polling spends CPU after every burst of traffic and keeps
+/// the CPU from sleeping; a VPN should not do that unasked on a laptop. See README, Latency.
+pub const DEFAULT_BUSY_POLL_US: u64 = 0;
+
+/// Largest `busy_poll_us` accepted: past a millisecond the wait being avoided (a 30-40 µs
+/// wake-up) is small beside the CPU spent waiting, and the kernel's own `busy_poll` advice is
+/// 50-100 µs.
+pub const MAX_BUSY_POLL_US: u64 = 1000;
+
+/// Longest one busy-poll round runs before the event loop serves timers, signals and the
+/// control socket again. A round restarts its window whenever it finds a packet, so under
+/// steady traffic only this ends it; 1 ms is a hundredth of `TIMER_TICK`.
+pub const BUSY_POLL_ROUND: Duration = Duration::from_millis(1);
+
 /// Datagrams of `batch_size` per `sendmmsg` message: a message is one GSO train to one peer.
 pub const BATCH_DATAGRAMS_PER_SEND_MESSAGE: usize = 4;
 

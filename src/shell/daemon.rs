@@ -18,9 +18,9 @@ use crate::shell::metrics;
 use crate::shell::netlink::{prefixes_needing_routes, Netlink};
 use crate::shell::privileges;
 use crate::shell::reload::{reload, Link};
-use crate::shell::status::{InterfaceStatus, ShellFacts};
+use crate::shell::status::{BusyPollStatus, InterfaceStatus, ShellFacts};
 use crate::shell::tun::TunDevice;
-use crate::shell::udp::{self, UdpIo};
+use crate::shell::udp::{self, ReceiveMode, UdpIo};
 use anyhow::Context as _;
 use ipnetwork::IpNetwork;
 use sd_notify::NotifyState;
@@ -199,6 +199,7 @@ async fn event_loop(
     loop {
         let network_backlog = path.has_network_backlog();
         let tun_backlog = path.has_tun_backlog();
+        let read_before = path.packets_read();
         let event = tokio::select! {
             _ = sigint.recv() => Event::Stop,
             _ = sigterm.recv() => Event::Stop,
@@ -269,7 +270,7 @@ async fn event_loop(
                     guard.clear_ready();
                 }
             }
-            Event::UdpReadable => path.read_udp(&mut udp, tun),
+            Event::UdpReadable => path.read_udp(&mut udp, tun, ReceiveMode::WhenReady),
             Event::UdpWritable => {}
         }
         log_peer_events(&mut path.device);
@@ -282,6 +283,11 @@ async fn event_loop(
         path.flush_network(&mut udp);
         if path.has_tun_backlog() {
             path.flush_tun(tun);
+        }
+        // Read after reload, which may change it.
+        let busy_poll = config.interface.busy_poll;
+        if !busy_poll.is_zero() && path.packets_read() != read_before {
+            path.busy_poll(tun, &mut udp, busy_poll);
         }
     }
 }
@@ -407,6 +413,12 @@ fn status_json(
             dht,
             reflexive_address: reflector.and_then(Reflector::address),
             reflexive_port_varies: reflector.is_some_and(Reflector::port_varies),
+            busy_poll: BusyPollStatus {
+                window_us: config.interface.busy_poll.as_micros() as u64,
+                rounds: path.busy_poll.rounds,
+                empty_rounds: path.busy_poll.empty_rounds,
+                packets: path.busy_poll.packets,
+            },
         },
         path.now(),
     );

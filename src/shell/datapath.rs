@@ -16,10 +16,13 @@ use crate::core::ring::PacketRing;
 use crate::core::stats::DropReason;
 use crate::shell::status::RingStatus;
 use crate::shell::tun::{Offloads, TunDevice};
-use crate::shell::udp::UdpIo;
+use crate::shell::udp::{ReceiveMode, UdpIo};
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+mod busy_poll;
+pub use busy_poll::BusyPollStats;
 
 /// TUN reads per readiness wake-up: each can be a 64 KiB super-packet.
 const TUN_READS_PER_WAKE: usize = 8;
@@ -64,6 +67,10 @@ pub struct DataPath {
     tun_blocked: bool,
     /// Bytes of UDP packets queued in `to_tun` since it was last written out.
     udp_burst_bytes: usize,
+    /// Packets read from the TUN device and datagrams received: busy polling watches it move.
+    packets_read: u64,
+    /// What busy polling did, for status.
+    pub busy_poll: BusyPollStats,
     started: Instant,
 }
 
@@ -86,6 +93,8 @@ impl DataPath {
             network_blocked: false,
             tun_blocked: false,
             udp_burst_bytes: 0,
+            packets_read: 0,
+            busy_poll: BusyPollStats::default(),
             to_network: PacketRing::new(rings.slots, slot).with_max_bytes(rings.bytes),
             to_tun: PacketRing::new(rings.slots, slot).with_max_bytes(rings.bytes),
             tun_buf: vec![0u8; VNET_HDR_LEN + MAX_SUPER_PACKET].into_boxed_slice(),
@@ -119,6 +128,11 @@ impl DataPath {
         [of(&self.to_network), of(&self.to_tun)]
     }
 
+    /// Packets read from the TUN device plus datagrams received, since the start.
+    pub fn packets_read(&self) -> u64 {
+        self.packets_read
+    }
+
     pub fn has_network_backlog(&self) -> bool {
         !self.to_network.is_empty()
     }
@@ -141,6 +155,7 @@ impl DataPath {
                     return true;
                 }
             };
+            self.packets_read += 1;
             let now = self.now();
             let Self {
                 device,
@@ -178,17 +193,17 @@ impl DataPath {
     }
 
     /// Receives datagrams until the socket runs dry or the batch ends.
-    pub fn read_udp(&mut self, udp: &mut UdpIo, tun: &TunDevice) {
+    pub fn read_udp(&mut self, udp: &mut UdpIo, tun: &TunDevice, mode: ReceiveMode) {
         for _ in 0..UDP_BATCHES_PER_WAKE {
-            if !self.receive_batch(udp, tun) {
+            if !self.receive_batch(udp, tun, mode) {
                 return;
             }
         }
     }
 
     /// One `recvmmsg` and the packets it brought; false when the socket had nothing.
-    fn receive_batch(&mut self, udp: &mut UdpIo, tun: &TunDevice) -> bool {
-        let messages = match udp.recv_batch() {
+    fn receive_batch(&mut self, udp: &mut UdpIo, tun: &TunDevice, mode: ReceiveMode) -> bool {
+        let messages = match udp.recv_batch(mode) {
             Ok(0) => return false,
             Ok(n) => n,
             Err(e) => {
@@ -198,6 +213,7 @@ impl DataPath {
                 return false;
             }
         };
+        self.packets_read += messages as u64;
         let now = self.now();
         let kernel_drops = u64::from(udp.kernel_drops());
         let counted = self.device.drops().get(DropReason::SocketOverflow);

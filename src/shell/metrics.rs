@@ -178,6 +178,35 @@ pub fn render(status: &InterfaceStatus) -> String {
             [(interface_label.clone(), status.relayed_packets)],
         );
     }
+    let poll = &status.busy_poll;
+    if poll.window_us > 0 {
+        let busy_poll_counters = [
+            (
+                "dhtun_busy_poll_rounds_total",
+                "Busy-poll rounds run, one after each wake-up that read packets.",
+                poll.rounds,
+            ),
+            (
+                "dhtun_busy_poll_empty_rounds_total",
+                "Busy-poll rounds that found no packet.",
+                poll.empty_rounds,
+            ),
+            (
+                "dhtun_busy_poll_packets_total",
+                "Packets and datagrams read while busy polling.",
+                poll.packets,
+            ),
+        ];
+        for (name, help, value) in busy_poll_counters {
+            family(
+                &mut out,
+                name,
+                "counter",
+                help,
+                [(interface_label.clone(), value)],
+            );
+        }
+    }
     if let Some(dht) = &status.dht {
         family(
             &mut out,
@@ -216,7 +245,7 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shell::status::RingStatus;
+    use crate::shell::status::{BusyPollStatus, RingStatus};
     use std::collections::BTreeMap;
 
     #[test]
@@ -243,6 +272,12 @@ mod tests {
             relayed_bytes: 0,
             reflexive_address: None,
             reflexive_port_varies: false,
+            busy_poll: BusyPollStatus {
+                window_us: 50,
+                rounds: 9,
+                empty_rounds: 2,
+                packets: 30,
+            },
             peers: vec![PeerStatus {
                 public_key: "abc=".into(),
                 endpoint: None,
@@ -285,5 +320,6 @@ mod tests {
         assert!(text.contains(
             "dhtun_peer_last_handshake_seconds{interface=\"dh\\\"t0\",peer=\"abc=\"} 4\n"
         ));
+        assert!(text.contains("dhtun_busy_poll_empty_rounds_total{interface=\"dh\\\"t0\"} 2\n"));
     }
 }

@@ -33,7 +33,21 @@ pub struct InterfaceStatus {
     /// Whether DHT nodes saw that socket at different ports: the NAT maps per destination.
     #[serde(default)]
     pub reflexive_port_varies: bool,
+    /// Busy polling (`busy_poll_us`): its window and what its rounds found.
+    #[serde(default)]
+    pub busy_poll: BusyPollStatus,
     pub peers: Vec<PeerStatus>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BusyPollStatus {
+    /// The configured window; 0 when busy polling is off.
+    pub window_us: u64,
+    /// Rounds run (one after each wake-up that read packets), rounds that found nothing, and
+    /// packets read while polling. Mostly empty rounds mean the window costs CPU for nothing.
+    pub rounds: u64,
+    pub empty_rounds: u64,
+    pub packets: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,6 +101,7 @@ pub struct ShellFacts<'a> {
     pub dht: Option<crate::shell::dht::DhtStatus>,
     pub reflexive_address: Option<std::net::SocketAddr>,
     pub reflexive_port_varies: bool,
+    pub busy_poll: BusyPollStatus,
 }
 
 impl InterfaceStatus {
@@ -152,6 +167,7 @@ impl InterfaceStatus {
             relayed_bytes: device.relayed().bytes,
             reflexive_address: shell.reflexive_address.map(|a| a.to_string()),
             reflexive_port_varies: shell.reflexive_port_varies,
+            busy_poll: shell.busy_poll,
             peers,
         }
     }
@@ -179,6 +195,15 @@ impl InterfaceStatus {
             );
         }
         let _ = writeln!(out, "  drops: {}", drops_text(&self.drops));
+        let poll = &self.busy_poll;
+        if poll.window_us > 0 {
+            let _ = writeln!(
+                out,
+                "  busy polling: {} µs window, {} rounds ({} found nothing), {} packets read \
+                 while polling",
+                poll.window_us, poll.rounds, poll.empty_rounds, poll.packets
+            );
+        }
         if self.relay {
             let _ = writeln!(
                 out,

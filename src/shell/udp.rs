@@ -24,6 +24,17 @@ const SOL_UDP: libc::c_int = 17;
 const UDP_SEGMENT: libc::c_int = 103;
 const UDP_GRO: libc::c_int = 104;
 
+/// Whether a receive first asks tokio if the socket is readable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiveMode {
+    /// Only after epoll said readable; a receive that finds nothing clears that until epoll
+    /// says so again.
+    WhenReady,
+    /// Always make the syscall: busy polling runs without going back to epoll, so tokio's
+    /// readiness would stay cleared while datagrams arrive.
+    BusyPoll,
+}
+
 pub struct UdpIo {
     socket: UdpSocket,
     v6: bool,
@@ -149,7 +160,7 @@ impl UdpIo {
     }
 
     /// Receives a batch; returns how many messages `received(i)` now holds (0 when none waited).
-    pub fn recv_batch(&mut self) -> io::Result<usize> {
+    pub fn recv_batch(&mut self, mode: ReceiveMode) -> io::Result<usize> {
         self.received = 0;
         for i in 0..self.recv_hdrs.len() {
             self.recv_iov[i] = libc::iovec {
@@ -169,7 +180,7 @@ impl UdpIo {
         let fd = self.socket.as_raw_fd();
         let hdrs = self.recv_hdrs.as_mut_ptr();
         let count = self.recv_hdrs.len() as libc::c_uint;
-        let result = self.socket.try_io(Interest::READABLE, || {
+        let receive = || {
             // SAFETY: every header points at buffers owned by self that outlive the call, with
             // their true lengths; the kernel writes only within them.
             let n = unsafe {
@@ -180,7 +191,11 @@ impl UdpIo {
             } else {
                 Ok(n as usize)
             }
-        });
+        };
+        let result = match mode {
+            ReceiveMode::WhenReady => self.socket.try_io(Interest::READABLE, receive),
+            ReceiveMode::BusyPoll => receive(),
+        };
         match result {
             Ok(n) => {
                 self.received = n;

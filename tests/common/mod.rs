@@ -429,6 +429,27 @@ impl Lab {
         self.wait_ready(&me.iface, &me.v4);
     }
 
+    /// Like `up`, with `keys` (lines of `[interface]`) added to the lab config; `peer` is the
+    /// only peer.
+    #[track_caller]
+    pub fn up_with_interface_keys(&mut self, me: &Node, peer: &Node, keys: &str) {
+        let text = self.config_with_interface_keys(me, peer, keys);
+        let config = self.write_file(&format!("{}.toml", me.iface), &text);
+        self.start_daemon(&me.ns, &me.iface, &config);
+        self.wait_ready(&me.iface, &me.v4);
+    }
+
+    /// The lab config of `me` with `peer` as its only peer and `keys` added to `[interface]`.
+    #[track_caller]
+    pub fn config_with_interface_keys(&self, me: &Node, peer: &Node, keys: &str) -> String {
+        let text = self.config_text(me, &[(peer, &[])]);
+        // The lab config ends [interface] where [dht] begins.
+        let Some(at) = text.find("[dht]") else {
+            self.fail("the lab config has no [dht] section to put interface keys before");
+        };
+        format!("{}{keys}\n{}", &text[..at], &text[at..])
+    }
+
     /// Bring up A and B pointing at each other; `a_extra` are extra allowed_ips of B in A's config
     /// (subnets behind B), `b_extra` of A in B's config.
     #[track_caller]

@@ -3,7 +3,11 @@
 # underneath it (the ceiling) and, with --compare, against wireguard-go on the same pair, all in
 # one run so that every ratio compares figures measured under the same conditions.
 #
-#   sudo bash netns-scripts/bench.sh [--quick] [--compare] [--no-build]
+#   sudo bash netns-scripts/bench.sh [--quick] [--compare] [--no-build] [--busy-poll US]
+#
+# dhtun is measured twice: with its defaults, and (column "dhtun+poll") with busy_poll_us set,
+# which trades CPU for latency. Both columns are the same two daemons: the script switches the
+# setting with `dhtun reload` before each measurement.
 #
 # Measures, each for a bounded time, from namespace A to namespace B:
 #   - TCP throughput with iperf3: 1 stream, 4 streams (-P 4), reverse (-R); median of 3 runs;
@@ -24,19 +28,26 @@ source "${here}/lib.sh"
 
 usage() {
     cat <<EOF
-usage: sudo bash netns-scripts/bench.sh [--quick] [--compare] [--no-build]
-  --quick     short runs (3 s per test, 1 run each) for a smoke test; does not update docs/
-  --compare   also measure wireguard-go (userspace WireGuard) on the same namespaces
-  --no-build  use the existing release binary (\$DHTUN_BIN or target/release/dhtun)
+usage: sudo bash netns-scripts/bench.sh [--quick] [--compare] [--no-build] [--busy-poll US]
+  --quick         short runs (3 s per test, 1 run each) for a smoke test; does not update docs/
+  --compare       also measure wireguard-go (userspace WireGuard) on the same namespaces
+  --no-build      use the existing release binary (\$DHTUN_BIN or target/release/dhtun)
+  --busy-poll US  busy_poll_us of the "dhtun+poll" column (default 200; 0 leaves the column out)
 EOF
 }
 
 quick=0
 compare=0
 build=1
+busy_poll=200
 while (($#)); do
     case $1 in
     --quick) quick=1 ;;
+    --busy-poll)
+        [[ ${2:-} =~ ^[0-9]+$ ]] || die "--busy-poll needs microseconds, e.g. --busy-poll 200"
+        busy_poll=$2
+        shift
+        ;;
     --compare) compare=1 ;;
     --no-build) build=0 ;;
     *) other_option "$1" ;;
@@ -120,13 +131,16 @@ lab_start_pair ""
 DHTUN_PID_A=${LAB_DAEMON_PIDS[0]}
 DHTUN_PID_B=${LAB_DAEMON_PIDS[1]}
 TARGETS=(dhtun raw)
-declare -A ADDR=([dhtun]=100.64.0.2 [raw]=198.18.0.2 [wg]=100.64.1.2)
-declare -A TITLE=([dhtun]=dhtun [raw]="raw veth" [wg]=wireguard-go)
+declare -A ADDR=([dhtun]=100.64.0.2 [poll]=100.64.0.2 [raw]=198.18.0.2 [wg]=100.64.1.2)
+declare -A TITLE=([dhtun]=dhtun [poll]="dhtun+poll" [raw]="raw veth" [wg]=wireguard-go)
 # The sender's interface for each target, whose tx_dropped counts what was offered but never
 # reached the tunnel daemon (the kernel's TUN queue was full).
-declare -A SEND_IFACE=([dhtun]="${IFACE_A}" [raw]=ul0)
+declare -A SEND_IFACE=([dhtun]="${IFACE_A}" [poll]="${IFACE_A}" [raw]=ul0)
 # The tunnel daemon's UDP port, whose socket drops in B count what was encrypted and sent, then lost.
-declare -A TUNNEL_PORT=([dhtun]=51820)
+declare -A TUNNEL_PORT=([dhtun]=51820 [poll]=51820)
+# busy_poll_us of the dhtun daemons for each of dhtun's columns.
+declare -A WINDOW=([dhtun]=0 [poll]="${busy_poll}")
+((busy_poll > 0)) && TARGETS=(dhtun poll raw)
 if ((compare)); then
     lab_wg_start_pair
     TARGETS+=(wg)
@@ -165,6 +179,7 @@ metric ping_load_loss "ping under 1 TCP stream, loss %" 1
 for i in "${!STEP_NAMES[@]}"; do
     metric "udp_${STEP_NAMES[i]}" "UDP delivered, ${STEP_TITLES[i]/unlimited/unlimited (-b 0)} offered, Gbit/s" 1
 done
+metric cpu_daemons_100M "CPU of both daemons at 100 Mbit/s UDP, % of a core" 1
 metric mem_idle "RSS idle, MiB (larger of A and B)" 1
 for i in "${!STEP_NAMES[@]}"; do
     metric "mem_hwm_${STEP_NAMES[i]}" "peak RSS (VmHWM) after ${STEP_TITLES[i]}, MiB" 1
@@ -270,6 +285,26 @@ ping_stats() {
             i = int(0.99 * NR); if (i < 0.99 * NR) i++
             printf "%.3f %.3f %.1f\n", s / NR, v[i], 100 * (sent - NR) / sent
         }'
+}
+
+# is_dhtun TARGET - whether TARGET is one of dhtun's columns (the same daemons, set differently).
+is_dhtun() { [[ $1 == dhtun || $1 == poll ]]; }
+
+# use_target TARGET - before measuring one of dhtun's columns, give both daemons its
+# busy_poll_us by rewriting their configs and reloading them; sessions stay up.
+CURRENT_WINDOW=unset
+use_target() {
+    local target=$1 conf iface
+    is_dhtun "$target" || return 0
+    [[ ${WINDOW[$target]} == "${CURRENT_WINDOW}" ]] && return 0
+    for conf in a b; do
+        sed -i -e '/^busy_poll_us *=/d' \
+            -e "/^listen_port *=/a busy_poll_us = ${WINDOW[$target]}" "${LAB_WORK}/${conf}.toml"
+    done
+    for iface in "${IFACE_A}" "${IFACE_B}"; do
+        "${DHTUN_BIN}" reload "$iface" >/dev/null || die "dhtun reload ${iface} (busy_poll_us = ${WINDOW[$target]}) failed"
+    done
+    CURRENT_WINDOW=${WINDOW[$target]}
 }
 
 # udp_rcvbuf_errors NS - datagrams the namespace's kernel dropped because a UDP socket's receive
@@ -408,9 +443,17 @@ memory_ladder() {
     local stop="${LAB_WORK}/sampler.stop"
     local -a procs=() before=() after=()
     case $target in
-    dhtun) procs=("A:${DHTUN_PID_A}" "B:${DHTUN_PID_B}") ;;
+    dhtun | poll) procs=("A:${DHTUN_PID_A}" "B:${DHTUN_PID_B}") ;;
     wg) procs=("A:${WG_PID_A}" "B:${WG_PID_B}") ;;
     esac
+    use_target "$target"
+    if [[ $target == poll ]]; then
+        # The same daemons ran dhtun's ladder first: reset their VmHWM (clear_refs 5) so that
+        # this column's peaks are its own.
+        echo 5 >"/proc/${DHTUN_PID_A}/clear_refs"
+        echo 5 >"/proc/${DHTUN_PID_B}/clear_refs"
+    fi
+
     log "memory ladder through ${TITLE[$target]}: ${STEP_NAMES[*]} offered, ${STEP_SECS} s each"
     rm -f "$stop"
     set_step idle
@@ -424,7 +467,7 @@ memory_ladder() {
         s=${STEP_NAMES[i]}
         json="${LAB_WORK}/udp-${target}-${s}.json"
         read -ra before <<<"$(counters "$target")"
-        if [[ $target == dhtun ]]; then
+        if is_dhtun "$target"; then
             drops_save "${IFACE_A}" "${LAB_WORK}/drops-A.json"
             drops_save "${IFACE_B}" "${LAB_WORK}/drops-B.json"
         fi
@@ -435,6 +478,10 @@ memory_ladder() {
         iperf_test "$json" "${STEP_SECS}" "${ADDR[$target]}" -u -b "${STEP_RATES[i]}" -l "${UDP_LEN}" || true
         wait "$cpid" || true
         put "udp_${s}_cpu" "$target" "$(cat "${LAB_WORK}/cpu-${s}" 2>/dev/null || echo NA)"
+        if [[ $s == 100M && ${#procs[@]} -gt 0 ]]; then
+            put cpu_daemons_100M "$target" "$(awk '{ for (i = 1; i < NF; i += 2) if ($i == "A" || $i == "B") {
+                if ($(i + 1) == "NA") { print "NA"; exit } s += $(i + 1) } print s + 0 }' "${LAB_WORK}/cpu-${s}" 2>/dev/null || echo NA)"
+        fi
         set_step "after-${s}"
         read -ra after <<<"$(counters "$target")"
         put "udp_${s}" "$target" "$(gbps "$json" .end.sum_received.bits_per_second)"
@@ -444,7 +491,7 @@ memory_ladder() {
         put "udp_${s}_tun_drop_A" "$target" "$((after[0] - before[0]))"
         put "udp_${s}_rcvbuf_A" "$target" "$((after[1] - before[1]))"
         put "udp_${s}_rcvbuf_B" "$target" "$((after[2] - before[2]))"
-        if [[ $target == dhtun ]]; then
+        if is_dhtun "$target"; then
             put "udp_${s}_ring_full_A" "$target" "$((after[3] - before[3]))"
             put "udp_${s}_ring_full_B" "$target" "$((after[4] - before[4]))"
             put "udp_${s}_drops_A" "$target" "$(drops_moved "${IFACE_A}" "${LAB_WORK}/drops-A.json")"
@@ -486,7 +533,7 @@ memory_ladder() {
 # packets B's peers sent that never arrived (else 0 0).
 counters() {
     local target=$1 ra=0 rb=0 sd=0 sent=0 lost=0
-    if [[ $target == dhtun ]]; then
+    if is_dhtun "$target"; then
         ra=$(ring_full "${IFACE_A}")
         rb=$(ring_full "${IFACE_B}")
         sent=$(peers_total "${IFACE_A}" tx_packets)
@@ -517,6 +564,7 @@ for ((run = 1; run <= TCP_RUNS; run++)); do
             tcpR) args=(-R) ;;
             esac
             json="${LAB_WORK}/${mode}-${t}-${run}.json"
+            use_target "$t"
             read -r idle0 total0 <<<"$(cpu_ticks)"
             iperf_test "$json" "${TCP_SECS}" "${ADDR[$t]}" "${args[@]}" || true
             read -r idle1 total1 <<<"$(cpu_ticks)"
@@ -542,6 +590,7 @@ for t in "${TARGETS[@]}"; do
 done
 
 for t in "${TARGETS[@]}"; do
+    use_target "$t"
     log "ping through ${TITLE[$t]}: ${PING_COUNT} echoes every 10 ms, idle"
     read -r avg p99 loss <<<"$(ping_stats "${ADDR[$t]}" "${PING_COUNT}")"
     put ping_idle_avg "$t" "$avg"
@@ -588,27 +637,30 @@ mode_desc=$( ((quick)) && echo "--quick: ${TCP_SECS} s per TCP test, ${STEP_SECS
     printf '# machine: %s\n' "${machine}"
     printf '# versions: %s\n' "${versions}"
     printf '# load average (1 min) before the build: %s, at the end: %s\n' "${load_start}" "${load_end}"
-    printf 'metric,label,dhtun,raw,wireguard_go,ratio_dhtun_over_wireguard_go\n'
+    printf 'metric,label,dhtun,dhtun_busy_poll_%s,raw,wireguard_go,ratio_dhtun_over_wireguard_go\n' "${busy_poll}"
     for m in "${METRICS[@]}"; do
-        printf '%s,"%s",%s,%s,%s,%s\n' "$m" "${M_LABEL[$m]}" "$(get "$m" dhtun)" "$(get "$m" raw)" \
-            "$(get "$m" wg)" "$(ratio "$(get "$m" dhtun)" "$(get "$m" wg)")"
+        printf '%s,"%s",%s,%s,%s,%s,%s\n' "$m" "${M_LABEL[$m]}" "$(get "$m" dhtun)" "$(get "$m" poll)" \
+            "$(get "$m" raw)" "$(get "$m" wg)" "$(ratio "$(get "$m" dhtun)" "$(get "$m" wg)")"
     done
 } >"${CSV}"
 
 printf '\n dhtun benchmark, %s (%s)\n %s\n %s\n load average %s before, %s after\n\n' "${stamp}" \
     "${mode_desc}" "${machine}" "${versions}" "${load_start}" "${load_end}"
-printf ' %-46s %10s %10s %13s %10s\n' "" dhtun "raw veth" wireguard-go "dhtun/wg"
+printf ' %-52s %9s %11s %9s %13s %9s\n' "" dhtun "dhtun+poll" "raw veth" wireguard-go "dhtun/wg"
 for m in "${METRICS[@]}"; do
     ((M_SHOW[$m])) || continue
-    printf ' %-46s %10s %10s %13s %10s\n' "${M_LABEL[$m]}" "$(get "$m" dhtun)" "$(get "$m" raw)" \
-        "$(get "$m" wg)" "$(ratio "$(get "$m" dhtun)" "$(get "$m" wg)")"
+    printf ' %-52s %9s %11s %9s %13s %9s\n' "${M_LABEL[$m]}" "$(get "$m" dhtun)" "$(get "$m" poll)" \
+        "$(get "$m" raw)" "$(get "$m" wg)" "$(ratio "$(get "$m" dhtun)" "$(get "$m" wg)")"
 done
+if ((busy_poll > 0)); then
+    printf '\n dhtun+poll: the same daemons with busy_poll_us = %s (set by dhtun reload).\n' "${busy_poll}"
+fi
 printf '\n Where the unlimited UDP flood was dropped (packets):\n'
 for t in "${TARGETS[@]}"; do
     line="   ${TITLE[$t]}: lost $(get udp_unlimited_lost "$t")% end to end;"
     line+=" A's ${SEND_IFACE[$t]} tx_dropped $(get udp_unlimited_tun_drop_A "$t");"
-    [[ $t == dhtun ]] && line+=" dhtun drops A: $(get udp_unlimited_drops_A "$t"), B: $(get udp_unlimited_drops_B "$t");"
-    [[ $t == dhtun ]] && line+=" encrypted by A $(get udp_unlimited_encrypted_A "$t"), of which B saw never arrive $(get udp_unlimited_lost_AB "$t");"
+    is_dhtun "$t" && line+=" dhtun drops A: $(get udp_unlimited_drops_A "$t"), B: $(get udp_unlimited_drops_B "$t");"
+    is_dhtun "$t" && line+=" encrypted by A $(get udp_unlimited_encrypted_A "$t"), of which B saw never arrive $(get udp_unlimited_lost_AB "$t");"
     line+=" RcvbufErrors A $(get udp_unlimited_rcvbuf_A "$t"), B $(get udp_unlimited_rcvbuf_B "$t")"
     [[ $t == raw ]] || line+=" (at B's tunnel socket $(get udp_unlimited_sockdrop_B "$t"))"
     printf '%s\n' "$line"

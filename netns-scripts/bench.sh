@@ -44,7 +44,9 @@ while (($#)); do
     case $1 in
     --quick) quick=1 ;;
     --busy-poll)
-        [[ ${2:-} =~ ^[0-9]+$ ]] || die "--busy-poll needs microseconds, e.g. --busy-poll 200"
+        # What the config accepts (0..=1000), without leading zeros, which bash reads as octal.
+        [[ ${2:-} =~ ^(0|[1-9][0-9]{0,2}|1000)$ ]] ||
+            die "--busy-poll needs 0 to 1000 microseconds, e.g. --busy-poll 200"
         busy_poll=$2
         shift
         ;;
@@ -292,7 +294,7 @@ is_dhtun() { [[ $1 == dhtun || $1 == poll ]]; }
 
 # use_target TARGET - before measuring one of dhtun's columns, give both daemons its
 # busy_poll_us by rewriting their configs and reloading them; sessions stay up.
-CURRENT_WINDOW=unset
+CURRENT_WINDOW="none yet"
 use_target() {
     local target=$1 conf iface
     is_dhtun "$target" || return 0
@@ -303,6 +305,9 @@ use_target() {
     done
     for iface in "${IFACE_A}" "${IFACE_B}"; do
         "${DHTUN_BIN}" reload "$iface" >/dev/null || die "dhtun reload ${iface} (busy_poll_us = ${WINDOW[$target]}) failed"
+        # A config the sed did not change would reload fine and measure the wrong setting.
+        [[ $("${DHTUN_BIN}" status "$iface" --json | jq -r '.busy_poll.window_us') == "${WINDOW[$target]}" ]] ||
+            die "dhtun ${iface} did not take busy_poll_us = ${WINDOW[$target]} on reload"
     done
     CURRENT_WINDOW=${WINDOW[$target]}
 }
@@ -637,7 +642,8 @@ mode_desc=$( ((quick)) && echo "--quick: ${TCP_SECS} s per TCP test, ${STEP_SECS
     printf '# machine: %s\n' "${machine}"
     printf '# versions: %s\n' "${versions}"
     printf '# load average (1 min) before the build: %s, at the end: %s\n' "${load_start}" "${load_end}"
-    printf 'metric,label,dhtun,dhtun_busy_poll_%s,raw,wireguard_go,ratio_dhtun_over_wireguard_go\n' "${busy_poll}"
+    printf '# dhtun_busy_poll: the same daemons with busy_poll_us = %s (empty with --busy-poll 0)\n' "${busy_poll}"
+    printf 'metric,label,dhtun,dhtun_busy_poll,raw,wireguard_go,ratio_dhtun_over_wireguard_go\n'
     for m in "${METRICS[@]}"; do
         printf '%s,"%s",%s,%s,%s,%s,%s\n' "$m" "${M_LABEL[$m]}" "$(get "$m" dhtun)" "$(get "$m" poll)" \
             "$(get "$m" raw)" "$(get "$m" wg)" "$(ratio "$(get "$m" dhtun)" "$(get "$m" wg)")"
@@ -653,7 +659,8 @@ for m in "${METRICS[@]}"; do
         "$(get "$m" raw)" "$(get "$m" wg)" "$(ratio "$(get "$m" dhtun)" "$(get "$m" wg)")"
 done
 if ((busy_poll > 0)); then
-    printf '\n dhtun+poll: the same daemons with busy_poll_us = %s (set by dhtun reload).\n' "${busy_poll}"
+    printf '\n dhtun+poll: the same daemons with busy_poll_us = %s (set by dhtun reload). Its idle RSS\n' "${busy_poll}"
+    printf ' is measured after the dhtun ladder, its peaks after a VmHWM reset (clear_refs).\n'
 fi
 printf '\n Where the unlimited UDP flood was dropped (packets):\n'
 for t in "${TARGETS[@]}"; do

@@ -1,6 +1,6 @@
 //! Busy polling (`[interface] busy_poll_us`) on the real kernel path: a daemon with a window
-//! reads packets while it polls, one without never polls, and a reload turns polling off
-//! without a restart. What it is worth in latency is for `netns-scripts/bench.sh` to measure;
+//! reads packets while it polls, one without never polls, junk at the port starts no polling,
+//! and a reload turns polling off without a restart. What it is worth in latency is for `netns-scripts/bench.sh` to measure;
 //! this test only checks that polling reads what arrives.
 //! Same skip policy as tests/netns.rs: without root it prints SKIPPED, unless
 //! DHTUN_REQUIRE_NETNS=1 (CI), where it fails.
@@ -8,6 +8,7 @@
 mod common;
 
 use common::{describe, run_timeout, Lab, BIN};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
@@ -15,6 +16,11 @@ use std::time::Duration;
 /// on a busy CI machine: the round trip is about 0.2 ms here.
 const WINDOW_US: u64 = 1000;
 const ECHOES: &str = "20";
+/// Junk datagrams sent at the polling daemon's port.
+const JUNK: u64 = 100;
+/// Rounds (and packets) the junk may appear to add: a keepalive or handshake from the peer may
+/// arrive meanwhile. Counted junk would add one packet per datagram.
+const STRAY: u64 = 2;
 
 #[test]
 fn busy_polling_reads_packets_and_reload_turns_it_off() {
@@ -38,6 +44,40 @@ fn busy_polling_reads_packets_and_reload_turns_it_off() {
     if idle != BusyPoll::default() {
         lab.fail(format!(
             "B has no busy_poll_us, so it should never poll; status says {idle:?}"
+        ));
+    }
+
+    // Junk is dropped before the core accepts it, so it neither starts nor extends a round.
+    let status = lab.status(&a.iface);
+    let malformed = lab.drop_counter(&status, "malformed");
+    let before = busy_poll(&lab, &a.iface);
+    let (src, dst) = match (
+        format!("{}:0", b.underlay).parse::<SocketAddr>(),
+        format!("{}:{}", a.underlay, a.port).parse::<SocketAddr>(),
+    ) {
+        (Ok(src), Ok(dst)) => (src, dst),
+        _ => lab.fail("the lab's underlay addresses do not parse"),
+    };
+    for _ in 0..JUNK {
+        lab.send_udp(&b.ns, src, dst, &[0xff; 64]);
+    }
+    lab.wait_until(
+        "A counts every junk datagram as malformed",
+        Duration::from_secs(10),
+        || {
+            let now = lab.drop_counter(&lab.status(&a.iface), "malformed");
+            if now >= malformed + JUNK {
+                Ok(())
+            } else {
+                Err(format!("malformed {malformed} -> {now}"))
+            }
+        },
+    );
+    let after = busy_poll(&lab, &a.iface);
+    if after.rounds > before.rounds + STRAY || after.packets > before.packets + STRAY {
+        lab.fail(format!(
+            "{JUNK} junk datagrams should start no polling round; before {before:?}, after \
+             {after:?}"
         ));
     }
 

@@ -16,8 +16,9 @@ use crate::known;
 use dhtun::config::{Config, ConfigError};
 use dhtun::core::keys::SecretKey;
 use dhtun::core::limits::{
-    MAX_BATCH_SIZE, MAX_MTU, MAX_PEERS, MAX_RING_BYTES, MAX_RING_MAX_DELAY_MS, MAX_RING_SLOTS,
-    MIN_BATCH_SIZE, MIN_MTU, MIN_RING_BYTES, MIN_RING_SLOTS,
+    MAX_BATCH_SIZE, MAX_BUSY_POLL_US, MAX_MTU, MAX_PEERS, MAX_RECEIVE_BUFFER_BYTES,
+    MAX_RING_BYTES, MAX_RING_MAX_DELAY_MS, MAX_RING_SLOTS, MIN_BATCH_SIZE, MIN_MTU,
+    MIN_RECEIVE_BUFFER_BYTES, MIN_RING_BYTES, MIN_RING_SLOTS,
 };
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -148,6 +149,10 @@ fn check_config(path: &Path, config: &Config) {
     assert!((MIN_RING_SLOTS..=MAX_RING_SLOTS).contains(&iface.ring_slots));
     assert!((MIN_RING_BYTES..=MAX_RING_BYTES).contains(&iface.ring_bytes));
     assert!((MIN_BATCH_SIZE..=MAX_BATCH_SIZE).contains(&iface.batch_size));
+    assert!(iface.busy_poll.as_micros() <= u128::from(MAX_BUSY_POLL_US));
+    assert!(iface
+        .receive_buffer_bytes
+        .is_none_or(|b| (MIN_RECEIVE_BUFFER_BYTES..=MAX_RECEIVE_BUFFER_BYTES).contains(&b)));
     assert!(iface
         .ring_max_delay
         .is_none_or(|d| !d.is_zero() && d.as_millis() <= u128::from(MAX_RING_MAX_DELAY_MS)));

@@ -137,9 +137,10 @@ pub const DEFAULT_BUSY_POLL_US: u64 = 0;
 /// 50-100 µs.
 pub const MAX_BUSY_POLL_US: u64 = 1000;
 
-/// Longest one busy-poll round runs before the event loop serves timers, signals and the
-/// control socket again. A round restarts its window whenever it finds a packet, so under
-/// steady traffic only this ends it; 1 ms is a hundredth of `TIMER_TICK`.
+/// Longest one busy-poll round holds the event loop's thread. A round restarts its window
+/// whenever it finds a packet, so under steady traffic only this ends it; then the loop goes
+/// back to the runtime, which serves timers, signals and the control socket. 1 ms is a
+/// hundredth of `TIMER_TICK`.
 pub const BUSY_POLL_ROUND: Duration = Duration::from_millis(1);
 
 /// Datagrams of `batch_size` per `sendmmsg` message: a message is one GSO train to one peer.

@@ -11,7 +11,7 @@ use crate::core::device::{Device, DeviceConfig, PeerEvent};
 use crate::core::limits::TIMER_TICK;
 use crate::core::reflexive::Reflector;
 use crate::shell::control::{ControlCommand, ControlRequest, ControlServer};
-use crate::shell::datapath::{DataPath, RingSettings};
+use crate::shell::datapath::{DataPath, RingSettings, TunRead};
 use crate::shell::dht::DhtStatus;
 use crate::shell::discovery::{Discovery, Lookup};
 use crate::shell::metrics;
@@ -199,7 +199,7 @@ async fn event_loop(
     loop {
         let network_backlog = path.has_network_backlog();
         let tun_backlog = path.has_tun_backlog();
-        let read_before = path.packets_read();
+        let accepted_before = path.packets_accepted();
         let event = tokio::select! {
             _ = sigint.recv() => Event::Stop,
             _ = sigterm.recv() => Event::Stop,
@@ -261,7 +261,7 @@ async fn event_loop(
                 }
             }
             Event::TunReadable(mut guard) => {
-                if path.read_tun(tun, &mut udp) {
+                if path.read_tun(tun, &mut udp) != TunRead::BatchEnded {
                     guard.clear_ready();
                 }
             }
@@ -286,7 +286,7 @@ async fn event_loop(
         }
         // Read after reload, which may change it.
         let busy_poll = config.interface.busy_poll;
-        if !busy_poll.is_zero() && path.packets_read() != read_before {
+        if !busy_poll.is_zero() && path.packets_accepted() != accepted_before {
             path.busy_poll(tun, &mut udp, busy_poll);
         }
     }
@@ -414,10 +414,9 @@ fn status_json(
             reflexive_address: reflector.and_then(Reflector::address),
             reflexive_port_varies: reflector.is_some_and(Reflector::port_varies),
             busy_poll: BusyPollStatus {
-                window_us: config.interface.busy_poll.as_micros() as u64,
-                rounds: path.busy_poll.rounds,
-                empty_rounds: path.busy_poll.empty_rounds,
-                packets: path.busy_poll.packets,
+                window_us: u64::try_from(config.interface.busy_poll.as_micros())
+                    .unwrap_or(u64::MAX),
+                counts: path.busy_poll_stats,
             },
         },
         path.now(),

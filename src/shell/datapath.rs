@@ -67,11 +67,23 @@ pub struct DataPath {
     tun_blocked: bool,
     /// Bytes of UDP packets queued in `to_tun` since it was last written out.
     udp_burst_bytes: usize,
-    /// Packets read from the TUN device and datagrams received: busy polling watches it move.
-    packets_read: u64,
+    /// Packets read from the TUN device plus datagrams the core accepted: busy polling watches
+    /// it move. Junk and DHT datagrams do not count, so they cannot buy polling rounds.
+    packets_accepted: u64,
     /// What busy polling did, for status.
-    pub busy_poll: BusyPollStats,
+    pub busy_poll_stats: BusyPollStats,
     started: Instant,
+}
+
+/// How a call to `read_tun` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunRead {
+    /// The device has nothing more now: wait for epoll to say readable.
+    Dry,
+    /// The batch ended with packets perhaps still waiting: read again soon.
+    BatchEnded,
+    /// A read failed for another reason than would-block; it was logged.
+    Failed,
 }
 
 /// How the two rings are sized (from `[interface]`, bounded by the config).
@@ -93,8 +105,8 @@ impl DataPath {
             network_blocked: false,
             tun_blocked: false,
             udp_burst_bytes: 0,
-            packets_read: 0,
-            busy_poll: BusyPollStats::default(),
+            packets_accepted: 0,
+            busy_poll_stats: BusyPollStats::default(),
             to_network: PacketRing::new(rings.slots, slot).with_max_bytes(rings.bytes),
             to_tun: PacketRing::new(rings.slots, slot).with_max_bytes(rings.bytes),
             tun_buf: vec![0u8; VNET_HDR_LEN + MAX_SUPER_PACKET].into_boxed_slice(),
@@ -128,9 +140,9 @@ impl DataPath {
         [of(&self.to_network), of(&self.to_tun)]
     }
 
-    /// Packets read from the TUN device plus datagrams received, since the start.
-    pub fn packets_read(&self) -> u64 {
-        self.packets_read
+    /// Packets read from the TUN device plus datagrams the core accepted, since the start.
+    pub fn packets_accepted(&self) -> u64 {
+        self.packets_accepted
     }
 
     pub fn has_network_backlog(&self) -> bool {
@@ -141,21 +153,21 @@ impl DataPath {
         !self.to_tun.is_empty()
     }
 
-    /// Reads packets from the TUN device until it runs dry (true) or the batch ends (false).
-    pub fn read_tun(&mut self, tun: &TunDevice, udp: &mut UdpIo) -> bool {
+    /// Reads packets from the TUN device until it runs dry, the batch ends or a read fails.
+    pub fn read_tun(&mut self, tun: &TunDevice, udp: &mut UdpIo) -> TunRead {
         for _ in 0..TUN_READS_PER_WAKE {
             if lacks_headroom(&self.to_network) {
                 self.flush_network(udp);
             }
             let n = match tun.try_read(&mut self.tun_buf) {
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return TunRead::Dry,
                 Err(e) => {
                     tracing::warn!("reading from {}: {e}", tun.name());
-                    return true;
+                    return TunRead::Failed;
                 }
             };
-            self.packets_read += 1;
+            self.packets_accepted += 1;
             let now = self.now();
             let Self {
                 device,
@@ -189,7 +201,7 @@ impl DataPath {
                 }
             }
         }
-        false
+        TunRead::BatchEnded
     }
 
     /// Receives datagrams until the socket runs dry or the batch ends.
@@ -213,7 +225,6 @@ impl DataPath {
                 return false;
             }
         };
-        self.packets_read += messages as u64;
         let now = self.now();
         let kernel_drops = u64::from(udp.kernel_drops());
         let counted = self.device.drops().get(DropReason::SocketOverflow);
@@ -323,7 +334,11 @@ impl DataPath {
             self.device.count_drop(DropReason::RingFull);
             return;
         };
-        match self.device.handle_datagram(from, datagram, now, out) {
+        let action = self.device.handle_datagram(from, datagram, now, out);
+        if !matches!(action, NetworkAction::Drop(_)) {
+            self.packets_accepted += 1;
+        }
+        match action {
             NetworkAction::WriteToTun { len } => {
                 if offload::carries_udp(out) {
                     self.udp_burst_bytes += len;

@@ -184,17 +184,17 @@ pub fn render(status: &InterfaceStatus) -> String {
             (
                 "dhtun_busy_poll_rounds_total",
                 "Busy-poll rounds run, one after each wake-up that read packets.",
-                poll.rounds,
+                poll.counts.rounds,
             ),
             (
                 "dhtun_busy_poll_empty_rounds_total",
                 "Busy-poll rounds that found no packet.",
-                poll.empty_rounds,
+                poll.counts.empty_rounds,
             ),
             (
                 "dhtun_busy_poll_packets_total",
                 "Packets and datagrams read while busy polling.",
-                poll.packets,
+                poll.counts.packets,
             ),
         ];
         for (name, help, value) in busy_poll_counters {
@@ -245,6 +245,7 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shell::datapath::BusyPollStats;
     use crate::shell::status::{BusyPollStatus, RingStatus};
     use std::collections::BTreeMap;
 
@@ -274,9 +275,11 @@ mod tests {
             reflexive_port_varies: false,
             busy_poll: BusyPollStatus {
                 window_us: 50,
-                rounds: 9,
-                empty_rounds: 2,
-                packets: 30,
+                counts: BusyPollStats {
+                    rounds: 9,
+                    empty_rounds: 2,
+                    packets: 30,
+                },
             },
             peers: vec![PeerStatus {
                 public_key: "abc=".into(),

@@ -3,6 +3,7 @@
 
 use crate::core::device::Device;
 use crate::core::peer::Path;
+use crate::shell::datapath::BusyPollStats;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -43,11 +44,8 @@ pub struct InterfaceStatus {
 pub struct BusyPollStatus {
     /// The configured window; 0 when busy polling is off.
     pub window_us: u64,
-    /// Rounds run (one after each wake-up that read packets), rounds that found nothing, and
-    /// packets read while polling. Mostly empty rounds mean the window costs CPU for nothing.
-    pub rounds: u64,
-    pub empty_rounds: u64,
-    pub packets: u64,
+    #[serde(flatten)]
+    pub counts: BusyPollStats,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -201,7 +199,7 @@ impl InterfaceStatus {
                 out,
                 "  busy polling: {} µs window, {} rounds ({} found nothing), {} packets read \
                  while polling",
-                poll.window_us, poll.rounds, poll.empty_rounds, poll.packets
+                poll.window_us, poll.counts.rounds, poll.counts.empty_rounds, poll.counts.packets
             );
         }
         if self.relay {

@@ -1,7 +1,8 @@
-//! The sans-IO core: everything dhtun decides, with no sockets, files, clock reads or tokio.
-//! Time comes in as `now` (time since the daemon started), randomness as a seed, and results go
-//! out as values that say what the shell does next.
+//! The sans-IO core: everything dhtun decides, with no sockets, files, clock reads or async
+//! runtime. Time comes in as `now` (time since the daemon started), randomness as a seed, and
+//! results go out as values that say what the shell does next.
 
+pub mod backoff;
 pub mod checksum;
 pub mod cookie;
 pub mod device;

@@ -2,6 +2,7 @@
 //! with a record that came back. The shell does the lookups and hands the answers in.
 
 use super::Device;
+use crate::core::backoff;
 use crate::core::keys::PublicKey;
 use crate::core::limits::{
     DHT_RESOLVE_FIRST_RETRY, DHT_RESOLVE_REFRESH, DHT_RESOLVE_RETRY, MAX_RECORD_CANDIDATES,
@@ -90,9 +91,7 @@ fn lookup_due(peer: &Peer, now: Duration) -> bool {
     let stuck = unanswered || (!connected && !peer.reachable());
     let retry = match peer.discovery.empty_lookups {
         0 => DHT_RESOLVE_RETRY,
-        n => DHT_RESOLVE_FIRST_RETRY
-            .saturating_mul(1 << (n - 1).min(8))
-            .min(DHT_RESOLVE_RETRY),
+        n => backoff::doubling(DHT_RESOLVE_FIRST_RETRY, n - 1, DHT_RESOLVE_RETRY),
     };
     if let (Some(relayed_at), Some(elapsed), Some(last)) = (
         peer.relayed_at.filter(|_| peer.relay_via.is_some()),

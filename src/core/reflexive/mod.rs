@@ -17,6 +17,7 @@
 
 pub mod krpc;
 
+use crate::core::backoff;
 use crate::core::limits::{
     MAX_REFLECTORS, REFLECTOR_ANSWER_LIFETIME, REFLECTOR_FIRST_RETRY, REFLECTOR_REFRESH,
 };
@@ -213,9 +214,7 @@ impl Slot {
 /// How long to wait for an answer after the `unanswered`-th probe in a row (counting from 0):
 /// `REFLECTOR_FIRST_RETRY`, doubling, at most `REFLECTOR_REFRESH`.
 fn retry_delay(unanswered: u32) -> Duration {
-    REFLECTOR_FIRST_RETRY
-        .saturating_mul(1u32 << unanswered.min(16))
-        .min(REFLECTOR_REFRESH)
+    backoff::doubling(REFLECTOR_FIRST_RETRY, unanswered, REFLECTOR_REFRESH)
 }
 
 #[cfg(test)]

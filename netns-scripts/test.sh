@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command: formatting, lints, and every test including the network-namespace
-# tests (tests/netns.rs). As root it installs what is missing and makes the namespace tests
+# tests (tests/netns/). As root it installs what is missing and makes the namespace tests
 # mandatory (DHTUN_REQUIRE_NETNS=1); without root they are skipped, and this script says so.
 #   sudo bash netns-scripts/test.sh
 set -euo pipefail
@@ -46,7 +46,7 @@ if ((root)); then
 else
     step "cargo test --all-targets --no-fail-fast (not root)"
     cargo test --all-targets --no-fail-fast
-    printf '\nNOTE: not root, so the network-namespace tests (tests/netns.rs) were SKIPPED.\n' >&2
+    printf '\nNOTE: not root, so the network-namespace tests (tests/netns/) were SKIPPED.\n' >&2
     printf '      Run as root to include them: sudo bash netns-scripts/test.sh\n' >&2
 fi
 

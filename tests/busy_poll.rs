@@ -2,7 +2,7 @@
 //! reads packets while it polls, one without never polls, junk at the port starts no polling,
 //! and a reload turns polling off without a restart. What it is worth in latency is for `netns-scripts/bench.sh` to measure;
 //! this test only checks that polling reads what arrives.
-//! Same skip policy as tests/netns.rs: without root it prints SKIPPED, unless
+//! Same skip policy as tests/netns/: without root it prints SKIPPED, unless
 //! DHTUN_REQUIRE_NETNS=1 (CI), where it fails.
 
 mod common;

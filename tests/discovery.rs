@@ -4,7 +4,7 @@
 //! the public DHT: every daemon's `[dht] bootstrap` names the hub (and, in one test, a lying node
 //! of ours), and the namespaces have no route anywhere else.
 //!
-//! Same policy as tests/netns.rs: without root these print SKIPPED and pass, unless
+//! Same policy as tests/netns/: without root these print SKIPPED and pass, unless
 //! DHTUN_REQUIRE_NETNS=1 (CI), where they fail. Every wait is bounded in time, and dropping the
 //! `Lab` (also while unwinding from a failed assertion) stops every process and deletes every
 //! namespace.

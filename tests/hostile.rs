@@ -2,10 +2,10 @@
 //! garbage and handshake floods from a stranger while a transfer runs, and forged transport
 //! packets that try to move a peer's endpoint.
 //!
-//! Two daemons A and B as in tests/netns.rs (underlay 198.18.0.1/.2, overlay 100.64.0.1/.2);
+//! Two daemons A and B as in tests/netns/ (underlay 198.18.0.1/.2, overlay 100.64.0.1/.2);
 //! the flood and forgery tests add a namespace C, a stranger with no key B knows, on a second
 //! veth pair to B (198.18.1.2 -> 198.18.1.1). Everything is removed on drop, also on failure.
-//! Same policy as tests/netns.rs: without root, a loud SKIPPED; with DHTUN_REQUIRE_NETNS=1, a
+//! Same policy as tests/netns/: without root, a loud SKIPPED; with DHTUN_REQUIRE_NETNS=1, a
 //! failure instead.
 
 mod common;

@@ -5,7 +5,7 @@
 //! It asserts bounds, never rates: how much of the flood gets through depends on the machine, so
 //! throughput is only reported, and the only traffic checks are that plenty reached the receiving
 //! daemon (or the memory figures would prove nothing) and that the tunnel still works afterwards.
-//! Same skip policy as tests/netns.rs: without root it prints SKIPPED, unless
+//! Same skip policy as tests/netns/: without root it prints SKIPPED, unless
 //! DHTUN_REQUIRE_NETNS=1 (CI), where it fails.
 //!
 //! Which memory: VmHWM, the kernel's record of the most that was ever resident, counts the

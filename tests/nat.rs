@@ -14,7 +14,7 @@
 //! from netns-scripts/nat-bench.sh (release build), not from these debug-build runs. No timing
 //! is asserted beyond bounded waits.
 //!
-//! Same policy as tests/netns.rs: without root these print SKIPPED and pass, unless
+//! Same policy as tests/netns/: without root these print SKIPPED and pass, unless
 //! DHTUN_REQUIRE_NETNS=1 (CI), where they fail. They also need `nft` (Debian package nftables).
 
 mod common;

@@ -1,0 +1,183 @@
+//! A daemon's life: `dhtun down` removes what `up` made, a reload applies changes and refuses
+//! bad configs, and the tunnel recovers when the underlay goes down, comes up or changes address.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common;
+use crate::common::{describe, run_timeout, Lab, BIN};
+
+#[test]
+fn down_removes_interface_and_routes() {
+    if !common::netns_available("down_removes_interface_and_routes") {
+        return;
+    }
+    let (mut lab, a, b) = Lab::pair("dn", 51824);
+    lab.up(&a, &[(&b, &["100.65.2.0/24"])]);
+
+    let routes = lab.ip_ok(&a.ns, &["route", "show", "100.65.2.0/24"]);
+    if !routes.contains(&format!("dev {}", a.iface)) {
+        lab.fail(format!(
+            "before down: expected a route 100.65.2.0/24 dev {}, got {routes:?}",
+            a.iface
+        ));
+    }
+    if !a.socket().exists() {
+        lab.fail(format!(
+            "control socket {} should exist while the daemon runs",
+            a.socket().display()
+        ));
+    }
+
+    let out = run_timeout(
+        Command::new(BIN).args(["down", &a.iface]),
+        Duration::from_secs(20),
+    );
+    if !out.status.success() {
+        lab.fail(format!(
+            "`dhtun down {}` should exit 0; {}",
+            a.iface,
+            describe(&out)
+        ));
+    }
+    match lab.wait_daemon_exit(&a.iface, Duration::from_secs(10)) {
+        None => lab.fail(format!(
+            "the daemon of {} still runs 10 s after `dhtun down` returned",
+            a.iface
+        )),
+        Some(st) if !st.success() => lab.fail(format!(
+            "the daemon of {} should exit 0 after `dhtun down`, exited with {st}",
+            a.iface
+        )),
+        Some(_) => {}
+    }
+
+    let link = lab.ip(&a.ns, &["link", "show", &a.iface]);
+    if link.status.success() {
+        lab.fail(format!(
+            "interface {} should be gone after down, but `ip link show` found it: {}",
+            a.iface,
+            String::from_utf8_lossy(&link.stdout)
+        ));
+    }
+    let routes = lab.ip_ok(&a.ns, &["route", "show", "100.65.2.0/24"]);
+    if !routes.trim().is_empty() {
+        lab.fail(format!(
+            "no route to 100.65.2.0/24 should remain after down, found {routes:?}"
+        ));
+    }
+    let routes6 = lab.ip_ok(&a.ns, &["-6", "route", "show", "fd64::/64"]);
+    if !routes6.trim().is_empty() {
+        lab.fail(format!(
+            "no route to fd64::/64 should remain after down, found {routes6:?}"
+        ));
+    }
+    if a.socket().exists() {
+        lab.fail(format!(
+            "control socket {} should be removed after down",
+            a.socket().display()
+        ));
+    }
+}
+
+#[test]
+fn reload_applies_changes_and_refuses_bad_configs() {
+    if !common::netns_available("reload_applies_changes_and_refuses_bad_configs") {
+        return;
+    }
+    let (mut lab, a, b) = Lab::pair("rl", 51826);
+    lab.up_pair(&a, &b, &[], &[]);
+    lab.must_ping(&a, &b.v4);
+    let before = lab.status(&a.iface);
+    let handshake_before = lab.peer_status(&before, &b.public)["last_handshake_secs_ago"].clone();
+
+    // Widen B's allowed_ips in A's config: a route appears, the session stays.
+    let text = lab.config_text(&a, &[(&b, &["100.65.7.0/24"])]);
+    lab.write_file(&format!("{}.toml", a.iface), &text);
+    let out = run_timeout(
+        Command::new(BIN).args(["reload", &a.iface]),
+        Duration::from_secs(20),
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !said.contains("1 changed") {
+        lab.fail(format!(
+            "reload should succeed and report 1 changed peer; {}",
+            describe(&out)
+        ));
+    }
+    let routes = lab.ip_ok(&a.ns, &["route", "show", "100.65.7.0/24"]);
+    if !routes.contains(&format!("dev {}", a.iface)) {
+        lab.fail(format!(
+            "after reload: expected a route 100.65.7.0/24 dev {}, got {routes:?}",
+            a.iface
+        ));
+    }
+    lab.must_ping(&a, &b.v4);
+    let after = lab.status(&a.iface);
+    let handshake_after = &lab.peer_status(&after, &b.public)["last_handshake_secs_ago"];
+    if handshake_before.is_null() || handshake_after.is_null() {
+        lab.fail(format!("the session should survive the reload: handshake ages {handshake_before} then {handshake_after}"));
+    }
+
+    // A broken config is refused with one clear line, and the running state is kept.
+    lab.write_file(&format!("{}.toml", a.iface), "[interface]\nname = 3\n");
+    let out = run_timeout(
+        Command::new(BIN).args(["reload", &a.iface]),
+        Duration::from_secs(20),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || err.lines().count() != 1 || !err.contains(".toml") {
+        lab.fail(format!(
+            "a broken config should be refused in one line naming the file; {}",
+            describe(&out)
+        ));
+    }
+    lab.must_ping(&a, &b.v4);
+    let routes = lab.ip_ok(&a.ns, &["route", "show", "100.65.7.0/24"]);
+    if !routes.contains(&format!("dev {}", a.iface)) {
+        lab.fail(format!(
+            "a refused reload must keep the running routes, got {routes:?}"
+        ));
+    }
+}
+
+#[test]
+fn underlay_down_up_and_address_change_recover() {
+    if !common::netns_available("underlay_down_up_and_address_change_recover") {
+        return;
+    }
+    let (mut lab, a, b) = Lab::pair("ul", 51831);
+    lab.up_pair(&a, &b, &[], &[]);
+    lab.must_ping(&a, &b.v4);
+
+    // The link under the tunnel goes away for a while and comes back.
+    lab.ip_ok(&a.ns, &["link", "set", "ul0", "down"]);
+    let _ = lab.ping(&a.ns, &b.v4, 2);
+    lab.ip_ok(&a.ns, &["link", "set", "ul0", "up"]);
+    if let Err(e) = lab.ping(&a.ns, &b.v4, 20) {
+        lab.fail(format!(
+            "after the underlay came back up, A should reach B again: {e}"
+        ));
+    }
+
+    // A's underlay address changes: B must follow A's authenticated packets to the new one.
+    lab.ip_ok(&a.ns, &["addr", "flush", "dev", "ul0"]);
+    lab.ip_ok(&a.ns, &["addr", "add", "198.18.0.11/24", "dev", "ul0"]);
+    if let Err(e) = lab.ping(&a.ns, &b.v4, 20) {
+        lab.fail(format!(
+            "after A's address changed, A should reach B again: {e}"
+        ));
+    }
+    let status = lab.status(&b.iface);
+    let peer = lab.peer_status(&status, &a.public);
+    let endpoint = peer["endpoint"].as_str().unwrap_or_default().to_string();
+    if !endpoint.starts_with("198.18.0.11:") || peer["endpoint_source"] != "roamed" {
+        lab.fail(format!(
+            "B should have roamed to A's new address, has {endpoint} ({})",
+            peer["endpoint_source"]
+        ));
+    }
+    if let Err(e) = lab.ping(&b.ns, &a.v4, 10) {
+        lab.fail(format!("B should reach A at its new address: {e}"));
+    }
+}

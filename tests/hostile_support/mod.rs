@@ -1,4 +1,4 @@
-//! Helpers of tests/hostile.rs: a third namespace on B's underlay, a packet capture on a veth,
+//! Helpers of tests/hostile/: a third namespace on B's underlay, a packet capture on a veth,
 //! forged and garbage datagrams, a TCP transfer through the tunnel, and a memory watch.
 //!
 //! Everything here touches only the namespaces a test created and addresses in 198.18.0.0/15

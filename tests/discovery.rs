@@ -468,8 +468,8 @@ fn time_to_first_packet() {
     ));
 }
 
-/// Regression test for a daemon bug (ignored until it is fixed; run it with
-/// `cargo test --test discovery -- --ignored`).
+/// Regression test for a daemon bug, fixed in f3c286c: a peer's own tunnel subnet must never
+/// become its endpoint.
 ///
 /// In the lab layout every peer has a subnet behind it (100.65.<host>.0/24 on lan0), which the
 /// other peers route into their tunnel. The daemon publishes 100.65.<host>.1 in its record like

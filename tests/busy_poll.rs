@@ -1,16 +1,17 @@
 //! Busy polling (`[interface] busy_poll_us`) on the real kernel path: a daemon with a window
 //! reads packets while it polls, one without never polls, junk at the port starts no polling,
-//! and a reload turns polling off without a restart. What it is worth in latency is for `netns-scripts/bench.sh` to measure;
-//! this test only checks that polling reads what arrives.
+//! a one-way stream makes it skip rounds, and a reload turns polling off without a restart.
+//! What it is worth in latency is for `netns-scripts/bench.sh` to measure; this test only
+//! checks that polling reads what arrives and stops paying where nothing answers.
 //! Same skip policy as tests/netns/: without root it prints SKIPPED, unless
 //! DHTUN_REQUIRE_NETNS=1 (CI), where it fails.
 
 mod common;
 
-use common::{describe, run_timeout, Lab, BIN};
-use std::net::SocketAddr;
+use common::{describe, in_netns, run_timeout, Lab, BIN};
+use std::net::{SocketAddr, UdpSocket};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Long enough that an echo reply from the other namespace comes back within the window even
 /// on a busy CI machine: the round trip is about 0.2 ms here.
@@ -21,6 +22,13 @@ const JUNK: u64 = 100;
 /// Rounds (and packets) the junk may appear to add: a keepalive or handshake from the peer may
 /// arrive meanwhile. Counted junk would add one packet per datagram.
 const STRAY: u64 = 2;
+/// Datagrams of the one-way stream from A to a socket in B, and the gap between them: longer
+/// than the window, so each wakes A on its own and finds no answer.
+const STREAM: u64 = 200;
+const STREAM_GAP: Duration = Duration::from_millis(2);
+/// The port B's socket takes the stream on. A socket must be there: without one, B's kernel
+/// would answer each datagram with an ICMP error, and that answer is what polling waits for.
+const STREAM_PORT: u16 = 40_007;
 
 #[test]
 fn busy_polling_reads_packets_and_reload_turns_it_off() {
@@ -81,6 +89,23 @@ fn busy_polling_reads_packets_and_reload_turns_it_off() {
         ));
     }
 
+    // A one-way stream brings no answer, so after a few empty rounds A skips most of them.
+    let before = busy_poll(&lab, &a.iface);
+    let received = one_way_stream(&lab, &a.ns, &b.ns, &b.v4);
+    let after = busy_poll(&lab, &a.iface);
+    if received != STREAM {
+        lab.fail(format!(
+            "B's socket should receive all {STREAM} datagrams of the stream, got {received}"
+        ));
+    }
+    if after.skipped < before.skipped + STREAM / 2 {
+        lab.fail(format!(
+            "{STREAM} datagrams {STREAM_GAP:?} apart from A's side, none answered: A should have \
+             skipped the rounds of at least half of their wake-ups; before {before:?}, after \
+             {after:?}"
+        ));
+    }
+
     // Turn polling off by reload: the window goes to zero and no round runs any more.
     let text = lab.config_with_interface_keys(&a, &b, "busy_poll_us = 0\n");
     lab.write_file(&format!("{}.toml", a.iface), &text);
@@ -112,6 +137,7 @@ struct BusyPoll {
     rounds: u64,
     empty_rounds: u64,
     packets: u64,
+    skipped: u64,
 }
 
 fn busy_poll(lab: &Lab, iface: &str) -> BusyPoll {
@@ -128,6 +154,7 @@ fn busy_poll(lab: &Lab, iface: &str) -> BusyPoll {
         rounds: field("rounds"),
         empty_rounds: field("empty_rounds"),
         packets: field("packets"),
+        skipped: field("skipped"),
     }
 }
 
@@ -144,5 +171,59 @@ fn echoes(lab: &Lab, ns: &str, addr: &str) {
             "{ECHOES} pings from {ns} to {addr} should all come back; {}",
             describe(&out)
         ));
+    }
+}
+
+/// Sends `STREAM` datagrams `STREAM_GAP` apart from namespace `from` through the tunnel to a
+/// socket on `to_addr` in namespace `to`; returns how many that socket received.
+fn one_way_stream(lab: &Lab, from: &str, to: &str, to_addr: &str) -> u64 {
+    let dst = match format!("{to_addr}:{STREAM_PORT}").parse::<SocketAddr>() {
+        Ok(dst) => dst,
+        Err(e) => lab.fail(format!("{to_addr}:{STREAM_PORT} does not parse: {e}")),
+    };
+    let (bound_tx, bound_rx) = std::sync::mpsc::sync_channel(1);
+    let receiver = in_netns(to, move || {
+        let sock = UdpSocket::bind(dst).map_err(|e| format!("bind {dst}: {e}"))?;
+        let _ = bound_tx.send(());
+        sock.set_read_timeout(Some(Duration::from_millis(500)))
+            .map_err(|e| format!("read timeout: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut buf = [0u8; 2048];
+        let mut received = 0;
+        // Until all came or half a second passes without one, and never past the deadline.
+        while received < STREAM && Instant::now() < deadline {
+            match sock.recv(&mut buf) {
+                Ok(_) => received += 1,
+                Err(_) => break,
+            }
+        }
+        Ok(received)
+    });
+    if bound_rx.recv_timeout(Duration::from_secs(5)).is_err() {
+        let why = receiver
+            .join()
+            .map_or_else(|_| "panicked".into(), |r| format!("{r:?}"));
+        lab.fail(format!(
+            "the stream's receiver in {to} did not start: {why}"
+        ));
+    }
+    let sender = in_netns(from, move || {
+        let sock = UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("bind: {e}"))?;
+        for i in 0..STREAM {
+            sock.send_to(&i.to_be_bytes(), dst)
+                .map_err(|e| format!("send to {dst}: {e}"))?;
+            std::thread::sleep(STREAM_GAP);
+        }
+        Ok(())
+    });
+    match sender.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => lab.fail(format!("sending the stream from {from}: {e}")),
+        Err(_) => lab.fail("the stream's sender panicked"),
+    }
+    match receiver.join() {
+        Ok(Ok(received)) => received,
+        Ok(Err(e)) => lab.fail(format!("receiving the stream in {to}: {e}")),
+        Err(_) => lab.fail("the stream's receiver panicked"),
     }
 }

@@ -129,7 +129,8 @@ pub const MIN_RECEIVE_BUFFER_BYTES: usize = 32 * 1024;
 pub const MAX_RECEIVE_BUFFER_BYTES: usize = 64 * 1024 * 1024;
 
 /// Default `busy_poll_us`: 0, off. Polling spends CPU after every burst of traffic and keeps
-/// the CPU from sleeping; a VPN should not do that unasked on a laptop. See README, Latency.
+/// the CPU from sleeping; a VPN should not do that unasked on a laptop. See README, Busy
+/// polling.
 pub const DEFAULT_BUSY_POLL_US: u64 = 0;
 
 /// Largest `busy_poll_us` accepted: past a millisecond the wait being avoided (a 30-40 µs
@@ -142,6 +143,13 @@ pub const MAX_BUSY_POLL_US: u64 = 1000;
 /// back to the runtime, which serves timers, signals and the control socket. 1 ms is a
 /// hundredth of `TIMER_TICK`.
 pub const BUSY_POLL_ROUND: Duration = Duration::from_millis(1);
+
+/// After each busy-poll round in a row that found nothing, twice as many wake-ups skip their
+/// round, up to 2^6 - 1 = 63. Empty rounds mean the traffic does not answer within the window
+/// (a one-way stream, or an answer from across a WAN), so polling would only burn CPU; a
+/// stream then pays one round in 64, and traffic that starts answering is noticed within 64
+/// wake-ups.
+pub const BUSY_POLL_MAX_SKIP_SHIFT: u32 = 6;
 
 /// Datagrams of `batch_size` per `sendmmsg` message: a message is one GSO train to one peer.
 pub const BATCH_DATAGRAMS_PER_SEND_MESSAGE: usize = 4;

@@ -199,7 +199,7 @@ async fn event_loop(
     loop {
         let network_backlog = path.has_network_backlog();
         let tun_backlog = path.has_tun_backlog();
-        let accepted_before = path.packets_accepted();
+        let accepted_before = path.accepted();
         let event = tokio::select! {
             _ = sigint.recv() => Event::Stop,
             _ = sigterm.recv() => Event::Stop,
@@ -286,8 +286,10 @@ async fn event_loop(
         }
         // Read after reload, which may change it.
         let busy_poll = config.interface.busy_poll;
-        if !busy_poll.is_zero() && path.packets_accepted() != accepted_before {
-            path.busy_poll(tun, &mut udp, busy_poll);
+        if let Some(woken_by) = path.accepted().woken_by(accepted_before) {
+            if !busy_poll.is_zero() {
+                path.busy_poll(tun, &mut udp, busy_poll, woken_by);
+            }
         }
     }
 }

@@ -22,7 +22,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 mod busy_poll;
-pub use busy_poll::BusyPollStats;
+use busy_poll::RoundGate;
+pub use busy_poll::{Accepted, BusyPollStats, Side};
 
 /// TUN reads per readiness wake-up: each can be a 64 KiB super-packet.
 const TUN_READS_PER_WAKE: usize = 8;
@@ -67,11 +68,13 @@ pub struct DataPath {
     tun_blocked: bool,
     /// Bytes of UDP packets queued in `to_tun` since it was last written out.
     udp_burst_bytes: usize,
-    /// Packets read from the TUN device plus datagrams the core accepted: busy polling watches
-    /// it move. Junk and DHT datagrams do not count, so they cannot buy polling rounds.
-    packets_accepted: u64,
+    /// What busy polling watches move.
+    accepted: Accepted,
     /// What busy polling did, for status.
     pub busy_poll_stats: BusyPollStats,
+    /// Which wake-ups get a polling round: one gate for wake-ups by the TUN device, one for
+    /// wake-ups by the socket.
+    busy_poll_gates: [RoundGate; 2],
     started: Instant,
 }
 
@@ -105,8 +108,9 @@ impl DataPath {
             network_blocked: false,
             tun_blocked: false,
             udp_burst_bytes: 0,
-            packets_accepted: 0,
+            accepted: Accepted::default(),
             busy_poll_stats: BusyPollStats::default(),
+            busy_poll_gates: Default::default(),
             to_network: PacketRing::new(rings.slots, slot).with_max_bytes(rings.bytes),
             to_tun: PacketRing::new(rings.slots, slot).with_max_bytes(rings.bytes),
             tun_buf: vec![0u8; VNET_HDR_LEN + MAX_SUPER_PACKET].into_boxed_slice(),
@@ -140,9 +144,9 @@ impl DataPath {
         [of(&self.to_network), of(&self.to_tun)]
     }
 
-    /// Packets read from the TUN device plus datagrams the core accepted, since the start.
-    pub fn packets_accepted(&self) -> u64 {
-        self.packets_accepted
+    /// Packets read from the TUN device and datagrams the core accepted, since the start.
+    pub fn accepted(&self) -> Accepted {
+        self.accepted
     }
 
     pub fn has_network_backlog(&self) -> bool {
@@ -167,7 +171,7 @@ impl DataPath {
                     return TunRead::Failed;
                 }
             };
-            self.packets_accepted += 1;
+            self.accepted.from_tun += 1;
             let now = self.now();
             let Self {
                 device,
@@ -336,7 +340,7 @@ impl DataPath {
         };
         let action = self.device.handle_datagram(from, datagram, now, out);
         if !matches!(action, NetworkAction::Drop(_)) {
-            self.packets_accepted += 1;
+            self.accepted.from_network += 1;
         }
         match action {
             NetworkAction::WriteToTun { len } => {

@@ -196,6 +196,11 @@ pub fn render(status: &InterfaceStatus) -> String {
                 "Packets and datagrams read while busy polling.",
                 poll.counts.packets,
             ),
+            (
+                "dhtun_busy_poll_skipped_total",
+                "Wake-ups that ran no busy-poll round because the rounds before found nothing.",
+                poll.counts.skipped,
+            ),
         ];
         for (name, help, value) in busy_poll_counters {
             family(
@@ -279,6 +284,7 @@ mod tests {
                     rounds: 9,
                     empty_rounds: 2,
                     packets: 30,
+                    skipped: 5,
                 },
             },
             peers: vec![PeerStatus {
@@ -324,5 +330,6 @@ mod tests {
             "dhtun_peer_last_handshake_seconds{interface=\"dh\\\"t0\",peer=\"abc=\"} 4\n"
         ));
         assert!(text.contains("dhtun_busy_poll_empty_rounds_total{interface=\"dh\\\"t0\"} 2\n"));
+        assert!(text.contains("dhtun_busy_poll_skipped_total{interface=\"dh\\\"t0\"} 5\n"));
     }
 }

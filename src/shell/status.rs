@@ -198,8 +198,12 @@ impl InterfaceStatus {
             let _ = writeln!(
                 out,
                 "  busy polling: {} µs window, {} rounds ({} found nothing), {} packets read \
-                 while polling",
-                poll.window_us, poll.counts.rounds, poll.counts.empty_rounds, poll.counts.packets
+                 while polling, {} wake-ups skipped after empty rounds",
+                poll.window_us,
+                poll.counts.rounds,
+                poll.counts.empty_rounds,
+                poll.counts.packets,
+                poll.counts.skipped
             );
         }
         if self.relay {

@@ -144,12 +144,23 @@ pub const MAX_BUSY_POLL_US: u64 = 1000;
 /// hundredth of `TIMER_TICK`.
 pub const BUSY_POLL_ROUND: Duration = Duration::from_millis(1);
 
-/// After each busy-poll round in a row that found nothing, twice as many wake-ups skip their
-/// round, up to 2^6 - 1 = 63. Empty rounds mean the traffic does not answer within the window
-/// (a one-way stream, or an answer from across a WAN), so polling would only burn CPU; a
-/// stream then pays one round in 64, and traffic that starts answering is noticed within 64
-/// wake-ups.
+/// After each busy-poll round in a row that was not worth it (no answer came back, and the
+/// polls did not find a dense stream), twice as many wake-ups skip their round, up to
+/// 2^6 - 1 = 63. Such rounds mean the traffic does not answer within the window (a one-way
+/// stream, or an answer from across a WAN), so polling would only burn CPU; a stream then pays
+/// one round in 64, and traffic that starts answering is noticed within 64 wake-ups.
 pub const BUSY_POLL_MAX_SKIP_SHIFT: u32 = 6;
+const _: () = assert!(BUSY_POLL_MAX_SKIP_SHIFT < u32::BITS);
+
+/// A side that woke nothing for this long has its busy-poll skipping forgotten: traffic that
+/// starts after a pause gets its rounds at once. Wake-ups this far apart cost at most one
+/// window each, 0.2% of a core at 200 µs, so polling them all is cheap.
+pub const BUSY_POLL_GATE_MEMORY: Duration = Duration::from_millis(100);
+
+/// Polls in one busy-poll round that must find packets, besides at least half of all its
+/// polls, for the round to count as a dense stream. Under CPU contention one `sched_yield` can
+/// take milliseconds, so a round of two or three polls says nothing about density.
+pub const BUSY_POLL_DENSE_MIN_POLLS: u32 = 4;
 
 /// Datagrams of `batch_size` per `sendmmsg` message: a message is one GSO train to one peer.
 pub const BATCH_DATAGRAMS_PER_SEND_MESSAGE: usize = 4;

@@ -75,6 +75,8 @@ pub struct DataPath {
     /// Which wake-ups get a polling round: one gate for wake-ups by the TUN device, one for
     /// wake-ups by the socket.
     busy_poll_gates: [RoundGate; 2],
+    /// The window the gates judged rounds by; a new one starts them afresh.
+    busy_poll_window: Duration,
     started: Instant,
 }
 
@@ -111,6 +113,7 @@ impl DataPath {
             accepted: Accepted::default(),
             busy_poll_stats: BusyPollStats::default(),
             busy_poll_gates: Default::default(),
+            busy_poll_window: Duration::ZERO,
             to_network: PacketRing::new(rings.slots, slot).with_max_bytes(rings.bytes),
             to_tun: PacketRing::new(rings.slots, slot).with_max_bytes(rings.bytes),
             tun_buf: vec![0u8; VNET_HDR_LEN + MAX_SUPER_PACKET].into_boxed_slice(),
@@ -339,7 +342,11 @@ impl DataPath {
             return;
         };
         let action = self.device.handle_datagram(from, datagram, now, out);
-        if !matches!(action, NetworkAction::Drop(_)) {
+        // Only what authenticated as a peer's counts; see `Accepted`.
+        if matches!(
+            action,
+            NetworkAction::WriteToTun { .. } | NetworkAction::Consumed
+        ) {
             self.accepted.from_network += 1;
         }
         match action {

@@ -183,12 +183,12 @@ pub fn render(status: &InterfaceStatus) -> String {
         let busy_poll_counters = [
             (
                 "dhtun_busy_poll_rounds_total",
-                "Busy-poll rounds run, one after each wake-up that read packets.",
+                "Busy-poll rounds run after wake-ups that read packets.",
                 poll.counts.rounds,
             ),
             (
                 "dhtun_busy_poll_empty_rounds_total",
-                "Busy-poll rounds that found no packet.",
+                "Busy-poll rounds not worth it: no answer came back and no dense stream was found.",
                 poll.counts.empty_rounds,
             ),
             (
@@ -198,7 +198,7 @@ pub fn render(status: &InterfaceStatus) -> String {
             ),
             (
                 "dhtun_busy_poll_skipped_total",
-                "Wake-ups that ran no busy-poll round because the rounds before found nothing.",
+                "Wake-ups that ran no busy-poll round because earlier rounds were not worth it.",
                 poll.counts.skipped,
             ),
         ];

@@ -197,8 +197,8 @@ impl InterfaceStatus {
         if poll.window_us > 0 {
             let _ = writeln!(
                 out,
-                "  busy polling: {} µs window, {} rounds ({} found nothing), {} packets read \
-                 while polling, {} wake-ups skipped after empty rounds",
+                "  busy polling: {} µs window, {} rounds ({} not worth it), {} packets read \
+                 while polling, {} wake-ups skipped",
                 poll.window_us,
                 poll.counts.rounds,
                 poll.counts.empty_rounds,

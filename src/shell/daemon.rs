@@ -286,10 +286,9 @@ async fn event_loop(
         }
         // Read after reload, which may change it.
         let busy_poll = config.interface.busy_poll;
-        if let Some(woken_by) = path.accepted().woken_by(accepted_before) {
-            if !busy_poll.is_zero() {
-                path.busy_poll(tun, &mut udp, busy_poll, woken_by);
-            }
+        let woken_by = path.accepted().woken_by(accepted_before);
+        if let Some(woken_by) = woken_by.filter(|_| !busy_poll.is_zero()) {
+            path.busy_poll(tun, &mut udp, busy_poll, woken_by);
         }
     }
 }

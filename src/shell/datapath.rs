@@ -341,16 +341,10 @@ impl DataPath {
             self.device.count_drop(DropReason::RingFull);
             return;
         };
-        let action = self.device.handle_datagram(from, datagram, now, out);
-        // Only what authenticated as a peer's counts; see `Accepted`.
-        if matches!(
-            action,
-            NetworkAction::WriteToTun { .. } | NetworkAction::Consumed
-        ) {
-            self.accepted.from_network += 1;
-        }
-        match action {
+        // Only what authenticated as a peer's counts as accepted; see `Accepted`.
+        match self.device.handle_datagram(from, datagram, now, out) {
             NetworkAction::WriteToTun { len } => {
+                self.accepted.from_network += 1;
                 if offload::carries_udp(out) {
                     self.udp_burst_bytes += len;
                 }
@@ -363,7 +357,8 @@ impl DataPath {
                     self.device.count_drop(DropReason::RingFull);
                 }
             }
-            NetworkAction::Consumed | NetworkAction::Drop(_) => {}
+            NetworkAction::Consumed => self.accepted.from_network += 1,
+            NetworkAction::Drop(_) => {}
         }
     }
 

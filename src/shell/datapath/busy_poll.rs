@@ -105,8 +105,7 @@ impl RoundGate {
             .is_none_or(|last| now.saturating_duration_since(last) >= BUSY_POLL_GATE_MEMORY);
         self.last_wake = Some(now);
         if paused {
-            self.empty_in_row = 0;
-            self.skip_left = 0;
+            self.forget_skipping();
         }
         if self.skip_left == 0 {
             return true;
@@ -118,12 +117,16 @@ impl RoundGate {
     /// Whether the round just run was worth it.
     pub fn record(&mut self, worth_it: bool) {
         if worth_it {
-            self.empty_in_row = 0;
-            self.skip_left = 0;
+            self.forget_skipping();
         } else {
             self.empty_in_row = (self.empty_in_row + 1).min(BUSY_POLL_MAX_SKIP_SHIFT);
             self.skip_left = (1 << self.empty_in_row) - 1;
         }
+    }
+
+    fn forget_skipping(&mut self) {
+        self.empty_in_row = 0;
+        self.skip_left = 0;
     }
 }
 

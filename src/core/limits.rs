@@ -162,6 +162,84 @@ pub const BUSY_POLL_GATE_MEMORY: Duration = Duration::from_millis(100);
 /// take milliseconds, so a round of two or three polls says nothing about density.
 pub const BUSY_POLL_DENSE_MIN_POLLS: u32 = 4;
 
+// ---------------------------------------------------------------------------------------------
+// Pacing a peer from its loss reports (see core::pacer and core::feedback)
+// ---------------------------------------------------------------------------------------------
+
+/// A receiver reports its losses from a peer at most this often, and only while that peer's
+/// packets arrive and some went missing. 20 ms lets a sender correct within a few of a flood's
+/// tens of thousands of packets per second, and costs at most 50 small packets a second.
+pub const LOSS_REPORT_INTERVAL: Duration = Duration::from_millis(20);
+
+/// A loss count over a longer span than this says nothing about the present (traffic paused
+/// in between), so it is not reported.
+pub const LOSS_REPORT_MAX_SPAN: Duration = Duration::from_millis(80);
+
+/// A report shorter than this cannot give a delivered rate worth acting on.
+pub const LOSS_REPORT_MIN_SPAN: Duration = Duration::from_millis(1);
+
+/// A sender paces a peer only when its report says at least 1/10 of the packets were lost.
+/// Below that, loss is the network's (WAN links lose a few percent) or a TCP sender's probing
+/// (bulk TCP loses 3-5% at the receiver's socket on the bench), and TCP's own congestion control
+/// is the right answer. A receiver that cannot keep up with an unpaced flood loses half or more.
+pub const PACE_LOSS_FRACTION: (u64, u64) = (1, 4);
+
+/// An unpaced peer is paced only after this many heavy-loss reports in a row (each within two
+/// report intervals of the one before). A flood loses heavily in every interval; a TCP stream's
+/// losses come in single bursts its own congestion control already answers, and pacing it
+/// measured 1-2 ms worse ping p99 under the stream on the bench.
+pub const PACE_HEAVY_REPORTS_TO_START: u32 = 3;
+
+/// Within one pacing episode (from the first cut until the pace is lifted), while no interval
+/// has yet come without heavy loss, no cut goes below this fraction of the first cut. Loss that
+/// a lower pace does not cure is not ours: a lossy link drops a share of whatever we send, and
+/// chasing its loss cut after cut would throttle the peer to the floor. Reaching this bound
+/// lifts the pace instead. Once pacing has cured the loss, later cuts may go lower: an
+/// overloaded receiver's capacity swings with its share of the CPU (on the bench it halved
+/// within a flood).
+pub const PACE_EPISODE_FLOOR: (u64, u64) = (1, 2);
+
+/// After loss proved unresponsive to pacing, reports are ignored for this long: the link's own
+/// loss goes on, and pacing it would cost more than it saves.
+pub const PACE_IGNORE_AFTER_UNRESPONSIVE: Duration = Duration::from_secs(10);
+
+/// After a report, the pace is this fraction of what the receiver took in: a little under it,
+/// so the receiver's socket drains instead of staying full.
+pub const PACE_BACKOFF: (u64, u64) = (15, 16);
+
+/// While no report cuts it, the pace grows by 1/16 every `PACE_INCREASE_INTERVAL`: from a cut
+/// back to where loss starts (about 10% higher) takes two intervals, and a pace set during
+/// contention that has passed doubles in 230 ms.
+pub const PACE_INCREASE: (u64, u64) = (17, 16);
+pub const PACE_INCREASE_INTERVAL: Duration = LOSS_REPORT_INTERVAL;
+
+/// A pace that no report cut for this long is lifted: the receiver stopped losing, so there is
+/// nothing left to correct. Fifty report intervals.
+pub const PACE_RELEASE_AFTER: Duration = Duration::from_secs(1);
+
+/// No pace goes below 1 Mbit/s: a report from a receiver that was briefly starved of CPU must
+/// not shut a peer out, and at this rate a keepalive or a ping always gets through.
+pub const PACE_MIN_BYTES_PER_SECOND: u64 = 125_000;
+
+/// Tokens a paced peer may save up: 32 KiB goes out as one burst. Measured on the bench (2
+/// cores, flood): 32 KiB bursts kept the receiver's socket loss under 1% at 2-3 Gbit/s, where
+/// 256 KiB bursts overflowed its 208 KiB buffer before it woke and delivered half as much.
+pub const PACE_BURST_BYTES: u64 = 32 * 1024;
+
+/// A paced peer may run this far into debt before its packets are refused: a TUN super-packet
+/// begun with tokens left is sent whole (refusing its tail would cost a TCP sender a
+/// retransmission for every burst).
+pub const PACE_MAX_DEBT_BYTES: u64 = 96 * 1024;
+
+/// The TUN device is not read while the only traffic read lately goes to paced peers in debt:
+/// the kernel drops the excess at the TUN queue for free, where reading it would take the CPU
+/// the receiver needs. "Lately" is this long: traffic to a peer that is not paced in that time
+/// keeps the device read, and the paced peers' excess is refused before encryption instead.
+pub const PACE_GATE_SHARED: Duration = Duration::from_millis(2);
+
+/// Longest one pause of the TUN reads: other peers' packets wait in the TUN queue meanwhile.
+pub const PACE_GATE_MAX: Duration = Duration::from_millis(1);
+
 /// Datagrams of `batch_size` per `sendmmsg` message: a message is one GSO train to one peer.
 pub const BATCH_DATAGRAMS_PER_SEND_MESSAGE: usize = 4;
 

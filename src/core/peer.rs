@@ -1,11 +1,13 @@
 //! One peer's state: its configuration, its sessions (previous, current, next), the handshake in
 //! flight, the packets staged while that handshake runs, its timers and its counters.
 
+use crate::core::feedback::{LossMeter, LossReport};
 use crate::core::handshake::PendingInitiation;
 use crate::core::keys::{PresharedKey, PublicKey};
 use crate::core::limits::{
     ring_slot_bytes, MAX_INITIATION_TARGETS, MAX_RECORD_CANDIDATES, STAGED_PACKETS_PER_PEER,
 };
+use crate::core::pacer::Pacer;
 use crate::core::ring::PacketRing;
 use crate::core::session::Session;
 use crate::core::stats::{DropCounters, TrafficCounters};
@@ -134,6 +136,12 @@ pub struct Peer {
     pub want_relay_copy: bool,
     /// When data (not a keepalive) last went either way: NAT keepalives run while it is recent.
     pub last_data_at: Option<Duration>,
+    /// How fast we may send to the peer, from its loss reports.
+    pub pacer: Pacer,
+    /// What we lost of the peer's packets, for the reports we send it.
+    pub loss_meter: LossMeter,
+    /// A loss report waiting for `poll_transmit`; a newer one replaces it.
+    pub pending_report: Option<LossReport>,
 }
 
 /// A peer's DHT record as we last saw it, and when we asked.
@@ -182,6 +190,9 @@ impl Peer {
             want_direct_probe: false,
             want_relay_copy: false,
             last_data_at: None,
+            pacer: Pacer::default(),
+            loss_meter: LossMeter::default(),
+            pending_report: None,
         }
     }
 

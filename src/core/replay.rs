@@ -34,6 +34,11 @@ impl ReplayWindow {
         std::mem::take(&mut self.lost)
     }
 
+    /// Highest counter accepted so far (0 before any).
+    pub fn highest(&self) -> u64 {
+        self.highest
+    }
+
     /// True when `counter` would be accepted (not seen, not older than the window). No change.
     pub fn check(&self, counter: u64) -> bool {
         if counter > self.highest {

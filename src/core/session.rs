@@ -103,6 +103,11 @@ impl Session {
         Ok(TRANSPORT_HEADER_LEN + written)
     }
 
+    /// Highest counter received on this session: how far the peer's sending got.
+    pub fn highest_received(&self) -> u64 {
+        self.replay.highest()
+    }
+
     /// Counters the peer sent on this session that left the replay window without arriving,
     /// since the last call.
     pub fn take_lost(&mut self) -> u64 {

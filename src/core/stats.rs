@@ -47,10 +47,13 @@ pub enum DropReason {
     /// A relayed packet with nowhere to go: the other end is not our peer, or has no session
     /// with us (a relay only forwards, it never queues or starts handshakes for others).
     RelayNoPath,
+    /// An outbound packet for a peer paced after it reported heavy loss, refused before
+    /// encryption because the peer is too far in debt (see README, Pacing).
+    Paced,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 19] = [
+    pub const ALL: [DropReason; 20] = [
         DropReason::RingFull,
         DropReason::Replay,
         DropReason::UnknownPeer,
@@ -70,6 +73,7 @@ impl DropReason {
         DropReason::RingDelay,
         DropReason::RelayRefused,
         DropReason::RelayNoPath,
+        DropReason::Paced,
     ];
 
     /// The status key for this reason.
@@ -94,6 +98,7 @@ impl DropReason {
             DropReason::RingDelay => "ring_delay",
             DropReason::RelayRefused => "relay_refused",
             DropReason::RelayNoPath => "relay_no_path",
+            DropReason::Paced => "paced",
         }
     }
 

@@ -9,8 +9,8 @@ use crate::core::cookie::CookieMaker;
 use crate::core::handshake::Mac1Key;
 use crate::core::keys::{PublicKey, SecretKey};
 use crate::core::limits::{
-    ring_slot_bytes, EVENT_QUEUE, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME, REKEY_TIMEOUT,
-    SESSIONS_PER_PEER,
+    ring_slot_bytes, EVENT_QUEUE, PACE_GATE_MAX, PACE_GATE_SHARED, REKEY_AFTER_MESSAGES,
+    REKEY_AFTER_TIME, REKEY_TIMEOUT, SESSIONS_PER_PEER,
 };
 use crate::core::packet;
 use crate::core::peer::{Path, Peer, PeerConfig, PeerId};
@@ -145,6 +145,10 @@ pub struct Device {
     relay_scratch: Box<[u8]>,
     /// Where a datagram a relay delivered waits while it is handled.
     relay_inbox: Box<[u8]>,
+    /// The peer whose pace the latest TUN packet ran into, and when a packet last went to a
+    /// peer that is not paced: together they say whether the TUN device may pause.
+    paced_peer: Option<PeerId>,
+    unpaced_sent_at: Option<Duration>,
 }
 
 /// Packets and bytes this node forwarded for its peers as a relay.
@@ -199,6 +203,8 @@ impl Device {
             relayed: RelayCounters::default(),
             relay_scratch: vec![0u8; ring_slot_bytes(config.mtu)].into_boxed_slice(),
             relay_inbox: vec![0u8; ring_slot_bytes(config.mtu)].into_boxed_slice(),
+            paced_peer: None,
+            unpaced_sent_at: None,
         }
     }
 
@@ -260,6 +266,21 @@ impl Device {
                 TunAction::Drop(reason)
             }
         }
+    }
+
+    /// Until when the shell should leave the TUN device unread, or None to read it now. It
+    /// pauses only while the traffic read lately all went to paced peers and the latest of them
+    /// is in debt: the kernel then drops the excess at the TUN queue, before we spend anything
+    /// on it. A pause lasts until that peer's debt is paid, at most `PACE_GATE_MAX`.
+    pub fn tun_paused_until(&self, now: Duration) -> Option<Duration> {
+        let unpaced_lately = self
+            .unpaced_sent_at
+            .is_some_and(|at| now.saturating_sub(at) < PACE_GATE_SHARED);
+        if unpaced_lately {
+            return None;
+        }
+        let ready = self.peers.get(self.paced_peer?)?.pacer.ready_at(now)?;
+        Some(ready.min(now + PACE_GATE_MAX))
     }
 
     /// A datagram arrived from `from`. `out` receives the inner packet or the reply.
@@ -360,6 +381,15 @@ impl Device {
         let mtu = self.mtu;
         let peer = self.peers.get_mut(id).ok_or(DropReason::NoRoute)?;
         if let (Some(path), Some(session)) = (peer.path(), peer.current.as_mut()) {
+            if !peer.pacer.admit(len, now) {
+                peer.drops.count(DropReason::Paced);
+                self.paced_peer = Some(id);
+                return Err(DropReason::Paced);
+            }
+            match peer.pacer.rate() {
+                Some(_) => self.paced_peer = Some(id),
+                None => self.unpaced_sent_at = Some(now),
+            }
             match session.encrypt(buf, len, mtu, now, out) {
                 Ok(written) => {
                     let rekey = needs_rekey(session, now);

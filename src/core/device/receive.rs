@@ -3,6 +3,7 @@
 
 use super::{Device, NetworkAction, PeerEvent};
 use crate::core::envelope;
+use crate::core::feedback::{self, LossReport};
 use crate::core::handshake;
 use crate::core::limits::{
     KEEPALIVE_TIMEOUT, MIN_INITIATION_INTERVAL, REJECT_AFTER_TIME, REKEY_TIMEOUT,
@@ -196,6 +197,7 @@ impl Device {
         let session = peer
             .session_mut(slot)
             .ok_or((DropReason::UnknownPeer, Some(id)))?;
+        let highest_before = session.highest_received();
         let plain_len = session.decrypt(message, now, out).map_err(|e| {
             let reason = match e {
                 ReceiveError::Replay => DropReason::Replay,
@@ -204,6 +206,7 @@ impl Device {
             };
             (reason, Some(id))
         })?;
+        let advance = session.highest_received().saturating_sub(highest_before);
         let lost = session.take_lost();
         let initiator_should_rekey = session.we_initiated
             && session.age(now) >= REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT;
@@ -213,6 +216,11 @@ impl Device {
         peer.traffic.rx_packets += 1;
         // A peer that jumps its own counter makes a gap it chose; saturate rather than wrap.
         peer.traffic.rx_lost_packets = peer.traffic.rx_lost_packets.saturating_add(lost);
+        if let Some(report) = peer.loss_meter.note(wire_len, advance, now) {
+            peer.pending_report = Some(report);
+            self.enqueue(id);
+        }
+        let peer = &mut self.peers[id];
         // After crossed handshakes each side holds a session it initiated (current) and one it
         // answered (next), and the peer sends on its own. Both must settle on one session, or
         // the next handshake would displace the one the peer still sends on and lose its
@@ -248,6 +256,12 @@ impl Device {
         }
         if envelope::is_envelope(&out[..plain_len]) {
             return self.on_envelope(id, from, plain_len, now, out);
+        }
+        if feedback::is_report(&out[..plain_len]) {
+            let report = LossReport::parse(&out[..plain_len])
+                .map_err(|_| (DropReason::Malformed, Some(id)))?;
+            self.peers[id].pacer.on_report(&report, now);
+            return Ok(NetworkAction::Consumed);
         }
         let header =
             packet::parse(&out[..plain_len]).map_err(|_| (DropReason::Malformed, Some(id)))?;

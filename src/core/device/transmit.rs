@@ -47,6 +47,13 @@ impl Device {
                 .ok()?;
             note_sent(peer, written, now, true);
             written
+        } else if let Some(report) = peer.pending_report.take() {
+            let len = report.write(&mut self.scratch).ok()?;
+            let written = session
+                .encrypt(&mut self.scratch, len, mtu, now, out)
+                .ok()?;
+            note_sent(peer, written, now, false);
+            written
         } else if peer.want_keepalive {
             peer.want_keepalive = false;
             let written = session.encrypt(&mut [], 0, mtu, now, out).ok()?;

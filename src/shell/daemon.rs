@@ -19,6 +19,7 @@ use crate::shell::netlink::{prefixes_needing_routes, Netlink};
 use crate::shell::privileges;
 use crate::shell::reload::{reload, Link};
 use crate::shell::status::{BusyPollStatus, InterfaceStatus, ShellFacts};
+use crate::shell::timer::PreciseTimer;
 use crate::shell::tun::TunDevice;
 use crate::shell::udp::{self, ReceiveMode, UdpIo};
 use anyhow::Context as _;
@@ -163,6 +164,7 @@ enum Event<'a> {
     TunWritable(AsyncFdReadyGuard<'a, tun::Device>),
     UdpReadable,
     UdpWritable,
+    PauseOver,
     Lookup(Lookup),
 }
 
@@ -196,17 +198,23 @@ async fn event_loop(
     let mut sighup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(TIMER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let pause_timer = PreciseTimer::new().context("creating the pacing timer (timerfd)")?;
     loop {
         let network_backlog = path.has_network_backlog();
         let tun_backlog = path.has_tun_backlog();
         let accepted_before = path.accepted();
+        let tun_paused = path.tun_paused_until();
+        if let Some(deadline) = tun_paused {
+            pause_timer.arm(deadline)?;
+        }
         let event = tokio::select! {
             _ = sigint.recv() => Event::Stop,
             _ = sigterm.recv() => Event::Stop,
             _ = sighup.recv() => Event::Hangup,
             Some(command) = commands.recv() => Event::Command(command),
             _ = tick.tick() => Event::Tick,
-            ready = tun.readable() => Event::TunReadable(ready?),
+            ready = tun.readable(), if tun_paused.is_none() => Event::TunReadable(ready?),
+            done = pause_timer.expired(), if tun_paused.is_some() => { done?; Event::PauseOver }
             ready = udp.readable() => { ready?; Event::UdpReadable }
             ready = udp.writable(), if network_backlog => { ready?; Event::UdpWritable }
             ready = tun.writable(), if tun_backlog => Event::TunWritable(ready?),
@@ -261,8 +269,10 @@ async fn event_loop(
                 }
             }
             Event::TunReadable(mut guard) => {
-                if path.read_tun(tun, &mut udp) != TunRead::BatchEnded {
-                    guard.clear_ready();
+                match path.read_tun(tun, &mut udp) {
+                    TunRead::Dry | TunRead::Failed => guard.clear_ready(),
+                    // Packets may still wait: the device stays readable for the next turn.
+                    TunRead::BatchEnded | TunRead::Paused => {}
                 }
             }
             Event::TunWritable(mut guard) => {
@@ -271,7 +281,7 @@ async fn event_loop(
                 }
             }
             Event::UdpReadable => path.read_udp(&mut udp, tun, ReceiveMode::WhenReady),
-            Event::UdpWritable => {}
+            Event::UdpWritable | Event::PauseOver => {}
         }
         log_peer_events(&mut path.device);
         if reflexive.update(&path, discovery.as_ref()) {

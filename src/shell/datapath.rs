@@ -89,6 +89,8 @@ pub enum TunRead {
     BatchEnded,
     /// A read failed for another reason than would-block; it was logged.
     Failed,
+    /// Reading stopped for a paced peer (see `tun_paused_until`): read again when it ends.
+    Paused,
 }
 
 /// How the two rings are sized (from `[interface]`, bounded by the config).
@@ -160,9 +162,20 @@ impl DataPath {
         !self.to_tun.is_empty()
     }
 
-    /// Reads packets from the TUN device until it runs dry, the batch ends or a read fails.
+    /// Until when the TUN device is left unread because the traffic read from it goes to paced
+    /// peers in debt; None: read it now. The kernel meanwhile drops the excess at its queue.
+    pub fn tun_paused_until(&self) -> Option<Instant> {
+        let until = self.device.tun_paused_until(self.now())?;
+        Some(self.started + until)
+    }
+
+    /// Reads packets from the TUN device until it runs dry, the batch ends, a read fails or a
+    /// paced peer pauses it.
     pub fn read_tun(&mut self, tun: &TunDevice, udp: &mut UdpIo) -> TunRead {
         for _ in 0..TUN_READS_PER_WAKE {
+            if self.device.tun_paused_until(self.now()).is_some() {
+                return TunRead::Paused;
+            }
             if lacks_headroom(&self.to_network) {
                 self.flush_network(udp);
             }

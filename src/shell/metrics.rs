@@ -114,7 +114,7 @@ pub fn render(status: &InterfaceStatus) -> String {
 
     let peer_label =
         |p: &PeerStatus| format!("interface=\"{iface}\",peer=\"{}\"", escape(&p.public_key));
-    let peer_counters: [PeerCounter; 5] = [
+    let peer_counters: [PeerCounter; 9] = [
         (
             "dhtun_peer_rx_bytes_total",
             "Bytes received from a peer, on the wire.",
@@ -140,6 +140,26 @@ pub fn render(status: &InterfaceStatus) -> String {
             "Packets a peer sent that never arrived (gaps in its message counters).",
             |p| p.rx_lost_packets,
         ),
+        (
+            "dhtun_peer_loss_reports_received_total",
+            "Loss reports a peer sent us.",
+            |p| p.pacing.loss_reports_received,
+        ),
+        (
+            "dhtun_peer_pace_cuts_total",
+            "Loss reports from a peer that set or lowered our pace toward it.",
+            |p| p.pacing.cuts,
+        ),
+        (
+            "dhtun_peer_pace_unresponsive_total",
+            "Pacing episodes toward a peer given up because a lower pace did not cure its loss.",
+            |p| p.pacing.unresponsive_episodes,
+        ),
+        (
+            "dhtun_peer_loss_reports_sent_total",
+            "Loss reports we sent a peer.",
+            |p| p.pacing.loss_reports_sent,
+        ),
     ];
     for (name, help, value) in peer_counters {
         let peers = status.peers.iter().map(|p| (peer_label(p), value(p)));
@@ -155,6 +175,17 @@ pub fn render(status: &InterfaceStatus) -> String {
         "gauge",
         "Seconds since the latest handshake with a peer.",
         handshakes,
+    );
+    let paces = status
+        .peers
+        .iter()
+        .filter_map(|p| p.pacing.rate_bits_per_second.map(|r| (peer_label(p), r)));
+    family(
+        &mut out,
+        "dhtun_peer_pace_bits_per_second",
+        "gauge",
+        "The pace a peer's loss reports set; absent while the peer is not paced.",
+        paces,
     );
     let relayed = status.peers.iter().map(|p| {
         let on_relay = p.path.as_deref() == Some("relay");
@@ -251,7 +282,7 @@ fn escape(value: &str) -> String {
 mod tests {
     use super::*;
     use crate::shell::datapath::BusyPollStats;
-    use crate::shell::status::{BusyPollStatus, RingStatus};
+    use crate::shell::status::{BusyPollStatus, PacingStatus, RingStatus};
     use std::collections::BTreeMap;
 
     #[test]
@@ -303,6 +334,13 @@ mod tests {
                 tx_packets: 2,
                 rx_lost_packets: 4,
                 drops: BTreeMap::new(),
+                pacing: PacingStatus {
+                    rate_bits_per_second: Some(800_000_000),
+                    loss_reports_received: 6,
+                    cuts: 3,
+                    unresponsive_episodes: 0,
+                    loss_reports_sent: 1,
+                },
                 dht_sequence: None,
                 dht_record_age_secs: None,
             }],
@@ -331,5 +369,11 @@ mod tests {
         ));
         assert!(text.contains("dhtun_busy_poll_empty_rounds_total{interface=\"dh\\\"t0\"} 2\n"));
         assert!(text.contains("dhtun_busy_poll_skipped_total{interface=\"dh\\\"t0\"} 5\n"));
+        assert!(text.contains(
+            "dhtun_peer_pace_bits_per_second{interface=\"dh\\\"t0\",peer=\"abc=\"} 800000000\n"
+        ));
+        assert!(
+            text.contains("dhtun_peer_pace_cuts_total{interface=\"dh\\\"t0\",peer=\"abc=\"} 3\n")
+        );
     }
 }

@@ -13,5 +13,6 @@ pub mod netlink;
 pub mod privileges;
 pub mod reload;
 pub mod status;
+pub mod timer;
 pub mod tun;
 pub mod udp;

@@ -84,9 +84,24 @@ pub struct PeerStatus {
     #[serde(default)]
     pub rx_lost_packets: u64,
     pub drops: BTreeMap<String, u64>,
+    /// How fast we send to this peer after its loss reports (see README, Pacing).
+    #[serde(default)]
+    pub pacing: PacingStatus,
     /// Sequence number of the peer's DHT record we last accepted, and how long ago.
     pub dht_sequence: Option<i64>,
     pub dht_record_age_secs: Option<u64>,
+}
+
+/// Pacing toward one peer: the pace its loss reports set (null: not paced), the reports it
+/// sent us, how many of them set or lowered the pace, the episodes given up because a lower
+/// pace did not cure the loss, and the reports we sent it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PacingStatus {
+    pub rate_bits_per_second: Option<u64>,
+    pub loss_reports_received: u64,
+    pub cuts: u64,
+    pub unresponsive_episodes: u64,
+    pub loss_reports_sent: u64,
 }
 
 /// What the shell knows that the core does not.
@@ -136,6 +151,13 @@ impl InterfaceStatus {
                 tx_packets: p.traffic.tx_packets,
                 rx_lost_packets: p.traffic.rx_lost_packets,
                 drops: p.drops.iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                pacing: PacingStatus {
+                    rate_bits_per_second: p.pacer.rate().map(|r| r.saturating_mul(8)),
+                    loss_reports_received: p.pacer.reports,
+                    cuts: p.pacer.cuts,
+                    unresponsive_episodes: p.pacer.unresponsive,
+                    loss_reports_sent: p.loss_meter.reports,
+                },
                 dht_sequence: p.discovery.sequence,
                 dht_record_age_secs: p
                     .discovery
@@ -303,6 +325,16 @@ impl InterfaceStatus {
                     out,
                     "  lost on the way here: {} packets",
                     peer.rx_lost_packets
+                );
+            }
+            let pacing = &peer.pacing;
+            if let Some(rate) = pacing.rate_bits_per_second {
+                let _ = writeln!(
+                    out,
+                    "  paced: {:.1} Mbit/s after its loss reports ({} received, {} cut the pace)",
+                    rate as f64 / 1e6,
+                    pacing.loss_reports_received,
+                    pacing.cuts
                 );
             }
             if let Some(k) = peer.persistent_keepalive {

@@ -191,13 +191,19 @@ pub const PACE_LOSS_FRACTION: (u64, u64) = (1, 4);
 pub const PACE_HEAVY_REPORTS_TO_START: u32 = 3;
 
 /// Within one pacing episode (from the first cut until the pace is lifted), while no interval
-/// has yet come without heavy loss, no cut goes below this fraction of the first cut. Loss that
-/// a lower pace does not cure is not ours: a lossy link drops a share of whatever we send, and
-/// chasing its loss cut after cut would throttle the peer to the floor. Reaching this bound
-/// lifts the pace instead. Once pacing has cured the loss, later cuts may go lower: an
-/// overloaded receiver's capacity swings with its share of the CPU (on the bench it halved
-/// within a flood).
+/// has yet come without heavy loss, a cut below this fraction of the first cut crosses a floor.
+/// Loss that a lower pace does not cure is not ours: a lossy link drops a share of whatever we
+/// send, and chasing its loss cut after cut would throttle the peer to the minimum. Once pacing
+/// has cured the loss, later cuts may go lower: an overloaded receiver's capacity swings with
+/// its share of the CPU (on the bench it halved within a flood).
 pub const PACE_EPISODE_FLOOR: (u64, u64) = (1, 2);
+
+/// Crossing this many floors (each half the one before) without a cure lifts the pace. The
+/// first crossing may be a receiver whose capacity fell just as pacing started (seen in the
+/// netns test: 46 MB/s, then 8 MB/s 60 ms later); a second is a link that loses a share of
+/// everything.
+pub const PACE_FLOORS_BEFORE_GIVING_UP: u32 = 2;
+const _: () = assert!(PACE_FLOORS_BEFORE_GIVING_UP >= 1);
 
 /// After loss proved unresponsive to pacing, reports are ignored for this long: the link's own
 /// loss goes on, and pacing it would cost more than it saves.

@@ -12,9 +12,9 @@
 use crate::core::feedback::LossReport;
 use crate::core::limits::{
     LOSS_REPORT_INTERVAL, LOSS_REPORT_MIN_SPAN, PACE_BACKOFF, PACE_BURST_BYTES, PACE_EPISODE_FLOOR,
-    PACE_HEAVY_REPORTS_TO_START, PACE_IGNORE_AFTER_UNRESPONSIVE, PACE_INCREASE,
-    PACE_INCREASE_INTERVAL, PACE_LOSS_FRACTION, PACE_MAX_DEBT_BYTES, PACE_MIN_BYTES_PER_SECOND,
-    PACE_RELEASE_AFTER,
+    PACE_FLOORS_BEFORE_GIVING_UP, PACE_HEAVY_REPORTS_TO_START, PACE_IGNORE_AFTER_UNRESPONSIVE,
+    PACE_INCREASE, PACE_INCREASE_INTERVAL, PACE_LOSS_FRACTION, PACE_MAX_DEBT_BYTES,
+    PACE_MIN_BYTES_PER_SECOND, PACE_RELEASE_AFTER,
 };
 use core::time::Duration;
 
@@ -38,6 +38,8 @@ pub struct Pacer {
     /// whether pacing ever cured the loss (an interval without heavy loss) in this episode.
     episode_floor: u64,
     cured: bool,
+    /// Floors crossed in this episode while the loss was not yet cured.
+    floors_crossed: u32,
     /// Reports are ignored until then, after loss proved unresponsive.
     ignore_until: Duration,
     /// Loss reports that came in, and those that set or lowered the pace.
@@ -80,15 +82,21 @@ impl Pacer {
         self.advance(now);
         let (num, den) = PACE_BACKOFF;
         let target = scale(delivered, num, den).max(PACE_MIN_BYTES_PER_SECOND);
+        let (num, den) = PACE_EPISODE_FLOOR;
         if starting {
-            let (num, den) = PACE_EPISODE_FLOOR;
             self.episode_floor = scale(target, num, den);
             self.cured = false;
+            self.floors_crossed = 0;
         } else if target < self.episode_floor && !self.cured {
-            self.rate = None;
-            self.ignore_until = now + PACE_IGNORE_AFTER_UNRESPONSIVE;
-            self.unresponsive = self.unresponsive.saturating_add(1);
-            return false;
+            // Once may be the receiver's capacity falling as we started; twice is the link.
+            if self.floors_crossed >= PACE_FLOORS_BEFORE_GIVING_UP - 1 {
+                self.rate = None;
+                self.ignore_until = now + PACE_IGNORE_AFTER_UNRESPONSIVE;
+                self.unresponsive = self.unresponsive.saturating_add(1);
+                return false;
+            }
+            self.floors_crossed += 1;
+            self.episode_floor = scale(target, num, den);
         }
         // A report written before our last cut took effect says less than that cut did.
         let rate = self.rate.map_or(target, |r| r.min(target));
@@ -267,19 +275,36 @@ mod tests {
     fn loss_a_lower_pace_does_not_cure_lifts_the_pace_for_a_while() {
         let mut pacer = Pacer::default();
         start_pacing(&mut pacer, &heavy_loss(), ms(100));
-        let first = pacer.rate().unwrap_or_default();
-        // The receiver's intake halves and halves again, loss as heavy as ever.
+        // The receiver's intake keeps falling with our pace, loss as heavy as ever.
         assert!(pacer.on_report(&report(ms(20), 600, 600, 1_200_000), ms(120)));
-        assert!(!pacer.on_report(&report(ms(20), 400, 400, 800_000), ms(140)));
-        assert_eq!(pacer.rate(), None, "lifted below half the first cut");
+        assert!(
+            pacer.on_report(&report(ms(20), 400, 400, 800_000), ms(140)),
+            "the first floor crossed may be the receiver's capacity falling: followed"
+        );
+        assert!(!pacer.on_report(&report(ms(20), 150, 150, 300_000), ms(160)));
+        assert_eq!(pacer.rate(), None, "lifted at the second floor");
         assert_eq!(pacer.unresponsive, 1);
-        assert!(first > 0);
         // Ignored for a while, then heard again.
-        let later = ms(140) + PACE_IGNORE_AFTER_UNRESPONSIVE;
+        let later = ms(160) + PACE_IGNORE_AFTER_UNRESPONSIVE;
         for i in 0..5 {
             assert!(!pacer.on_report(&heavy_loss(), later - ms(100) + LOSS_REPORT_INTERVAL * i));
         }
         start_pacing(&mut pacer, &heavy_loss(), later + ms(100));
+    }
+
+    #[test]
+    fn once_pacing_cured_the_loss_later_cuts_may_go_lower() {
+        let mut pacer = Pacer::default();
+        start_pacing(&mut pacer, &heavy_loss(), ms(100));
+        // An interval without heavy loss: the pace cured it.
+        assert!(!pacer.on_report(&report(ms(20), 1000, 10, 2_000_000), ms(120)));
+        // Then the receiver's capacity falls to a tenth, twice over: followed all the way.
+        for (i, bytes) in [200_000u64, 100_000, 50_000].into_iter().enumerate() {
+            let now = ms(140) + LOSS_REPORT_INTERVAL * i as u32;
+            assert!(pacer.on_report(&report(ms(20), 100, 900, bytes), now));
+        }
+        assert_eq!(pacer.rate(), Some(2_500_000 * 15 / 16));
+        assert_eq!(pacer.unresponsive, 0);
     }
 
     #[test]

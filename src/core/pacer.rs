@@ -13,8 +13,8 @@ use crate::core::feedback::LossReport;
 use crate::core::limits::{
     LOSS_REPORT_INTERVAL, LOSS_REPORT_MIN_SPAN, PACE_BACKOFF, PACE_BURST_BYTES, PACE_EPISODE_FLOOR,
     PACE_FLOORS_BEFORE_GIVING_UP, PACE_HEAVY_REPORTS_TO_START, PACE_IGNORE_AFTER_UNRESPONSIVE,
-    PACE_INCREASE, PACE_INCREASE_INTERVAL, PACE_LOSS_FRACTION, PACE_MAX_DEBT_BYTES,
-    PACE_MIN_BYTES_PER_SECOND, PACE_RELEASE_AFTER,
+    PACE_INCREASE, PACE_INCREASE_INTERVAL, PACE_LOSS_FRACTION, PACE_LOSS_FRACTION_WHILE_PACED,
+    PACE_MAX_DEBT_BYTES, PACE_MIN_BYTES_PER_SECOND, PACE_RELEASE_AFTER,
 };
 use core::time::Duration;
 
@@ -59,7 +59,11 @@ impl Pacer {
     pub fn on_report(&mut self, report: &LossReport, now: Duration) -> bool {
         self.reports = self.reports.saturating_add(1);
         let total = u64::from(report.received) + u64::from(report.lost);
-        let (num, den) = PACE_LOSS_FRACTION;
+        let (num, den) = if self.rate.is_some() {
+            PACE_LOSS_FRACTION_WHILE_PACED
+        } else {
+            PACE_LOSS_FRACTION
+        };
         let heavy = u64::from(report.lost) * den >= total * num;
         let Some(delivered) = report.delivered_bytes_per_second() else {
             return false;

@@ -365,3 +365,79 @@ fn a_relayed_peer_is_looked_up_at_once_then_at_doubling_intervals() {
     let schedule: Vec<u64> = (101..300).filter(|&t| looked(&mut a, secs(t))).collect();
     assert_eq!(schedule, vec![101, 106, 111, 121, 141, 181, 241]);
 }
+
+/// A floods B at twice what B takes in (B keeps 10 datagrams a millisecond, with room for 40 in
+/// its buffer): B reports its losses in its session, A paces itself from them, and
+/// `tun_paused_until` holds A's reads (the shell reads only when it says None).
+#[test]
+fn an_overloaded_receiver_makes_the_sender_pace_and_pause() {
+    let (mut a, mut b) = pair();
+    let (a_addr, b_addr): (SocketAddr, SocketAddr) =
+        (A_ADDR.parse().unwrap(), B_ADDR.parse().unwrap());
+    let start = Duration::from_secs(1);
+    let first = handshake(&mut a, &mut b, start);
+    let mut out = buf();
+    b.handle_datagram(a_addr, &first, start, &mut out);
+    let (mut offered, mut sent, mut paused, mut delivered) = (0u64, 0u64, 0u64, 0u64);
+    // B's room, in datagrams: refilled at 10 per ms, up to 40.
+    let (mut room, mut lost_late, mut room_at) = (40.0f64, 0u64, start);
+    let payload = [0x5au8; 1000];
+    let mut now = start;
+    // 400 ms, a packet offered every 50 µs (about 160 Mbit/s).
+    while now < start + Duration::from_millis(400) {
+        now += Duration::from_micros(50);
+        offered += 1;
+        if a.tun_paused_until(now).is_some() {
+            paused += 1;
+            continue;
+        }
+        let mut packet = ipv4([100, 64, 0, 1], [100, 64, 0, 2], &payload);
+        let TunAction::WriteToNetwork { to, len } =
+            a.handle_tun_packet(&mut packet, 1020, now, &mut out)
+        else {
+            continue;
+        };
+        assert_eq!(to, b_addr);
+        sent += 1;
+        room = (room + (now - room_at).as_secs_f64() * 10_000.0).min(40.0);
+        room_at = now;
+        if room < 1.0 {
+            lost_late += u64::from(now >= start + Duration::from_millis(300));
+            continue;
+        }
+        room -= 1.0;
+        let mut inner = buf();
+        if let NetworkAction::WriteToTun { .. } =
+            b.handle_datagram(a_addr, &out[..len], now, &mut inner)
+        {
+            delivered += 1;
+        }
+        while let Some(report) = b.poll_transmit(now, &mut out) {
+            assert_eq!(report.to, a_addr);
+            let mut scratch = buf();
+            let action = a.handle_datagram(b_addr, &out[..report.len], now, &mut scratch);
+            assert_eq!(action, NetworkAction::Consumed, "a loss report is consumed");
+        }
+    }
+    let pacer = &a.peers()[0].pacer;
+    let reports_sent = b.peers()[0].loss_meter.reports;
+    assert!(reports_sent >= 3, "B sent {reports_sent} loss reports");
+    assert_eq!(
+        pacer.reports, reports_sent,
+        "A received every report B sent"
+    );
+    assert!(
+        pacer.cuts >= 1 && pacer.rate().is_some(),
+        "A is paced: {pacer:?}"
+    );
+    assert!(paused > 0, "A's reads were held while it owed its pace");
+    assert_eq!(
+        pacer.unresponsive, 0,
+        "loss from overload is cured by pacing"
+    );
+    // Paced, A sends far less than it is offered, and B loses little of it: over the last
+    // 100 ms (2000 datagrams offered, about 1000 taken in) no more than a tenth.
+    assert!(sent < offered * 3 / 4, "sent {sent} of {offered} offered");
+    assert!(lost_late < 100, "B lost {lost_late} in the last 100 ms");
+    assert!(delivered > 0 && b.drops().get(DropReason::Malformed) == 0);
+}

@@ -178,8 +178,8 @@ pub const LOSS_REPORT_MAX_SPAN: Duration = Duration::from_millis(80);
 /// A report shorter than this cannot give a delivered rate worth acting on.
 pub const LOSS_REPORT_MIN_SPAN: Duration = Duration::from_millis(1);
 
-/// A sender paces a peer only when its report says at least 1/10 of the packets were lost.
-/// Below that, loss is the network's (WAN links lose a few percent) or a TCP sender's probing
+/// A sender starts pacing a peer only when its reports say at least a quarter of the packets
+/// were lost (in `PACE_HEAVY_REPORTS_TO_START` reports in a row). Below that, loss is the network's (WAN links lose a few percent) or a TCP sender's probing
 /// (bulk TCP loses 3-5% at the receiver's socket on the bench), and TCP's own congestion control
 /// is the right answer. A receiver that cannot keep up with an unpaced flood loses half or more.
 pub const PACE_LOSS_FRACTION: (u64, u64) = (1, 4);
@@ -229,13 +229,22 @@ pub const PACE_INCREASE_INTERVAL: Duration = LOSS_REPORT_INTERVAL;
 pub const PACE_RELEASE_AFTER: Duration = Duration::from_secs(1);
 
 /// No pace goes below 1 Mbit/s: a report from a receiver that was briefly starved of CPU must
-/// not shut a peer out, and at this rate a keepalive or a ping always gets through.
+/// not shut a peer out. (Keepalives, handshakes and loss reports never wait for a pace; a ping
+/// to a peer paced this low may wait for the peer's debt to be paid.)
 pub const PACE_MIN_BYTES_PER_SECOND: u64 = 125_000;
 
 /// Tokens a paced peer may save up: 32 KiB goes out as one burst. Measured on the bench (2
 /// cores, flood): 32 KiB bursts kept the receiver's socket loss under 1% at 2-3 Gbit/s, where
 /// 256 KiB bursts overflowed its 208 KiB buffer before it woke and delivered half as much.
 pub const PACE_BURST_BYTES: u64 = 32 * 1024;
+
+/// A pace too slow to save `PACE_BURST_BYTES` within this time releases smaller bursts, so a
+/// pause of the TUN reads stays well under `PACE_GATE_MAX`: below 64 MB/s a burst is what half a
+/// millisecond earns. Pauses then come more often, each a timer to arm and fire (a few µs).
+pub const PACE_BURST_TIME: Duration = Duration::from_micros(500);
+
+/// The smallest burst: one full-size packet and its framing.
+pub const PACE_MIN_BURST_BYTES: u64 = 2048;
 
 /// A paced peer may run this far into debt before its packets are refused: a TUN super-packet
 /// begun with tokens left is sent whole (refusing its tail would cost a TCP sender a
@@ -248,7 +257,9 @@ pub const PACE_MAX_DEBT_BYTES: u64 = 96 * 1024;
 /// keeps the device read, and the paced peers' excess is refused before encryption instead.
 pub const PACE_GATE_SHARED: Duration = Duration::from_millis(2);
 
-/// Longest one pause of the TUN reads: other peers' packets wait in the TUN queue meanwhile.
+/// Longest pause of the TUN reads without a packet read in between: other peers' packets wait
+/// in the TUN queue meanwhile. A paced peer whose next burst is further off (a slow pace, or
+/// deep debt) gets pauses of this length, each followed by one read.
 pub const PACE_GATE_MAX: Duration = Duration::from_millis(1);
 
 /// Longest the event loop runs on readiness tokio already cached before it yields, so tokio

@@ -11,10 +11,11 @@
 
 use crate::core::feedback::LossReport;
 use crate::core::limits::{
-    LOSS_REPORT_INTERVAL, LOSS_REPORT_MIN_SPAN, PACE_BACKOFF, PACE_BURST_BYTES, PACE_EPISODE_FLOOR,
-    PACE_FLOORS_BEFORE_GIVING_UP, PACE_HEAVY_REPORTS_TO_START, PACE_IGNORE_AFTER_UNRESPONSIVE,
-    PACE_INCREASE, PACE_INCREASE_INTERVAL, PACE_LOSS_FRACTION, PACE_LOSS_FRACTION_WHILE_PACED,
-    PACE_MAX_DEBT_BYTES, PACE_MIN_BYTES_PER_SECOND, PACE_RELEASE_AFTER,
+    LOSS_REPORT_INTERVAL, LOSS_REPORT_MIN_SPAN, PACE_BACKOFF, PACE_BURST_BYTES, PACE_BURST_TIME,
+    PACE_EPISODE_FLOOR, PACE_FLOORS_BEFORE_GIVING_UP, PACE_HEAVY_REPORTS_TO_START,
+    PACE_IGNORE_AFTER_UNRESPONSIVE, PACE_INCREASE, PACE_INCREASE_INTERVAL, PACE_LOSS_FRACTION,
+    PACE_LOSS_FRACTION_WHILE_PACED, PACE_MAX_DEBT_BYTES, PACE_MIN_BURST_BYTES,
+    PACE_MIN_BYTES_PER_SECOND, PACE_RELEASE_AFTER,
 };
 use core::time::Duration;
 
@@ -34,11 +35,10 @@ pub struct Pacer {
     /// Heavy-loss reports in a row, and when the latest came.
     heavy_streak: u32,
     heavy_at: Duration,
-    /// The lowest pace this episode may reach before its loss counts as unresponsive, and
-    /// whether pacing ever cured the loss (an interval without heavy loss) in this episode.
+    /// A cut below this crosses a floor: half the pace at the start of the episode, or at the
+    /// last interval that came without heavy loss, or at the last floor crossed.
     episode_floor: u64,
-    cured: bool,
-    /// Floors crossed in this episode while the loss was not yet cured.
+    /// Floors crossed since the episode started or the loss was last cured.
     floors_crossed: u32,
     /// Reports are ignored until then, after loss proved unresponsive.
     ignore_until: Duration,
@@ -58,57 +58,59 @@ impl Pacer {
     /// A loss report from the peer. Returns whether it set or lowered the pace.
     pub fn on_report(&mut self, report: &LossReport, now: Duration) -> bool {
         self.reports = self.reports.saturating_add(1);
-        let total = u64::from(report.received) + u64::from(report.lost);
-        let (num, den) = if self.rate.is_some() {
+        // A pace due to be lifted is lifted before the report is judged against it.
+        self.advance(now);
+        let paced = self.rate;
+        let (num, den) = if paced.is_some() {
             PACE_LOSS_FRACTION_WHILE_PACED
         } else {
             PACE_LOSS_FRACTION
         };
+        let total = u64::from(report.received) + u64::from(report.lost);
         let heavy = u64::from(report.lost) * den >= total * num;
-        let Some(delivered) = report.delivered_bytes_per_second() else {
-            return false;
-        };
-        if total == 0 || !heavy || report.span < LOSS_REPORT_MIN_SPAN {
-            self.heavy_streak = 0;
-            self.cured = true;
-            return false;
-        }
+        let delivered = report.delivered_bytes_per_second().unwrap_or(0);
+        let counts = total > 0 && delivered > 0 && report.span >= LOSS_REPORT_MIN_SPAN;
         // Receivers report every interval with losses; a gap means an interval without.
         let in_a_row = now.saturating_sub(self.heavy_at) <= LOSS_REPORT_INTERVAL * 2;
+        if !(counts && heavy && in_a_row) {
+            self.cured();
+        }
+        if !(counts && heavy) {
+            self.heavy_streak = 0;
+            return false;
+        }
         self.heavy_streak = if in_a_row { self.heavy_streak + 1 } else { 1 };
         self.heavy_at = now;
-        self.cured |= !in_a_row;
-        let starting = self.rate.is_none();
-        if now < self.ignore_until || (starting && self.heavy_streak < PACE_HEAVY_REPORTS_TO_START)
+        if now < self.ignore_until
+            || (paced.is_none() && self.heavy_streak < PACE_HEAVY_REPORTS_TO_START)
         {
             return false;
         }
-        self.advance(now);
         let (num, den) = PACE_BACKOFF;
         let target = scale(delivered, num, den).max(PACE_MIN_BYTES_PER_SECOND);
         let (num, den) = PACE_EPISODE_FLOOR;
-        if starting {
-            self.episode_floor = scale(target, num, den);
-            self.cured = false;
-            self.floors_crossed = 0;
-        } else if target < self.episode_floor && !self.cured {
-            // Once may be the receiver's capacity falling as we started; twice is the link.
-            if self.floors_crossed >= PACE_FLOORS_BEFORE_GIVING_UP - 1 {
-                self.rate = None;
-                self.ignore_until = now + PACE_IGNORE_AFTER_UNRESPONSIVE;
-                self.unresponsive = self.unresponsive.saturating_add(1);
-                return false;
+        match paced {
+            None => {
+                self.episode_floor = scale(target, num, den);
+                self.floors_crossed = 0;
+                self.tokens = 0;
+                self.refilled_at = now;
             }
-            self.floors_crossed += 1;
-            self.episode_floor = scale(target, num, den);
+            Some(_) if target < self.episode_floor => {
+                // Once may be the receiver's capacity falling as we started; twice is the link.
+                if self.floors_crossed + 1 >= PACE_FLOORS_BEFORE_GIVING_UP {
+                    self.rate = None;
+                    self.ignore_until = now + PACE_IGNORE_AFTER_UNRESPONSIVE;
+                    self.unresponsive = self.unresponsive.saturating_add(1);
+                    return false;
+                }
+                self.floors_crossed += 1;
+                self.episode_floor = scale(target, num, den);
+            }
+            Some(_) => {}
         }
         // A report written before our last cut took effect says less than that cut did.
-        let rate = self.rate.map_or(target, |r| r.min(target));
-        if starting {
-            self.tokens = 0;
-            self.refilled_at = now;
-        }
-        self.rate = Some(rate);
+        self.rate = Some(paced.map_or(target, |r| r.min(target)));
         self.increased_at = now;
         self.cut_at = now;
         self.cuts = self.cuts.saturating_add(1);
@@ -129,22 +131,32 @@ impl Pacer {
         true
     }
 
-    /// When a peer in debt should get packets again: once the debt is paid and a whole burst
-    /// saved up, so packets leave in bursts of `PACE_BURST_BYTES`, not one per wake-up. None
-    /// when the peer is not paced or not in debt.
+    /// When a peer in debt should get packets again: once the debt is paid and a burst saved
+    /// up (`burst_bytes`), so packets leave in bursts, not one per wake-up. None when the peer
+    /// is not paced, not in debt, or its pace is due to be lifted.
     pub fn ready_at(&self, now: Duration) -> Option<Duration> {
         let rate = self.rate?;
-        if self.tokens >= 0 {
+        if self.tokens >= 0 || now.saturating_sub(self.cut_at) >= PACE_RELEASE_AFTER {
             return None;
         }
         let elapsed = now.saturating_sub(self.refilled_at);
-        let needed = u128::from(self.tokens.unsigned_abs()) + u128::from(PACE_BURST_BYTES);
+        let needed = u128::from(self.tokens.unsigned_abs()) + u128::from(burst_bytes(rate));
         let earned = u128::from(rate) * elapsed.as_nanos() / NANOS_PER_SECOND;
         if earned >= needed {
             return None;
         }
         let wait = (needed - earned) * NANOS_PER_SECOND / u128::from(rate.max(1));
         Some(now + Duration::from_nanos(u64::try_from(wait).unwrap_or(u64::MAX)))
+    }
+
+    /// Loss stopped for an interval: pacing works at the pace it has now, so the floors are
+    /// measured from here.
+    fn cured(&mut self) {
+        if let Some(rate) = self.rate {
+            let (num, den) = PACE_EPISODE_FLOOR;
+            self.episode_floor = scale(rate, num, den);
+            self.floors_crossed = 0;
+        }
     }
 
     /// Lifts, grows and refills the pace up to `now`.
@@ -174,6 +186,15 @@ impl Pacer {
         self.refilled_at = now;
         self.rate = Some(rate);
     }
+}
+
+/// The burst a paced peer saves up before its packets flow again: `PACE_BURST_BYTES`, or less
+/// at a pace too slow to save that much within `PACE_BURST_TIME`, so a pause stays short.
+fn burst_bytes(rate: u64) -> u64 {
+    let in_time = u128::from(rate) * PACE_BURST_TIME.as_nanos() / NANOS_PER_SECOND;
+    u64::try_from(in_time)
+        .unwrap_or(u64::MAX)
+        .clamp(PACE_MIN_BURST_BYTES, PACE_BURST_BYTES)
 }
 
 fn scale(value: u64, num: u64, den: u64) -> u64 {
@@ -297,18 +318,33 @@ mod tests {
     }
 
     #[test]
-    fn once_pacing_cured_the_loss_later_cuts_may_go_lower() {
+    fn a_receiver_whose_capacity_falls_in_steps_is_followed_when_each_step_is_cured() {
         let mut pacer = Pacer::default();
         start_pacing(&mut pacer, &heavy_loss(), ms(100));
-        // An interval without heavy loss: the pace cured it.
-        assert!(!pacer.on_report(&report(ms(20), 1000, 10, 2_000_000), ms(120)));
-        // Then the receiver's capacity falls to a tenth, twice over: followed all the way.
-        for (i, bytes) in [200_000u64, 100_000, 50_000].into_iter().enumerate() {
-            let now = ms(140) + LOSS_REPORT_INTERVAL * i as u32;
+        // The receiver's intake falls to a tenth, then halves twice; after each fall, an
+        // interval without heavy loss shows the new pace cures it. Each fall measures its
+        // floor from the pace that cured, so none of them counts against the link.
+        let mut now = ms(100);
+        for bytes in [200_000u64, 100_000, 50_000] {
+            now += LOSS_REPORT_INTERVAL;
             assert!(pacer.on_report(&report(ms(20), 100, 900, bytes), now));
+            now += LOSS_REPORT_INTERVAL;
+            assert!(!pacer.on_report(&report(ms(20), 1000, 10, bytes), now));
         }
-        assert_eq!(pacer.rate(), Some(2_500_000 * 15 / 16));
+        // The last cut, grown by one step by the clean report 20 ms later.
+        assert_eq!(pacer.rate(), Some(scale(2_500_000 * 15 / 16, 17, 16)));
         assert_eq!(pacer.unresponsive, 0);
+    }
+
+    #[test]
+    fn a_report_after_the_pace_was_due_to_be_lifted_is_judged_unpaced() {
+        let mut pacer = Pacer::default();
+        start_pacing(&mut pacer, &heavy_loss(), ms(0));
+        // A twentieth lost would cut a paced peer, but the pace was due to be lifted.
+        let light = report(ms(20), 1000, 60, 2_000_000);
+        assert!(!pacer.on_report(&light, PACE_RELEASE_AFTER));
+        assert_eq!(pacer.rate(), None);
+        assert_eq!(pacer.ready_at(PACE_RELEASE_AFTER), None);
     }
 
     #[test]
@@ -355,8 +391,9 @@ mod tests {
             "a super-packet begun at zero goes"
         );
         let ready = pacer.ready_at(ms(0)).unwrap_or_default();
-        // Paid off, plus a whole burst saved up.
-        let expected = Duration::from_nanos((65_535 + PACE_BURST_BYTES) * 1_000_000_000 / rate);
+        // Paid off, plus a burst saved up: at this slow pace, the smallest.
+        assert_eq!(burst_bytes(rate), PACE_MIN_BURST_BYTES);
+        let expected = Duration::from_nanos((65_535 + PACE_MIN_BURST_BYTES) * 1_000_000_000 / rate);
         assert!(
             ready.abs_diff(expected) < Duration::from_micros(2),
             "{ready:?}"

@@ -199,8 +199,10 @@ async fn event_loop(
     let mut tick = tokio::time::interval(TIMER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let pause_timer = PreciseTimer::new().context("creating the pacing timer (timerfd)")?;
-    let mut last_yield = Instant::now();
+    // Since when the loop has handled one event after another with more still waiting.
+    let mut busy_since: Option<Instant> = None;
     loop {
+        let mut more_waiting = false;
         let network_backlog = path.has_network_backlog();
         let tun_backlog = path.has_tun_backlog();
         let accepted_before = path.accepted();
@@ -273,7 +275,8 @@ async fn event_loop(
                 match path.read_tun(tun, &mut udp) {
                     TunRead::Dry | TunRead::Failed => guard.clear_ready(),
                     // Packets may still wait: the device stays readable for the next turn.
-                    TunRead::BatchEnded | TunRead::Paused => {}
+                    TunRead::BatchEnded => more_waiting = true,
+                    TunRead::Paused => {}
                 }
             }
             Event::TunWritable(mut guard) => {
@@ -281,7 +284,9 @@ async fn event_loop(
                     guard.clear_ready();
                 }
             }
-            Event::UdpReadable => path.read_udp(&mut udp, tun, ReceiveMode::WhenReady),
+            Event::UdpReadable => {
+                more_waiting = path.read_udp(&mut udp, tun, ReceiveMode::WhenReady);
+            }
             Event::UdpWritable | Event::PauseOver => {}
         }
         log_peer_events(&mut path.device);
@@ -301,13 +306,19 @@ async fn event_loop(
         if let Some(woken_by) = woken_by.filter(|_| !busy_poll.is_zero()) {
             path.busy_poll(tun, &mut udp, busy_poll, woken_by);
         }
-        // A device that stays readable (a flood, a TCP stream) answers the select! at once,
-        // from readiness tokio cached, so the loop would never let tokio poll epoll: the socket's
-        // new readiness, timers and the control socket would wait until the device ran dry.
-        // Measured: loss reports and ping replies sat unread for seconds under a flood.
-        if last_yield.elapsed() >= EVENT_LOOP_YIELD_INTERVAL {
-            tokio::task::yield_now().await;
-            last_yield = Instant::now();
+        // A device or socket that stays readable (a flood, a TCP stream) answers the select! at
+        // once, from readiness tokio cached, so the loop would never let tokio poll epoll: the
+        // other side's new readiness, timers and the control socket would wait until it ran
+        // dry. Measured: loss reports and ping replies sat unread for seconds under a flood. A
+        // loop that waited in between has had epoll polled, so only a run of such turns yields.
+        if more_waiting {
+            let since = *busy_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= EVENT_LOOP_YIELD_INTERVAL {
+                tokio::task::yield_now().await;
+                busy_since = None;
+            }
+        } else {
+            busy_since = None;
         }
     }
 }

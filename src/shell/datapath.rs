@@ -164,8 +164,9 @@ impl DataPath {
 
     /// Until when the TUN device is left unread because the traffic read from it goes to paced
     /// peers in debt; None: read it now. The kernel meanwhile drops the excess at its queue.
-    pub fn tun_paused_until(&self) -> Option<Instant> {
-        let until = self.device.tun_paused_until(self.now())?;
+    pub fn tun_paused_until(&mut self) -> Option<Instant> {
+        let now = self.now();
+        let until = self.device.tun_paused_until(now)?;
         Some(self.started + until)
     }
 
@@ -173,7 +174,8 @@ impl DataPath {
     /// paced peer pauses it.
     pub fn read_tun(&mut self, tun: &TunDevice, udp: &mut UdpIo) -> TunRead {
         for _ in 0..TUN_READS_PER_WAKE {
-            if self.device.tun_paused_until(self.now()).is_some() {
+            let now = self.now();
+            if self.device.tun_paused_until(now).is_some() {
                 return TunRead::Paused;
             }
             if lacks_headroom(&self.to_network) {
@@ -224,13 +226,15 @@ impl DataPath {
         TunRead::BatchEnded
     }
 
-    /// Receives datagrams until the socket runs dry or the batch ends.
-    pub fn read_udp(&mut self, udp: &mut UdpIo, tun: &TunDevice, mode: ReceiveMode) {
+    /// Receives datagrams until the socket runs dry or the batch ends; true when the batch
+    /// ended first, so more may be waiting.
+    pub fn read_udp(&mut self, udp: &mut UdpIo, tun: &TunDevice, mode: ReceiveMode) -> bool {
         for _ in 0..UDP_BATCHES_PER_WAKE {
             if !self.receive_batch(udp, tun, mode) {
-                return;
+                return false;
             }
         }
+        true
     }
 
     /// One `recvmmsg` and the packets it brought; false when the socket had nothing.

@@ -1,8 +1,8 @@
 //! A one-shot timer with microsecond resolution (a Linux timerfd) for the event loop.
 //!
 //! tokio's timers round to whole milliseconds, and pacing a peer pauses the TUN reads for tens
-//! to hundreds of microseconds: at 2 Gbit/s one 32 KiB burst lasts 130 µs. A millisecond pause
-//! would let the kernel drop seven bursts' worth at the TUN queue.
+//! of microseconds to a millisecond: at 2 Gbit/s one 32 KiB burst lasts 130 µs. A millisecond
+//! pause there would let the kernel drop seven bursts' worth at the TUN queue.
 
 use std::cell::Cell;
 use std::io;

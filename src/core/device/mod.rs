@@ -10,7 +10,7 @@ use crate::core::handshake::Mac1Key;
 use crate::core::keys::{PublicKey, SecretKey};
 use crate::core::limits::{
     ring_slot_bytes, EVENT_QUEUE, PACE_GATE_MAX, PACE_GATE_SHARED, REKEY_AFTER_MESSAGES,
-    REKEY_AFTER_TIME, REKEY_TIMEOUT, SESSIONS_PER_PEER,
+    REKEY_AFTER_TIME, REKEY_TIMEOUT, SESSIONS_PER_PEER, TRANSPORT_OVERHEAD,
 };
 use crate::core::packet;
 use crate::core::peer::{Path, Peer, PeerConfig, PeerId};
@@ -145,10 +145,12 @@ pub struct Device {
     relay_scratch: Box<[u8]>,
     /// Where a datagram a relay delivered waits while it is handled.
     relay_inbox: Box<[u8]>,
-    /// The peer whose pace the latest TUN packet ran into, and when a packet last went to a
-    /// peer that is not paced: together they say whether the TUN device may pause.
+    /// The peer whose pace the latest TUN packet ran into, the latest peer a packet went to
+    /// unpaced and when, and when the current pause of the TUN reads began: together they say
+    /// whether the device may pause.
     paced_peer: Option<PeerId>,
-    unpaced_sent_at: Option<Duration>,
+    unpaced_sent: Option<(PeerId, Duration)>,
+    pause_began: Option<Duration>,
 }
 
 /// Packets and bytes this node forwarded for its peers as a relay.
@@ -204,7 +206,8 @@ impl Device {
             relay_scratch: vec![0u8; ring_slot_bytes(config.mtu)].into_boxed_slice(),
             relay_inbox: vec![0u8; ring_slot_bytes(config.mtu)].into_boxed_slice(),
             paced_peer: None,
-            unpaced_sent_at: None,
+            unpaced_sent: None,
+            pause_began: None,
         }
     }
 
@@ -271,16 +274,26 @@ impl Device {
     /// Until when the shell should leave the TUN device unread, or None to read it now. It
     /// pauses only while the traffic read lately all went to paced peers and the latest of them
     /// is in debt: the kernel then drops the excess at the TUN queue, before we spend anything
-    /// on it. A pause lasts until that peer's debt is paid, at most `PACE_GATE_MAX`.
-    pub fn tun_paused_until(&self, now: Duration) -> Option<Duration> {
-        let unpaced_lately = self
-            .unpaced_sent_at
-            .is_some_and(|at| now.saturating_sub(at) < PACE_GATE_SHARED);
-        if unpaced_lately {
+    /// on it. A pause lasts until that peer has paid its debt and saved up its next burst, but
+    /// never more than `PACE_GATE_MAX` without a packet read in between, since every other
+    /// peer's packets wait in the same queue.
+    pub fn tun_paused_until(&mut self, now: Duration) -> Option<Duration> {
+        let unpaced_lately = self.unpaced_sent.is_some_and(|(id, at)| {
+            let still_unpaced = self.peers.get(id).is_some_and(|p| p.pacer.rate().is_none());
+            still_unpaced && now.saturating_sub(at) < PACE_GATE_SHARED
+        });
+        let ready = match self.paced_peer.and_then(|id| self.peers.get(id)) {
+            Some(peer) if !unpaced_lately => peer.pacer.ready_at(now),
+            _ => None,
+        };
+        let Some(ready) = ready else {
+            self.pause_began = None;
             return None;
-        }
-        let ready = self.peers.get(self.paced_peer?)?.pacer.ready_at(now)?;
-        Some(ready.min(now + PACE_GATE_MAX))
+        };
+        let began = *self.pause_began.get_or_insert(now);
+        let limit = began + PACE_GATE_MAX;
+        // Past the limit, one packet is read (and clears `pause_began`) before the next pause.
+        (now < limit).then_some(ready.min(limit))
     }
 
     /// A datagram arrived from `from`. `out` receives the inner packet or the reply.
@@ -370,6 +383,8 @@ impl Device {
         now: Duration,
         out: &mut [u8],
     ) -> Result<TunAction, DropReason> {
+        // A packet was read: a pause of the TUN reads, if any, is over.
+        self.pause_began = None;
         if len > self.mtu || len > buf.len() {
             return Err(DropReason::TooLarge);
         }
@@ -381,14 +396,16 @@ impl Device {
         let mtu = self.mtu;
         let peer = self.peers.get_mut(id).ok_or(DropReason::NoRoute)?;
         if let (Some(path), Some(session)) = (peer.path(), peer.current.as_mut()) {
-            if !peer.pacer.admit(len, now) {
+            // Charged as it goes on the wire: the receiver's report counts wire bytes, and for
+            // small packets the framing is a large share.
+            if !peer.pacer.admit(len + TRANSPORT_OVERHEAD, now) {
                 peer.drops.count(DropReason::Paced);
                 self.paced_peer = Some(id);
                 return Err(DropReason::Paced);
             }
             match peer.pacer.rate() {
                 Some(_) => self.paced_peer = Some(id),
-                None => self.unpaced_sent_at = Some(now),
+                None => self.unpaced_sent = Some((id, now)),
             }
             match session.encrypt(buf, len, mtu, now, out) {
                 Ok(written) => {

@@ -57,6 +57,8 @@ impl Device {
         summary.removed = old.len();
         self.peers = kept;
         self.rebuild_lookups();
+        // Peer ids moved: the one the TUN device last paused for may now be another peer.
+        self.paced_peer = None;
         for id in 0..self.peers.len() {
             let relay = relay_keys
                 .get(&self.peers[id].config.public_key)

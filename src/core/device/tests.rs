@@ -430,7 +430,10 @@ fn an_overloaded_receiver_makes_the_sender_pace_and_pause() {
         pacer.cuts >= 1 && pacer.rate().is_some(),
         "A is paced: {pacer:?}"
     );
-    assert!(paused > 0, "A's reads were held while it owed its pace");
+    assert!(
+        paused > 0,
+        "A's reads were held while it owed its pace: {pacer:?}"
+    );
     assert_eq!(
         pacer.unresponsive, 0,
         "loss from overload is cured by pacing"

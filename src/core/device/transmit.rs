@@ -53,6 +53,7 @@ impl Device {
                 .encrypt(&mut self.scratch, len, mtu, now, out)
                 .ok()?;
             note_sent(peer, written, now, false);
+            peer.loss_meter.reports = peer.loss_meter.reports.saturating_add(1);
             written
         } else if peer.want_keepalive {
             peer.want_keepalive = false;

@@ -163,7 +163,7 @@ impl DataPath {
                 // Logged once; epoll will say when the device is readable again.
                 break;
             }
-            self.read_udp(udp, tun, ReceiveMode::BusyPoll);
+            let _ = self.read_udp(udp, tun, ReceiveMode::BusyPoll);
             self.drain_transmits();
             self.flush_network(udp);
             if self.has_tun_backlog() {

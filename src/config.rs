@@ -68,6 +68,8 @@ pub struct InterfaceConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Forward packets between two of our peers when one asks (this node is a relay).
     pub relay: bool,
+    /// Pace peers whose loss reports show they cannot keep up (see core::pacer).
+    pub pacing: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,6 +209,7 @@ struct RawInterface {
     log_level: Option<Spanned<String>>,
     metrics_listen: Option<Spanned<String>>,
     relay: Option<bool>,
+    pacing: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -401,6 +404,7 @@ impl Ctx<'_> {
             log_level,
             metrics_listen,
             relay: raw.relay.unwrap_or(false),
+            pacing: raw.pacing.unwrap_or(true),
         })
     }
 

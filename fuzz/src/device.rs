@@ -68,6 +68,7 @@ pub fn device(own: u8) -> Device {
         wall_clock_at_zero: Duration::from_secs(1_700_000_000),
         rng_seed: [own; 32],
         serve_relay: false,
+        pacing: true,
     })
 }
 

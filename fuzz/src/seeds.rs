@@ -414,7 +414,7 @@ pub fn full_config() -> String {
         "[interface]\nname = \"dhtun0\"\nprivate_key = \"{}\"\n\
          address = [\"100.64.0.1/24\", \"fd64::1/64\"]\nlisten_port = 51820\nmtu = 1420\n\
          ring_slots = 256\nring_bytes = 262144\nring_max_delay_ms = 5\nbatch_size = 128\n\
-         receive_buffer_bytes = 98304\nbusy_poll_us = 50\n\n\
+         receive_buffer_bytes = 98304\nbusy_poll_us = 50\npacing = true\n\n\
          [dht]\nenabled = true\nbootstrap = [\"198.18.0.254:6881\"]\n\
          port = 0\nserver_mode = true\nrequest_timeout_ms = 500\n\n[[peer]]\n\
          public_key = \"{peer}\"\nallowed_ips = [\"100.64.0.2/32\", \"100.65.2.7/24\", \"fd64::2\"]\n\

@@ -143,6 +143,8 @@ fn ring_and_batch_keys_default_bound_and_parse() {
         let iface = set(&format!("receive_buffer_bytes = {bytes}\n")).unwrap();
         assert_eq!(iface.receive_buffer_bytes, Some(bytes));
     }
+    assert!(iface.pacing, "pacing is on by default");
+    assert!(!set("pacing = false\n").unwrap().pacing);
     for micros in [0, 50, MAX_BUSY_POLL_US] {
         let iface = set(&format!("busy_poll_us = {micros}\n")).unwrap();
         assert_eq!(iface.busy_poll, Duration::from_micros(micros));
@@ -155,6 +157,7 @@ fn ring_and_batch_keys_default_bound_and_parse() {
         format!("busy_poll_us = {}\n", MAX_BUSY_POLL_US + 1),
         "busy_poll_us = -1\n".to_string(),
         "ring_max_delay_ms = 2.5\n".to_string(),
+        "pacing = 1\n".to_string(),
     ] {
         let err = set(&keys).unwrap_err().to_string();
         assert!(err.starts_with("/etc/dhtun/t.toml:4: "), "{keys}: {err}");

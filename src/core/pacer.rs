@@ -55,6 +55,11 @@ impl Pacer {
         self.rate
     }
 
+    /// Stops pacing the peer now (pacing was turned off).
+    pub fn lift(&mut self) {
+        self.rate = None;
+    }
+
     /// A loss report from the peer. Returns whether it set or lowered the pace.
     pub fn on_report(&mut self, report: &LossReport, now: Duration) -> bool {
         self.reports = self.reports.saturating_add(1);

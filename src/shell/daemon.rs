@@ -353,6 +353,7 @@ fn new_device(config: &Config) -> anyhow::Result<Device> {
         wall_clock_at_zero,
         rng_seed,
         serve_relay: config.interface.relay,
+        pacing: config.interface.pacing,
     }))
 }
 

@@ -61,6 +61,7 @@ pub async fn reload(
     }
     let summary = device.reconfigure(new.peers.clone());
     device.set_serve_relay(new.interface.relay);
+    device.set_pacing(new.interface.pacing);
     *config = new;
     Ok(format!(
         "reloaded {}: {} peers added, {} removed, {} changed, {} unchanged",

@@ -31,6 +31,7 @@ fn device(own: u8, other: u8, allowed: &str, endpoint: &str) -> Device {
         wall_clock_at_zero: Duration::from_secs(1_700_000_000),
         rng_seed: [own; 32],
         serve_relay: false,
+        pacing: true,
     })
 }
 

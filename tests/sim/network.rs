@@ -200,6 +200,7 @@ impl Sim {
                     wall_clock_at_zero: WALL_CLOCK_AT_ZERO,
                     rng_seed: rng.gen(),
                     serve_relay: false,
+                    pacing: true,
                 };
                 Node {
                     device: Device::new(config.clone()),

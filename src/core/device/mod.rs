@@ -52,6 +52,8 @@ pub struct DeviceConfig {
     pub rng_seed: [u8; 32],
     /// Forward packets between two of our peers when one asks (`[interface] relay`).
     pub serve_relay: bool,
+    /// Pace peers after their loss reports (`[interface] pacing`).
+    pub pacing: bool,
 }
 
 /// What the shell does with a packet read from the TUN device.
@@ -139,6 +141,7 @@ pub struct Device {
     limiter: RateLimiter,
     cookies: CookieMaker,
     serve_relay: bool,
+    pacing: bool,
     /// What this node forwarded as a relay.
     relayed: RelayCounters,
     /// Where envelopes are built: a datagram wrapped for a relay, or forwarded by one.
@@ -202,6 +205,7 @@ impl Device {
             limiter,
             cookies,
             serve_relay: config.serve_relay,
+            pacing: config.pacing,
             relayed: RelayCounters::default(),
             relay_scratch: vec![0u8; ring_slot_bytes(config.mtu)].into_boxed_slice(),
             relay_inbox: vec![0u8; ring_slot_bytes(config.mtu)].into_boxed_slice(),
@@ -231,6 +235,17 @@ impl Device {
     /// Starts or stops forwarding for peers (a reload changed `[interface] relay`).
     pub fn set_serve_relay(&mut self, serve: bool) {
         self.serve_relay = serve;
+    }
+
+    /// Starts or stops pacing peers after their loss reports (a reload changed `[interface]
+    /// pacing`). Stopping lifts every pace at once; reports we send are not affected.
+    pub fn set_pacing(&mut self, pacing: bool) {
+        self.pacing = pacing;
+        if !pacing {
+            for peer in &mut self.peers {
+                peer.pacer.lift();
+            }
+        }
     }
 
     /// What this node forwarded as a relay.

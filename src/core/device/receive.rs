@@ -260,7 +260,12 @@ impl Device {
         if feedback::is_report(&out[..plain_len]) {
             let report = LossReport::parse(&out[..plain_len])
                 .map_err(|_| (DropReason::Malformed, Some(id)))?;
-            self.peers[id].pacer.on_report(&report, now);
+            let pacer = &mut self.peers[id].pacer;
+            if self.pacing {
+                pacer.on_report(&report, now);
+            } else {
+                pacer.reports = pacer.reports.saturating_add(1);
+            }
             return Ok(NetworkAction::Consumed);
         }
         let header =

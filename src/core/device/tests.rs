@@ -35,6 +35,7 @@ fn pair() -> (Device, Device) {
             wall_clock_at_zero: Duration::from_secs(1_700_000_000),
             rng_seed: [own; 32],
             serve_relay: false,
+            pacing: true,
         })
     };
     (
@@ -266,6 +267,7 @@ fn a_record_from_the_dht_makes_an_unknown_endpoint_reachable() {
         wall_clock_at_zero: Duration::from_secs(1_700_000_000),
         rng_seed: [2; 32],
         serve_relay: false,
+        pacing: true,
     });
     let now = Duration::from_secs(1);
     let mut out = buf();
@@ -443,4 +445,8 @@ fn an_overloaded_receiver_makes_the_sender_pace_and_pause() {
     assert!(sent < offered * 3 / 4, "sent {sent} of {offered} offered");
     assert!(lost_late < 100, "B lost {lost_late} in the last 100 ms");
     assert!(delivered > 0 && b.drops().get(DropReason::Malformed) == 0);
+    // `pacing = false` by reload lifts the pace at once and leaves the device read.
+    a.set_pacing(false);
+    assert_eq!(a.peers()[0].pacer.rate(), None);
+    assert_eq!(a.tun_paused_until(now), None);
 }

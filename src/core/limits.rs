@@ -203,11 +203,28 @@ pub const PACE_HEAVY_REPORTS_TO_START: u32 = 3;
 /// its share of the CPU (on the bench it halved within a flood).
 pub const PACE_EPISODE_FLOOR: (u64, u64) = (1, 2);
 
-/// Crossing this many floors (each half the one before) without a cure lifts the pace. The
-/// first crossing may be a receiver whose capacity fell just as pacing started (seen in the
-/// netns test: 46 MB/s, then 8 MB/s 60 ms later); a second is a link that loses a share of
-/// everything.
-pub const PACE_FLOORS_BEFORE_GIVING_UP: u32 = 2;
+/// Crossing this many floors (each half the one before) without a cure, each with about the
+/// same share lost as at the cut before, lifts the pace: a link that loses a share of whatever
+/// we send. Fewer are chance: under a flood on the bench, the receiver's share of the CPU (so
+/// its capacity) swings by 2x from one 20 ms interval to the next, and 2 gave up in about one
+/// flood in four.
+pub const PACE_FLOORS_BEFORE_GIVING_UP: u32 = 3;
+
+/// Packets a report (and the one behind the last cut) must cover before its share lost, or an
+/// interval missing between reports, tells pacing anything: over fewer, a link losing a third
+/// of everything shows clean intervals and falling shares by chance (seen at a 1 Mbit/s pace,
+/// two or three packets per interval).
+pub const PACE_SHARE_MIN_PACKETS: u64 = 32;
+
+/// A share lost under 3/4 of the share at the last cut shows pacing works (a cure), even while
+/// loss is still heavy: the floors are measured again from the pace now.
+pub const PACE_LOSS_FALL: (u64, u64) = (3, 4);
+
+/// A floor crossed with a share lost more than 5/4 of the share at the cut before is new
+/// congestion, not a lossy link: the receiver's capacity fell. Seen in the netns test: 46 MB/s,
+/// then 23, then 8 within 100 ms, each step losing a larger share (27%, 51%, 67%). It does not
+/// count toward giving up.
+pub const PACE_LOSS_RISE: (u64, u64) = (5, 4);
 const _: () = assert!(PACE_FLOORS_BEFORE_GIVING_UP >= 1);
 
 /// After loss proved unresponsive to pacing, reports are ignored for this long: the link's own

@@ -13,9 +13,9 @@ use crate::core::feedback::LossReport;
 use crate::core::limits::{
     LOSS_REPORT_INTERVAL, LOSS_REPORT_MIN_SPAN, PACE_BACKOFF, PACE_BURST_BYTES, PACE_BURST_TIME,
     PACE_EPISODE_FLOOR, PACE_FLOORS_BEFORE_GIVING_UP, PACE_HEAVY_REPORTS_TO_START,
-    PACE_IGNORE_AFTER_UNRESPONSIVE, PACE_INCREASE, PACE_INCREASE_INTERVAL, PACE_LOSS_FRACTION,
-    PACE_LOSS_FRACTION_WHILE_PACED, PACE_MAX_DEBT_BYTES, PACE_MIN_BURST_BYTES,
-    PACE_MIN_BYTES_PER_SECOND, PACE_RELEASE_AFTER,
+    PACE_IGNORE_AFTER_UNRESPONSIVE, PACE_INCREASE, PACE_INCREASE_INTERVAL, PACE_LOSS_FALL,
+    PACE_LOSS_FRACTION, PACE_LOSS_FRACTION_WHILE_PACED, PACE_LOSS_RISE, PACE_MAX_DEBT_BYTES,
+    PACE_MIN_BURST_BYTES, PACE_MIN_BYTES_PER_SECOND, PACE_RELEASE_AFTER, PACE_SHARE_MIN_PACKETS,
 };
 use core::time::Duration;
 
@@ -40,6 +40,8 @@ pub struct Pacer {
     episode_floor: u64,
     /// Floors crossed since the episode started or the loss was last cured.
     floors_crossed: u32,
+    /// The share lost (lost, of all) in the report behind the latest cut.
+    cut_loss: (u64, u64),
     /// Reports are ignored until then, after loss proved unresponsive.
     ignore_until: Duration,
     /// Loss reports that came in, and those that set or lowered the pace.
@@ -75,9 +77,15 @@ impl Pacer {
         let heavy = u64::from(report.lost) * den >= total * num;
         let delivered = report.delivered_bytes_per_second().unwrap_or(0);
         let counts = total > 0 && delivered > 0 && report.span >= LOSS_REPORT_MIN_SPAN;
-        // Receivers report every interval with losses; a gap means an interval without.
+        // Receivers report every interval with losses; a gap means an interval without. Shares
+        // and gaps say something only over enough packets: at a slow pace an interval holds a
+        // handful, and a lossy link then shows clean intervals by chance.
         let in_a_row = now.saturating_sub(self.heavy_at) <= LOSS_REPORT_INTERVAL * 2;
-        if !(counts && heavy && in_a_row) {
+        let (cut_lost, cut_total) = self.cut_loss;
+        let telling = total >= PACE_SHARE_MIN_PACKETS && cut_total >= PACE_SHARE_MIN_PACKETS;
+        let clean = counts && !heavy && total >= PACE_SHARE_MIN_PACKETS;
+        let gap = counts && heavy && !in_a_row && cut_total >= PACE_SHARE_MIN_PACKETS;
+        if clean || gap {
             self.cured();
         }
         if !(counts && heavy) {
@@ -91,8 +99,19 @@ impl Pacer {
         {
             return false;
         }
+        // A share lost that fell since the last cut shows pacing works: the floors are measured
+        // from here. A lossy link loses the same share at any pace.
+        let share_vs_cut = |num: u64, den: u64| {
+            u128::from(report.lost) * u128::from(cut_total) * u128::from(den)
+                > u128::from(cut_lost) * u128::from(total) * u128::from(num)
+        };
+        let (num, den) = PACE_LOSS_FALL;
+        if paced.is_some() && telling && !share_vs_cut(num, den) {
+            self.cured();
+        }
         let (num, den) = PACE_BACKOFF;
-        let target = scale(delivered, num, den).max(PACE_MIN_BYTES_PER_SECOND);
+        let wanted = scale(delivered, num, den);
+        let target = wanted.max(PACE_MIN_BYTES_PER_SECOND);
         let (num, den) = PACE_EPISODE_FLOOR;
         match paced {
             None => {
@@ -101,19 +120,26 @@ impl Pacer {
                 self.tokens = 0;
                 self.refilled_at = now;
             }
-            Some(_) if target < self.episode_floor => {
-                // Once may be the receiver's capacity falling as we started; twice is the link.
-                if self.floors_crossed + 1 >= PACE_FLOORS_BEFORE_GIVING_UP {
+            // A pace held at the minimum cannot fall further: wanting less crosses a floor too.
+            Some(_) if wanted < self.episode_floor.max(PACE_MIN_BYTES_PER_SECOND) => {
+                // A share lost that rose since the last cut is new congestion: the receiver's
+                // capacity fell. Only a share that held counts toward giving up.
+                let (num, den) = PACE_LOSS_RISE;
+                if !(telling && share_vs_cut(num, den)) {
+                    self.floors_crossed += 1;
+                }
+                if self.floors_crossed >= PACE_FLOORS_BEFORE_GIVING_UP {
                     self.rate = None;
                     self.ignore_until = now + PACE_IGNORE_AFTER_UNRESPONSIVE;
                     self.unresponsive = self.unresponsive.saturating_add(1);
                     return false;
                 }
-                self.floors_crossed += 1;
+                let (num, den) = PACE_EPISODE_FLOOR;
                 self.episode_floor = scale(target, num, den);
             }
             Some(_) => {}
         }
+        self.cut_loss = (u64::from(report.lost), total);
         // A report written before our last cut took effect says less than that cut did.
         self.rate = Some(paced.map_or(target, |r| r.min(target)));
         self.increased_at = now;
@@ -309,13 +335,14 @@ mod tests {
         assert!(pacer.on_report(&report(ms(20), 600, 600, 1_200_000), ms(120)));
         assert!(
             pacer.on_report(&report(ms(20), 400, 400, 800_000), ms(140)),
-            "the first floor crossed may be the receiver's capacity falling: followed"
+            "one floor crossed may be chance: followed"
         );
-        assert!(!pacer.on_report(&report(ms(20), 150, 150, 300_000), ms(160)));
-        assert_eq!(pacer.rate(), None, "lifted at the second floor");
+        assert!(pacer.on_report(&report(ms(20), 150, 150, 300_000), ms(160)));
+        assert!(!pacer.on_report(&report(ms(20), 50, 50, 100_000), ms(180)));
+        assert_eq!(pacer.rate(), None, "lifted at the third floor");
         assert_eq!(pacer.unresponsive, 1);
         // Ignored for a while, then heard again.
-        let later = ms(160) + PACE_IGNORE_AFTER_UNRESPONSIVE;
+        let later = ms(180) + PACE_IGNORE_AFTER_UNRESPONSIVE;
         for i in 0..5 {
             assert!(!pacer.on_report(&heavy_loss(), later - ms(100) + LOSS_REPORT_INTERVAL * i));
         }
@@ -339,6 +366,20 @@ mod tests {
         // The last cut, grown by one step by the clean report 20 ms later.
         assert_eq!(pacer.rate(), Some(scale(2_500_000 * 15 / 16, 17, 16)));
         assert_eq!(pacer.unresponsive, 0);
+    }
+
+    /// The sequence the netns test saw (a rate limit whose early allowance ran out): the
+    /// receiver's intake fell from 46 to 23 to 8 MB/s within 100 ms, each step losing a larger
+    /// share. Two floors crossed, neither counted against the link.
+    #[test]
+    fn a_capacity_falling_in_steps_with_rising_loss_is_followed() {
+        let mut pacer = Pacer::default();
+        start_pacing(&mut pacer, &report(ms(20), 800, 300, 1_000_000), ms(400));
+        assert!(pacer.on_report(&report(ms(20), 385, 404, 486_640), ms(420)));
+        assert!(pacer.on_report(&report(ms(20), 137, 277, 173_168), ms(440)));
+        assert!(pacer.on_report(&report(ms(20), 124, 1640, 156_736), ms(460)));
+        assert_eq!(pacer.unresponsive, 0);
+        assert_eq!(pacer.rate(), Some(156_736 * 50 * 15 / 16));
     }
 
     #[test]

@@ -178,22 +178,25 @@ pub const LOSS_REPORT_MAX_SPAN: Duration = Duration::from_millis(80);
 /// A report shorter than this cannot give a delivered rate worth acting on.
 pub const LOSS_REPORT_MIN_SPAN: Duration = Duration::from_millis(1);
 
-/// A sender starts pacing a peer only when its reports say at least a quarter of the packets
-/// were lost (in `PACE_HEAVY_REPORTS_TO_START` reports in a row). Below that, loss is the network's (WAN links lose a few percent) or a TCP sender's probing
-/// (bulk TCP loses 3-5% at the receiver's socket on the bench), and TCP's own congestion control
-/// is the right answer. A receiver that cannot keep up with an unpaced flood loses half or more.
-pub const PACE_LOSS_FRACTION: (u64, u64) = (1, 4);
+/// A sender starts pacing a peer only when its reports say at least a third of the packets were
+/// lost (in `PACE_HEAVY_REPORTS_TO_START` reports in a row). Below that, loss is the network's
+/// (WAN links lose a few percent) or TCP senders probing (bulk TCP loses 3-5% at the receiver's
+/// socket on the bench, and four streams lose a quarter in some intervals), and TCP's own
+/// congestion control is the right answer. A receiver that cannot keep up with an unpaced flood
+/// loses half or more.
+pub const PACE_LOSS_FRACTION: (u64, u64) = (1, 3);
 
 /// Once a peer is paced, a report with this share lost cuts the pace again: the flood is known
-/// by then, and letting the pace climb until a quarter is lost again would keep the receiver
+/// by then, and letting the pace climb until a third is lost again would keep the receiver
 /// losing a tenth to a fifth of it on average (measured in the device test).
 pub const PACE_LOSS_FRACTION_WHILE_PACED: (u64, u64) = (1, 20);
 
 /// An unpaced peer is paced only after this many heavy-loss reports in a row (each within two
-/// report intervals of the one before). A flood loses heavily in every interval; a TCP stream's
-/// losses come in single bursts its own congestion control already answers, and pacing it
-/// measured 1-2 ms worse ping p99 under the stream on the bench.
-pub const PACE_HEAVY_REPORTS_TO_START: u32 = 3;
+/// report intervals of the one before). A flood loses heavily in every interval; TCP's losses
+/// come in bursts its own congestion control already answers. Measured with four iperf3 streams:
+/// with a quarter and three in a row, pacing started in one run of two and cut TCP from 4.4 to
+/// 3.1 Gbit/s; with a third and four in a row, none of three runs was paced.
+pub const PACE_HEAVY_REPORTS_TO_START: u32 = 4;
 
 /// Within one pacing episode (from the first cut until the pace is lifted), while no interval
 /// has yet come without heavy loss, a cut below this fraction of the first cut crosses a floor.

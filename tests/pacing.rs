@@ -45,19 +45,12 @@ fn a_flood_into_a_slow_receiver_is_paced_down_to_what_it_takes_in() {
         return;
     }
     let _one = ONE_FLOOD.lock().unwrap_or_else(|e| e.into_inner());
-    let (mut lab, a, b) = Lab::pair("pc", 51829);
-    lab.up(&a, &[(&b, &[])]);
-    lab.up(&b, &[(&a, &[])]);
-    lab.must_ping(&a, &b.v4);
-    limit_underlay(
-        &lab,
-        &b,
-        &format!(
-            "limit rate over {} kbytes/second burst {} kbytes drop",
-            RECEIVER_BYTES_PER_SECOND / 1024,
-            RECEIVER_BURST_BYTES / 1024
-        ),
+    let limit = format!(
+        "limit rate over {} kbytes/second burst {} kbytes drop",
+        RECEIVER_BYTES_PER_SECOND / 1024,
+        RECEIVER_BURST_BYTES / 1024
     );
+    let (lab, a, b) = tunnel_with_underlay_rule("pc", 51829, &limit);
 
     let flood = start_flood(&a, &b);
     std::thread::sleep(SECOND_HALF);
@@ -103,11 +96,7 @@ fn a_link_that_loses_a_share_of_everything_is_not_chased_down() {
         return;
     }
     let _one = ONE_FLOOD.lock().unwrap_or_else(|e| e.into_inner());
-    let (mut lab, a, b) = Lab::pair("pl", 51830);
-    lab.up(&a, &[(&b, &[])]);
-    lab.up(&b, &[(&a, &[])]);
-    lab.must_ping(&a, &b.v4);
-    limit_underlay(&lab, &b, "numgen random mod 2 == 0 drop");
+    let (lab, a, b) = tunnel_with_underlay_rule("pl", 51830, "numgen random mod 2 == 0 drop");
 
     let flood = start_flood(&a, &b);
     std::thread::sleep(FLOOD - Duration::from_millis(300));
@@ -128,6 +117,16 @@ fn a_link_that_loses_a_share_of_everything_is_not_chased_down() {
              up pacing and end unpaced; A's pacing: {pacing}"
         ));
     }
+}
+
+/// A and B up and pinging each other, then `rule` on the datagrams to B's tunnel port.
+fn tunnel_with_underlay_rule(tag: &str, port: u16, rule: &str) -> (Lab, Node, Node) {
+    let (mut lab, a, b) = Lab::pair(tag, port);
+    lab.up(&a, &[(&b, &[])]);
+    lab.up(&b, &[(&a, &[])]);
+    lab.must_ping(&a, &b.v4);
+    limit_underlay(&lab, &b, rule);
+    (lab, a, b)
 }
 
 /// Adds an input rule for datagrams to B's underlay port in B's namespace.

@@ -21,6 +21,7 @@
 //! envelope (1) and a keepalive (empty).
 
 use crate::core::limits::{LOSS_REPORT_INTERVAL, LOSS_REPORT_MAX_SPAN};
+use crate::core::wire::{read_u32, read_u64};
 use core::time::Duration;
 
 /// First byte of a loss report.
@@ -77,7 +78,7 @@ impl LossReport {
             span: Duration::from_micros(u64::from(read_u32(bytes, SPAN_US))),
             received: read_u32(bytes, RECEIVED),
             lost: read_u32(bytes, LOST),
-            bytes: u64::from_le_bytes(field(bytes, BYTES)),
+            bytes: read_u64(bytes, BYTES),
         })
     }
 
@@ -154,16 +155,6 @@ impl LossMeter {
             bytes: self.bytes,
         })
     }
-}
-
-fn field<const N: usize>(bytes: &[u8; LOSS_REPORT_LEN], range: core::ops::Range<usize>) -> [u8; N] {
-    let mut out = [0u8; N];
-    out.copy_from_slice(&bytes[range]);
-    out
-}
-
-fn read_u32(bytes: &[u8; LOSS_REPORT_LEN], range: core::ops::Range<usize>) -> u32 {
-    u32::from_le_bytes(field(bytes, range))
 }
 
 #[cfg(test)]

@@ -112,10 +112,9 @@ impl Pacer {
         let (num, den) = PACE_BACKOFF;
         let wanted = scale(delivered, num, den);
         let target = wanted.max(PACE_MIN_BYTES_PER_SECOND);
-        let (num, den) = PACE_EPISODE_FLOOR;
         match paced {
             None => {
-                self.episode_floor = scale(target, num, den);
+                self.episode_floor = floor_below(target);
                 self.floors_crossed = 0;
                 self.tokens = 0;
                 self.refilled_at = now;
@@ -134,8 +133,7 @@ impl Pacer {
                     self.unresponsive = self.unresponsive.saturating_add(1);
                     return false;
                 }
-                let (num, den) = PACE_EPISODE_FLOOR;
-                self.episode_floor = scale(target, num, den);
+                self.episode_floor = floor_below(target);
             }
             Some(_) => {}
         }
@@ -172,11 +170,11 @@ impl Pacer {
         }
         let elapsed = now.saturating_sub(self.refilled_at);
         let needed = u128::from(self.tokens.unsigned_abs()) + u128::from(burst_bytes(rate));
-        let earned = u128::from(rate) * elapsed.as_nanos() / NANOS_PER_SECOND;
-        if earned >= needed {
+        let saved = earned(rate, elapsed);
+        if saved >= needed {
             return None;
         }
-        let wait = (needed - earned) * NANOS_PER_SECOND / u128::from(rate.max(1));
+        let wait = (needed - saved) * NANOS_PER_SECOND / u128::from(rate.max(1));
         Some(now + Duration::from_nanos(u64::try_from(wait).unwrap_or(u64::MAX)))
     }
 
@@ -184,8 +182,7 @@ impl Pacer {
     /// measured from here.
     fn cured(&mut self) {
         if let Some(rate) = self.rate {
-            let (num, den) = PACE_EPISODE_FLOOR;
-            self.episode_floor = scale(rate, num, den);
+            self.episode_floor = floor_below(rate);
             self.floors_crossed = 0;
         }
     }
@@ -208,8 +205,7 @@ impl Pacer {
         self.increased_at += PACE_INCREASE_INTERVAL * steps;
         // Refill at the rate that held since the last refill; a step taken now counts from now.
         let elapsed = now.saturating_sub(self.refilled_at);
-        let earned = u128::from(held) * elapsed.as_nanos() / NANOS_PER_SECOND;
-        let earned = i64::try_from(earned).unwrap_or(i64::MAX);
+        let earned = i64::try_from(earned(held, elapsed)).unwrap_or(i64::MAX);
         self.tokens = self
             .tokens
             .saturating_add(earned)
@@ -222,10 +218,20 @@ impl Pacer {
 /// The burst a paced peer saves up before its packets flow again: `PACE_BURST_BYTES`, or less
 /// at a pace too slow to save that much within `PACE_BURST_TIME`, so a pause stays short.
 fn burst_bytes(rate: u64) -> u64 {
-    let in_time = u128::from(rate) * PACE_BURST_TIME.as_nanos() / NANOS_PER_SECOND;
-    u64::try_from(in_time)
+    u64::try_from(earned(rate, PACE_BURST_TIME))
         .unwrap_or(u64::MAX)
         .clamp(PACE_MIN_BURST_BYTES, PACE_BURST_BYTES)
+}
+
+/// Bytes a pace of `rate` bytes per second earns over `time`.
+fn earned(rate: u64, time: Duration) -> u128 {
+    u128::from(rate) * time.as_nanos() / NANOS_PER_SECOND
+}
+
+/// The floor an episode measures cuts against, from the pace it starts or was cured at.
+fn floor_below(rate: u64) -> u64 {
+    let (num, den) = PACE_EPISODE_FLOOR;
+    scale(rate, num, den)
 }
 
 fn scale(value: u64, num: u64, den: u64) -> u64 {

@@ -199,9 +199,7 @@ impl<'a> Transport<'a> {
         read_u32(self.0, transport::RECEIVER)
     }
     pub fn counter(&self) -> u64 {
-        let mut bytes = [0u8; 8];
-        bytes.copy_from_slice(&self.0[transport::COUNTER]);
-        u64::from_le_bytes(bytes)
+        read_u64(self.0, transport::COUNTER)
     }
     /// Ciphertext and tag; at least AEAD_TAG_BYTES long.
     pub fn ciphertext(&self) -> &'a [u8] {
@@ -257,10 +255,18 @@ pub fn response_layout() -> [core::ops::Range<usize>; 3] {
     [response::NOISE, response::MAC1, response::MAC2]
 }
 
-fn read_u32(bytes: &[u8], range: core::ops::Range<usize>) -> u32 {
+/// A little-endian u32 at `range` (4 bytes) of a message already checked to hold it.
+pub(crate) fn read_u32(bytes: &[u8], range: core::ops::Range<usize>) -> u32 {
     let mut word = [0u8; 4];
     word.copy_from_slice(&bytes[range]);
     u32::from_le_bytes(word)
+}
+
+/// A little-endian u64 at `range` (8 bytes) of a message already checked to hold it.
+pub(crate) fn read_u64(bytes: &[u8], range: core::ops::Range<usize>) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&bytes[range]);
+    u64::from_le_bytes(word)
 }
 
 #[cfg(test)]

@@ -190,7 +190,6 @@ impl DataPath {
                 }
             };
             self.accepted.from_tun += 1;
-            let now = self.now();
             let Self {
                 device,
                 to_network,

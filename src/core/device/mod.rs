@@ -293,12 +293,15 @@ impl Device {
     /// never more than `PACE_GATE_MAX` without a packet read in between, since every other
     /// peer's packets wait in the same queue.
     pub fn tun_paused_until(&mut self, now: Duration) -> Option<Duration> {
-        let unpaced_lately = self.unpaced_sent.is_some_and(|(id, at)| {
+        let unpaced_lately = |(id, at): (PeerId, Duration)| {
             let still_unpaced = self.peers.get(id).is_some_and(|p| p.pacer.rate().is_none());
             still_unpaced && now.saturating_sub(at) < PACE_GATE_SHARED
-        });
+        };
+        // Checked in this order because most of the time no peer is paced at all.
         let ready = match self.paced_peer.and_then(|id| self.peers.get(id)) {
-            Some(peer) if !unpaced_lately => peer.pacer.ready_at(now),
+            Some(peer) if !self.unpaced_sent.is_some_and(unpaced_lately) => {
+                peer.pacer.ready_at(now)
+            }
             _ => None,
         };
         let Some(ready) = ready else {

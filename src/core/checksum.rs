@@ -1,5 +1,6 @@
 //! The Internet checksum (RFC 1071) and the TCP/UDP pseudo-header sum, fast enough to run over
-//! every byte the tunnel offloads: sums 8 bytes at a time and folds once at the end.
+//! every byte the tunnel offloads: adds 32-bit words in the CPU's byte order (vectorized) and folds
+//! and swaps once at the end.
 
 /// Ones'-complement sum of `data` added to `initial`, not yet folded or inverted. Bytes are
 /// taken as big-endian 16-bit words; an odd trailing byte is padded with zero.

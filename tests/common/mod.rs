@@ -38,6 +38,7 @@ pub use self::{
     daemon::{daemon_log_level, Daemon},
     hub::{DHT_PORT, HUB_ADDR},
     lab::{socket_path, Helper, Lab, Node},
+    net::set_int_option,
     netns::{in_netns, is_root, loud, netns_available, netns_required},
     process::{describe, run, run_timeout, try_run_timeout, try_wait_output, wait_output},
     procfs::{netns_udp_counter, proc_memory, udp_port_bound, ProcMemory},

@@ -1,8 +1,9 @@
 //! Commands a test runs in a lab's namespaces: `ip`, sysctls, stub links, ping through the
-//! tunnel, and single UDP datagrams.
+//! tunnel, single UDP datagrams, and socket options.
 
 use std::fs;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -51,6 +52,20 @@ impl Lab {
             self.ip_ok(ns, &["link", "set", &peer, "up"]);
         }
         self.ip_ok(ns, &["link", "set", name, "up"]);
+    }
+
+    /// The kernel's count of packets it dropped on the way out of interface `iface` in `ns`; for
+    /// a TUN device, those that found its queue full because the daemon did not read in time.
+    pub fn tx_dropped(&self, ns: &str, iface: &str) -> Result<u64, String> {
+        let out = self.ip(ns, &["-s", "-j", "link", "show", "dev", iface]);
+        if !out.status.success() {
+            return Err(describe(&out));
+        }
+        let links: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        links[0]["stats64"]["tx"]["dropped"]
+            .as_u64()
+            .ok_or_else(|| format!("no tx dropped count for {iface}"))
     }
 
     /// Set an IPv4/IPv6 sysctl (path under /proc/sys, e.g. "net/ipv4/conf/all/rp_filter") in `ns`.
@@ -111,4 +126,28 @@ impl Lab {
             self.fail(format!("cannot send UDP in {ns}: {e}"));
         }
     }
+}
+
+/// setsockopt(2) of an `int` option, e.g. `SO_RCVBUFFORCE`; `what` names it in the error.
+pub fn set_int_option(
+    fd: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+    what: &str,
+) -> Result<(), String> {
+    // SAFETY: setsockopt(2) with a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(format!("{what}: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
 }

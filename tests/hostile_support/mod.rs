@@ -19,7 +19,7 @@ use dhtun::core::wire::{INITIATION_LEN, TRANSPORT_HEADER_LEN, TYPE_INITIATION, T
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::common::{in_netns, proc_memory, Lab, Node, ProcMemory};
+use crate::common::{in_netns, proc_memory, set_int_option, Lab, Node, ProcMemory};
 
 // ---------------------------------------------------------------------------------------------
 // A third namespace
@@ -278,29 +278,6 @@ fn packet_drops(fd: &OwnedFd) -> u32 {
     } else {
         0
     }
-}
-
-fn set_int_option(
-    fd: &OwnedFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: libc::c_int,
-    what: &str,
-) -> Result<(), String> {
-    // SAFETY: setsockopt(2) with a pointer to a live c_int and its size.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(format!("{what}: {}", std::io::Error::last_os_error()));
-    }
-    Ok(())
 }
 
 /// The UDP payloads to `dst` that one captured frame (virtio-net header, Ethernet, IPv4, UDP)

@@ -13,7 +13,9 @@
 #   - TCP throughput with iperf3: 1 stream, 4 streams (-P 4), reverse (-R); median of 3 runs;
 #   - ping RTT, idle and while one TCP stream runs: average and p99 of individual replies;
 #   - memory: VmRSS and VmHWM of each daemon, sampled every 100 ms from /proc/PID/status while
-#     iperf3 offers UDP at 100 Mbit/s, 1 Gbit/s and without limit (-b 0), and what B received.
+#     iperf3 offers UDP at 100 Mbit/s, 1 Gbit/s, 2 Gbit/s and without limit (-b 0), and what
+#     B received; the flood's delivery is also put against the best lower step (a tunnel that
+#     collapses under overload delivers less than it did when offered less) and against TCP.
 # Prints one table, writes bench-results/bench-YYYYmmdd-HHMMSS.csv (the table and details) and
 # ...-memory.csv (every sample), draws ...-memory.png with gnuplot, and after a full (not --quick)
 # run copies that picture to docs/bench-memory.png, which the README shows.
@@ -77,9 +79,11 @@ fi
 UDP_LEN=1392
 IPERF_PORT=5201
 # The offered loads of the memory ladder: name, iperf3 -b value (0 = as fast as it can), title.
-STEP_NAMES=(100M 1G unlimited)
-STEP_RATES=(100M 1G 0)
-STEP_TITLES=("100 Mbit/s" "1 Gbit/s" "unlimited")
+# 2 Gbit/s is above what a userspace tunnel delivers on a small machine, so that step shows what
+# it delivers when offered a little too much, and the flood after it how much of that survives.
+STEP_NAMES=(100M 1G 2G unlimited)
+STEP_RATES=(100M 1G 2G 0)
+STEP_TITLES=("100 Mbit/s" "1 Gbit/s" "2 Gbit/s" "unlimited")
 
 need_root bench.sh
 tools=(ip:iproute2 ss:iproute2 ping:iputils-ping timeout:coreutils iperf3:iperf3 jq:jq
@@ -181,6 +185,8 @@ metric ping_load_loss "ping under 1 TCP stream, loss %" 1
 for i in "${!STEP_NAMES[@]}"; do
     metric "udp_${STEP_NAMES[i]}" "UDP delivered, ${STEP_TITLES[i]/unlimited/unlimited (-b 0)} offered, Gbit/s" 1
 done
+metric udp_flood_vs_best "UDP unlimited, % of the best lower step" 1
+metric udp_flood_vs_tcp1 "UDP unlimited, % of TCP 1 stream" 1
 metric cpu_daemons_100M "CPU of both daemons at 100 Mbit/s UDP, % of a core" 1
 metric mem_idle "RSS idle, MiB (larger of A and B)" 1
 for i in "${!STEP_NAMES[@]}"; do
@@ -272,6 +278,12 @@ median() {
 ratio() {
     awk -v a="$1" -v b="$2" 'BEGIN {
         if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b + 0 > 0) printf "%.2f", a / b; else printf "-" }'
+}
+
+# percent A B - A as a whole percentage of B, or "-" when either is missing.
+percent() {
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b + 0 > 0) printf "%.0f", 100 * a / b; else printf "-" }'
 }
 
 # ping_stats ADDR COUNT - ping from A every 10 ms; prints "avg p99 loss%" over the individual
@@ -592,6 +604,10 @@ for t in "${TARGETS[@]}"; do
     done
     read -ra idles <<<"${IDLE["$t"]}"
     put cpu_idle_tcp1 "$t" "$(median "${idles[@]}" | awk '{ if ($1 == "NA") printf "NA"; else printf "%.0f", $1 }')"
+    best=$(for s in "${STEP_NAMES[@]}"; do [[ $s == unlimited ]] || get "udp_${s}" "$t"; echo; done |
+        awk '$1 ~ /^[0-9.]+$/ && $1 > m { m = $1 } END { print m + 0 }')
+    put udp_flood_vs_best "$t" "$(percent "$(get udp_unlimited "$t")" "$best")"
+    put udp_flood_vs_tcp1 "$t" "$(percent "$(get udp_unlimited "$t")" "$(get tcp1 "$t")")"
 done
 
 for t in "${TARGETS[@]}"; do

@@ -29,36 +29,10 @@ pub async fn reload(
             config.path.display()
         );
     }
-    let old_addresses = &config.interface.addresses;
-    let new_addresses = &new.interface.addresses;
-    for address in new_addresses.iter().filter(|a| !old_addresses.contains(a)) {
-        link.netlink.add_address(link.index, *address).await?;
-    }
-    for address in old_addresses.iter().filter(|a| !new_addresses.contains(a)) {
-        link.netlink.del_address(link.index, *address).await?;
-    }
-    let allowed: Vec<IpNetwork> = new
-        .peers
-        .iter()
-        .flat_map(|p| p.allowed_ips.iter().copied())
-        .collect();
-    let wanted = prefixes_needing_routes(new_addresses, &allowed);
-    for route in &wanted {
-        if !link.routes.contains(route) {
-            link.netlink.add_route(link.index, *route).await?;
-            link.routes.push(*route);
-        }
-    }
-    let stale: Vec<IpNetwork> = link
-        .routes
-        .iter()
-        .filter(|r| !wanted.contains(r))
-        .copied()
-        .collect();
-    for route in stale {
-        link.netlink.del_route(link.index, route).await?;
-        link.routes.retain(|r| *r != route);
-    }
+    let changes = kernel_changes(config, &new, &link.routes);
+    apply_all(link, &changes)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", config.path.display()))?;
     let summary = device.reconfigure(new.peers.clone());
     device.set_serve_relay(new.interface.relay);
     device.set_pacing(new.interface.pacing);
@@ -71,6 +45,90 @@ pub async fn reload(
         summary.changed,
         summary.unchanged
     ))
+}
+
+/// One change to the interface's addresses or routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KernelChange {
+    AddAddress(IpNetwork),
+    DelAddress(IpNetwork),
+    AddRoute(IpNetwork),
+    DelRoute(IpNetwork),
+}
+
+impl KernelChange {
+    /// The change that takes this one back.
+    fn inverse(self) -> Self {
+        match self {
+            Self::AddAddress(a) => Self::DelAddress(a),
+            Self::DelAddress(a) => Self::AddAddress(a),
+            Self::AddRoute(r) => Self::DelRoute(r),
+            Self::DelRoute(r) => Self::AddRoute(r),
+        }
+    }
+}
+
+/// What moving from `old` to `new` changes in the kernel: new addresses, then gone ones, then
+/// new routes, then routes no longer wanted (`routes` are the ones the daemon added).
+fn kernel_changes(old: &Config, new: &Config, routes: &[IpNetwork]) -> Vec<KernelChange> {
+    let (old_addresses, new_addresses) = (&old.interface.addresses, &new.interface.addresses);
+    let allowed: Vec<IpNetwork> = new
+        .peers
+        .iter()
+        .flat_map(|p| p.allowed_ips.iter().copied())
+        .collect();
+    let wanted = prefixes_needing_routes(new_addresses, &allowed);
+    let added = new_addresses.iter().filter(|a| !old_addresses.contains(a));
+    let removed = old_addresses.iter().filter(|a| !new_addresses.contains(a));
+    let new_routes = wanted.iter().filter(|r| !routes.contains(r));
+    let stale_routes = routes.iter().filter(|r| !wanted.contains(r));
+    added
+        .map(|a| KernelChange::AddAddress(*a))
+        .chain(removed.map(|a| KernelChange::DelAddress(*a)))
+        .chain(new_routes.map(|r| KernelChange::AddRoute(*r)))
+        .chain(stale_routes.map(|r| KernelChange::DelRoute(*r)))
+        .collect()
+}
+
+/// Applies `changes` in order. When one fails, the ones already made are taken back, newest
+/// first, so a refused reload leaves the interface as it was and the next reload starts from
+/// what the daemon believes is there.
+async fn apply_all(link: &mut Link, changes: &[KernelChange]) -> anyhow::Result<()> {
+    for (done, change) in changes.iter().enumerate() {
+        let Err(error) = apply(link, *change).await else {
+            continue;
+        };
+        let mut undo_failures = Vec::new();
+        for made in changes[..done].iter().rev() {
+            if let Err(e) = apply(link, made.inverse()).await {
+                undo_failures.push(format!("{e:#}"));
+            }
+        }
+        if undo_failures.is_empty() {
+            anyhow::bail!("{error:#}; nothing was changed");
+        }
+        anyhow::bail!(
+            "{error:#}; taking back the changes already made failed too: {}",
+            undo_failures.join("; ")
+        );
+    }
+    Ok(())
+}
+
+async fn apply(link: &mut Link, change: KernelChange) -> anyhow::Result<()> {
+    match change {
+        KernelChange::AddAddress(a) => link.netlink.add_address(link.index, a).await?,
+        KernelChange::DelAddress(a) => link.netlink.del_address(link.index, a).await?,
+        KernelChange::AddRoute(r) => {
+            link.netlink.add_route(link.index, r).await?;
+            link.routes.push(r);
+        }
+        KernelChange::DelRoute(r) => {
+            link.netlink.del_route(link.index, r).await?;
+            link.routes.retain(|x| *x != r);
+        }
+    }
+    Ok(())
 }
 
 /// The first setting that differs and can only change with a restart.
@@ -102,5 +160,62 @@ fn needs_restart(old: &Config, new: &Config) -> Option<&'static str> {
         Some("the [dht] section")
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::keys::SecretKey;
+    use std::path::Path;
+
+    fn config(addresses: &str, allowed_ips: &str) -> Config {
+        let text = format!(
+            "[interface]\nprivate_key = \"{}\"\naddress = [{addresses}]\n\n[dht]\nenabled = false\n\n\
+             [[peer]]\npublic_key = \"{}\"\nallowed_ips = [{allowed_ips}]\n",
+            SecretKey::from_seed([1; 32]).to_base64(),
+            SecretKey::from_seed([2; 32]).public_key().to_base64()
+        );
+        Config::parse(Path::new("/etc/dhtun/t.toml"), &text).unwrap()
+    }
+
+    fn net(text: &str) -> IpNetwork {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn changes_add_before_they_remove_addresses_then_routes() {
+        let old = config(r#""100.64.0.1/24""#, r#""100.64.0.2/32", "100.65.1.0/24""#);
+        let new = config(r#""100.64.9.1/24""#, r#""100.64.9.2/32", "100.65.2.0/24""#);
+        let routes = [net("100.65.1.0/24")];
+        assert_eq!(
+            kernel_changes(&old, &new, &routes),
+            [
+                KernelChange::AddAddress(net("100.64.9.1/24")),
+                KernelChange::DelAddress(net("100.64.0.1/24")),
+                KernelChange::AddRoute(net("100.65.2.0/24")),
+                KernelChange::DelRoute(net("100.65.1.0/24")),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_same_config_changes_nothing() {
+        let old = config(r#""100.64.0.1/24""#, r#""100.64.0.2/32", "100.65.1.0/24""#);
+        assert_eq!(kernel_changes(&old, &old, &[net("100.65.1.0/24")]), []);
+    }
+
+    #[test]
+    fn every_change_has_an_inverse_that_takes_it_back() {
+        let a = net("100.64.0.1/24");
+        for change in [
+            KernelChange::AddAddress(a),
+            KernelChange::DelAddress(a),
+            KernelChange::AddRoute(a),
+            KernelChange::DelRoute(a),
+        ] {
+            assert_ne!(change.inverse(), change);
+            assert_eq!(change.inverse().inverse(), change);
+        }
     }
 }

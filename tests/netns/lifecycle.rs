@@ -139,6 +139,54 @@ fn reload_applies_changes_and_refuses_bad_configs() {
             "a refused reload must keep the running routes, got {routes:?}"
         ));
     }
+
+    // A config the kernel refuses halfway (a new address goes in, then its new route clashes
+    // with one already there) is taken back whole: the address goes again, and once the clash
+    // is gone the same file reloads.
+    lab.ip_ok(&a.ns, &["route", "add", "100.65.9.0/24", "dev", "ul0"]);
+    let text = lab
+        .config_text(&a, &[(&b, &["100.65.7.0/24", "100.65.9.0/24"])])
+        .replace("address = [", "address = [\"100.64.50.1/24\", ");
+    lab.write_file(&format!("{}.toml", a.iface), &text);
+    let out = run_timeout(
+        Command::new(BIN).args(["reload", &a.iface]),
+        Duration::from_secs(20),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || err.lines().count() != 1 || !err.contains("nothing was changed") {
+        lab.fail(format!(
+            "a reload whose route clashes should be refused in one line saying nothing was \
+             changed; {}",
+            describe(&out)
+        ));
+    }
+    let addresses = lab.ip_ok(&a.ns, &["-4", "addr", "show", "dev", &a.iface]);
+    if addresses.contains("100.64.50.1") {
+        lab.fail(format!(
+            "a refused reload must take back the address it added, got {addresses:?}"
+        ));
+    }
+    lab.must_ping(&a, &b.v4);
+    lab.ip_ok(&a.ns, &["route", "del", "100.65.9.0/24", "dev", "ul0"]);
+    let out = run_timeout(
+        Command::new(BIN).args(["reload", &a.iface]),
+        Duration::from_secs(20),
+    );
+    if !out.status.success() {
+        lab.fail(format!(
+            "the same file should reload once the clashing route is gone; {}",
+            describe(&out)
+        ));
+    }
+    let addresses = lab.ip_ok(&a.ns, &["-4", "addr", "show", "dev", &a.iface]);
+    let routes = lab.ip_ok(&a.ns, &["route", "show", "100.65.9.0/24"]);
+    if !addresses.contains("100.64.50.1") || !routes.contains(&format!("dev {}", a.iface)) {
+        lab.fail(format!(
+            "after the second reload: expected address 100.64.50.1 and a route 100.65.9.0/24 \
+             dev {}, got {addresses:?} and {routes:?}",
+            a.iface
+        ));
+    }
 }
 
 #[test]

@@ -122,7 +122,15 @@ fn status(iface: Option<String>, json: bool) -> anyhow::Result<()> {
     };
     let mut statuses = Vec::with_capacity(names.len());
     for name in &names {
-        let answer = control::request(name, "status")?;
+        // Listing them all, a socket left by a killed daemon is not an interface: skip it.
+        let answer = if one {
+            control::request(name, "status")?
+        } else {
+            match control::request_if_running(name, "status")? {
+                Some(answer) => answer,
+                None => continue,
+            }
+        };
         let parsed: InterfaceStatus = serde_json::from_str(&answer).map_err(|e| {
             anyhow::anyhow!("the {name} daemon answered status with something unreadable: {e}")
         })?;

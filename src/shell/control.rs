@@ -138,21 +138,44 @@ impl Drop for ControlServer {
 
 /// Sends `request` to the daemon of `interface` and returns its answer.
 pub fn request(interface: &str, request: &str) -> anyhow::Result<String> {
-    let path = socket_path(interface);
-    let mut stream =
-        std::os::unix::net::UnixStream::connect(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
-                anyhow::anyhow!(
-                    "no dhtun daemon is running for {interface} (no control socket at {})",
-                    path.display()
-                )
-            }
-            std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
-                "cannot reach {}: permission denied (the control socket is root-only)",
+    request_if_running(interface, request)?.ok_or_else(|| {
+        let path = socket_path(interface);
+        if path.exists() {
+            anyhow::anyhow!(
+                "no dhtun daemon is running for {interface} (its control socket {} is left \
+                 from a daemon that was killed)",
                 path.display()
-            ),
-            _ => anyhow::anyhow!("connecting to {}: {e}", path.display()),
-        })?;
+            )
+        } else {
+            anyhow::anyhow!(
+                "no dhtun daemon is running for {interface} (no control socket at {})",
+                path.display()
+            )
+        }
+    })
+}
+
+/// Like `request`, but None when no daemon is running for `interface`: no socket, or one left
+/// by a daemon that was killed, which nobody answers.
+pub fn request_if_running(interface: &str, request: &str) -> anyhow::Result<Option<String>> {
+    let path = socket_path(interface);
+    let connected = std::os::unix::net::UnixStream::connect(&path);
+    let mut stream = match connected {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => anyhow::bail!(
+            "cannot reach {}: permission denied (the control socket is root-only)",
+            path.display()
+        ),
+        Err(e) => anyhow::bail!("connecting to {}: {e}", path.display()),
+    };
     let timeout = if request == "down" {
         DOWN_TIMEOUT
     } else {
@@ -168,7 +191,7 @@ pub fn request(interface: &str, request: &str) -> anyhow::Result<String> {
     if let Some(error) = answer.strip_prefix("error: ") {
         anyhow::bail!("{interface}: {}", error.trim());
     }
-    Ok(answer)
+    Ok(Some(answer))
 }
 
 /// Interfaces with a control socket in the run directory, sorted by name.

@@ -327,3 +327,41 @@ fn errors_an_operator_meets() {
         ));
     }
 }
+
+#[test]
+fn status_skips_sockets_left_by_killed_daemons() {
+    // A daemon killed with SIGKILL leaves its control socket behind. Listing every interface
+    // must not fail on it, and asking for that one interface must say what happened. No
+    // privileges needed: the run directory is the lab's.
+    let lab = Lab::new("st");
+    let run_dir = lab.dir.join("run");
+    let _ = std::fs::create_dir(&run_dir);
+    let stale = lab.iface_name("k");
+    let socket = run_dir.join(format!("{stale}.sock"));
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("bind a scratch unix socket"));
+    if !socket.exists() {
+        lab.fail("a dropped listener should leave its socket file, as a killed daemon does");
+    }
+    let status = |args: &[&str]| {
+        run_timeout(
+            Command::new(BIN).args(args).env("DHTUN_RUN_DIR", &run_dir),
+            Duration::from_secs(10),
+        )
+    };
+    let out = status(&["status", "--json"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || listed.trim() != "[]" {
+        lab.fail(format!(
+            "`dhtun status --json` should list no interfaces when the only socket is stale; {}",
+            describe(&out)
+        ));
+    }
+    let out = status(&["status", &stale]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || err.lines().count() != 1 || !err.contains("killed") {
+        lab.fail(format!(
+            "`dhtun status {stale}` should fail in one line saying its daemon was killed; {}",
+            describe(&out)
+        ));
+    }
+}

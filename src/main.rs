@@ -1,5 +1,6 @@
 //! The `dhtun` command line, as the contract (CONTRACT.md) fixes it.
 
+use clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
 use clap::{Parser, Subcommand};
 use dhtun::config::Config;
 use dhtun::core::keys::SecretKey;
@@ -16,9 +17,8 @@ use std::process::ExitCode;
     about = "A layer-3 VPN over Noise and UDP, with peers found by public key in the Mainline DHT, in constant memory"
 )]
 struct Cli {
-    /// Log level (error, warn, info, debug, trace); overrides [interface] log_level, and
-    /// RUST_LOG overrides both. Default: info
-    #[arg(long, global = true)]
+    /// Log level; overrides [interface] log_level, and RUST_LOG overrides both. Default: info
+    #[arg(long, global = true, value_name = "LEVEL", value_parser = ["error", "warn", "info", "debug", "trace"])]
     log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -30,30 +30,53 @@ enum Command {
     Genkey,
     /// Read a secret key on stdin, print its public key the same way
     Pubkey,
-    /// Bring up the interface CONFIG describes; runs in the foreground until SIGINT/SIGTERM
-    Up { config: PathBuf },
+    /// Bring up the interface CONFIG describes; runs in the foreground until SIGINT/SIGTERM,
+    /// then removes its routes and interface
+    Up {
+        /// The config file (TOML), e.g. /etc/dhtun/dhtun0.toml
+        config: PathBuf,
+    },
     /// Ask the running daemon of IFACE to stop, and wait until it has cleaned up
-    Down { iface: String },
-    /// Re-read the config of the running daemon of IFACE
-    Reload { iface: String },
+    Down {
+        /// The interface name ([interface] name in its config)
+        iface: String,
+    },
+    /// Re-read the config of the running daemon of IFACE (also on SIGHUP); a bad config is
+    /// refused and the running state kept
+    Reload {
+        /// The interface name ([interface] name in its config)
+        iface: String,
+    },
     /// Show the interface and its peers (all interfaces when IFACE is absent)
     Status {
+        /// The interface name; without it, every running interface
         iface: Option<String>,
         /// Print JSON (an array when IFACE is absent)
         #[arg(long)]
         json: bool,
     },
-    /// Run a standalone Mainline DHT node (server mode)
+    /// Run a standalone Mainline DHT node (server mode), e.g. the bootstrap node of a private or
+    /// isolated network; runs until SIGINT/SIGTERM
     DhtNode {
+        /// The UDP address to serve on, e.g. 198.18.0.254:6881
         #[arg(long, value_name = "ADDR:PORT")]
         listen: SocketAddr,
-        #[arg(long, value_name = "ADDR:PORT")]
+        /// DHT nodes to join through: several after one flag, or the flag repeated
+        #[arg(long, value_name = "ADDR:PORT", num_args = 1..)]
         bootstrap: Vec<SocketAddr>,
     },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() && e.kind() != DisplayHelpOnMissingArgumentOrSubcommand => {
+            eprintln!("dhtun: {}", one_line(&e.render().to_string()));
+            return ExitCode::FAILURE;
+        }
+        // --help, --version, or no command at all: clap prints them as it does.
+        Err(e) => e.exit(),
+    };
     match run(cli.command, cli.log_level) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -149,6 +172,31 @@ fn status(iface: Option<String>, json: bool) -> anyhow::Result<()> {
         print!("{}", texts.join("\n"));
     }
     Ok(())
+}
+
+/// A clap error as the one line the contract asks for: what was wrong and what was expected,
+/// without the usage block (`--help` shows that).
+fn one_line(rendered: &str) -> String {
+    let lines: Vec<&str> = rendered
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("Usage:"))
+        .filter(|l| !l.starts_with("For more information"))
+        .collect();
+    let mut text = String::new();
+    for line in lines {
+        // A line that ends in a colon or a list in brackets continues the line before it.
+        if !text.is_empty() {
+            text.push_str(if text.ends_with(':') || line.starts_with('[') {
+                " "
+            } else {
+                "; "
+            });
+        }
+        text.push_str(line);
+    }
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    format!("{text} (see dhtun --help)")
 }
 
 fn init_logging(level: &str) {

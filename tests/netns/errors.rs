@@ -365,3 +365,42 @@ fn status_skips_sockets_left_by_killed_daemons() {
         ));
     }
 }
+
+#[test]
+fn argument_errors_are_one_line() {
+    // Mistakes on the command line get the same one line and exit status 1 as every other
+    // error, with what was expected; no privileges needed.
+    let lab = Lab::new("ar");
+    let cases: [(&[&str], &str); 5] = [
+        (&["frob"], "unrecognized subcommand 'frob'"),
+        (&["up"], "<CONFIG>"),
+        (
+            &["--log-level", "bogus", "genkey"],
+            "possible values: error, warn",
+        ),
+        (&["dht-node", "--listen", "nowhere"], "--listen"),
+        (&["status", "a", "b"], "unexpected argument 'b'"),
+    ];
+    for (args, expected) in cases {
+        let out = run_timeout(Command::new(BIN).args(args), Duration::from_secs(10));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let one_line = err.lines().count() == 1 && err.starts_with("dhtun: ");
+        if out.status.code() != Some(1) || !one_line || !err.contains(expected) {
+            lab.fail(format!(
+                "`dhtun {}` should exit 1 with one line mentioning {expected:?}; {}",
+                args.join(" "),
+                describe(&out)
+            ));
+        }
+    }
+    let out = run_timeout(
+        Command::new(BIN).args(["--log-level", "debug", "genkey"]),
+        Duration::from_secs(10),
+    );
+    if !out.status.success() {
+        lab.fail(format!(
+            "a valid --log-level must be accepted; {}",
+            describe(&out)
+        ));
+    }
+}

@@ -48,7 +48,7 @@ impl Mac1Key {
         Self(hasher.finalize().into())
     }
 
-    fn compute(&self, input: &[u8]) -> [u8; MAC_BYTES] {
+    pub(crate) fn compute(&self, input: &[u8]) -> [u8; MAC_BYTES] {
         let mut mac = new_mac(&self.0);
         mac.update(input);
         mac.finalize().into_bytes().into()
@@ -62,9 +62,23 @@ impl Mac1Key {
     }
 }
 
-/// An initiation we sent, waiting for its response.
+/// An initiation we sent, waiting for its response. It keeps what it was made from: a response
+/// that fails Noise leaves snow's state half advanced, and a forged one (anyone who saw the
+/// initiation knows its index) must not cost the real response its chance. So the state is
+/// made again from the same inputs; the ephemeral key comes from the seed, so it is the same.
 pub struct PendingInitiation {
     state: HandshakeState,
+    inputs: InitiationInputs,
+}
+
+/// Everything an initiation is made from.
+struct InitiationInputs {
+    local: SecretKey,
+    peer: PublicKey,
+    psk: PresharedKey,
+    sender_index: u32,
+    timestamp: [u8; TIMESTAMP_BYTES],
+    rng_seed: [u8; 32],
 }
 
 /// An initiation we received and authenticated, ready to be answered.
@@ -87,21 +101,16 @@ pub fn initiate(
     rng_seed: [u8; 32],
     out: &mut [u8; INITIATION_LEN],
 ) -> Result<PendingInitiation, HandshakeError> {
-    let mut state = builder(rng_seed)
-        .local_private_key(local.x25519_secret())
-        .and_then(|b| b.remote_public_key(peer.x25519_bytes()))
-        .and_then(|b| b.psk(2, &psk.0))
-        .and_then(|b| b.build_initiator())
-        .map_err(|_| HandshakeError::Noise)?;
-    let [noise, mac1, mac2] = wire::initiation_layout();
-    wire::write_initiation_header(out, sender_index);
-    state
-        .write_message(&timestamp, &mut out[noise])
-        .map_err(|_| HandshakeError::Noise)?;
-    let tag = Mac1Key::for_receiver(peer).compute(&out[..mac1.start]);
-    out[mac1].copy_from_slice(&tag);
-    out[mac2].fill(0);
-    Ok(PendingInitiation { state })
+    let inputs = InitiationInputs {
+        local: local.clone(),
+        peer: *peer,
+        psk: *psk,
+        sender_index,
+        timestamp,
+        rng_seed,
+    };
+    let state = write_initiation(&inputs, out)?;
+    Ok(PendingInitiation { state, inputs })
 }
 
 /// Checks mac1 and decrypts an initiation addressed to us. Costs two Curve25519 operations once
@@ -169,23 +178,59 @@ impl ReceivedInitiation {
 }
 
 impl PendingInitiation {
-    /// Completes the handshake with the peer's response.
+    /// Completes the handshake with the peer's response. When the response is refused, the
+    /// error comes with the initiation as it was before, to wait for the real response; None
+    /// only if snow cannot make it again, which the same inputs never cause.
+    // The error is large because it hands the whole initiation back; that happens once per
+    // refused response, never on the data path.
+    #[allow(clippy::result_large_err)]
     pub fn receive_response(
         mut self,
         own_mac1: &Mac1Key,
         message: Response<'_>,
-    ) -> Result<StatelessTransportState, HandshakeError> {
+    ) -> Result<StatelessTransportState, (HandshakeError, Option<Self>)> {
         if !own_mac1.verify(message.mac1_input(), message.mac1()) {
-            return Err(HandshakeError::BadMac);
+            return Err((HandshakeError::BadMac, Some(self)));
         }
         let mut empty = [0u8; 0];
-        self.state
+        if self
+            .state
             .read_message(message.noise(), &mut empty)
-            .map_err(|_| HandshakeError::Noise)?;
+            .is_err()
+        {
+            let mut scratch = [0u8; INITIATION_LEN];
+            let again = write_initiation(&self.inputs, &mut scratch).ok();
+            let inputs = self.inputs;
+            let pending = again.map(|state| Self { state, inputs });
+            return Err((HandshakeError::Noise, pending));
+        }
         self.state
             .into_stateless_transport_mode()
-            .map_err(|_| HandshakeError::Noise)
+            .map_err(|_| (HandshakeError::Noise, None))
     }
+}
+
+/// Writes the initiation `inputs` describe into `out` and returns the state awaiting its
+/// response; the same inputs always give the same bytes and state.
+fn write_initiation(
+    inputs: &InitiationInputs,
+    out: &mut [u8; INITIATION_LEN],
+) -> Result<HandshakeState, HandshakeError> {
+    let mut state = builder(inputs.rng_seed)
+        .local_private_key(inputs.local.x25519_secret())
+        .and_then(|b| b.remote_public_key(inputs.peer.x25519_bytes()))
+        .and_then(|b| b.psk(2, &inputs.psk.0))
+        .and_then(|b| b.build_initiator())
+        .map_err(|_| HandshakeError::Noise)?;
+    let [noise, mac1, mac2] = wire::initiation_layout();
+    wire::write_initiation_header(out, inputs.sender_index);
+    state
+        .write_message(&inputs.timestamp, &mut out[noise])
+        .map_err(|_| HandshakeError::Noise)?;
+    let tag = Mac1Key::for_receiver(&inputs.peer).compute(&out[..mac1.start]);
+    out[mac1].copy_from_slice(&tag);
+    out[mac2].fill(0);
+    Ok(state)
 }
 
 /// A TAI64N timestamp for the given wall-clock time since the Unix epoch. Big-endian, so a later
@@ -294,8 +339,55 @@ mod tests {
         };
         assert_eq!((msg.sender(), msg.receiver()), (22, 11));
         let own_i = Mac1Key::for_receiver(&initiator.public_key());
-        let initiator_session = pending.receive_response(&own_i, msg)?;
+        let initiator_session = pending.receive_response(&own_i, msg).map_err(|(e, _)| e)?;
         Ok((initiator_session, responder_session))
+    }
+
+    #[test]
+    fn a_forged_response_leaves_the_initiation_to_the_real_one() {
+        let (a, b) = keys();
+        let psk = PresharedKey::default();
+        let mut init = [0u8; INITIATION_LEN];
+        let ts = tai64n(core::time::Duration::from_secs(5));
+        let pending = initiate(&a, &b.public_key(), &psk, 11, ts, [3; 32], &mut init).unwrap();
+        let Ok(Message::Initiation(msg)) = Message::parse(&init) else {
+            panic!("initiation did not parse");
+        };
+        let own_b = Mac1Key::for_receiver(&b.public_key());
+        let received = receive_initiation(&b, &own_b, msg, [4; 32]).unwrap();
+        let mut resp = [0u8; RESPONSE_LEN];
+        let responder = received
+            .respond(&a.public_key(), &psk, 22, &mut resp)
+            .unwrap();
+
+        // What an eavesdropper on the initiation can send: our index, junk for Noise, and a
+        // correct mac1 (it needs only our public key).
+        let own_a = Mac1Key::for_receiver(&a.public_key());
+        let mut forged = resp;
+        let [noise, mac1, _] = wire::response_layout();
+        forged[noise].fill(0x5a);
+        let tag = own_a.compute(&forged[..mac1.start]);
+        forged[mac1].copy_from_slice(&tag);
+        let Ok(Message::Response(forged)) = Message::parse(&forged) else {
+            panic!("forged response did not parse");
+        };
+        let Err((error, pending)) = pending.receive_response(&own_a, forged) else {
+            panic!("a forged response must be refused");
+        };
+        assert_eq!(error, HandshakeError::Noise);
+        let pending = pending.expect("the initiation survives a forged response");
+
+        let Ok(Message::Response(real)) = Message::parse(&resp) else {
+            panic!("response did not parse");
+        };
+        let Ok(initiator) = pending.receive_response(&own_a, real) else {
+            panic!("the real response must complete the handshake");
+        };
+        let mut ct = [0u8; 64];
+        let mut pt = [0u8; 64];
+        let n = initiator.write_message(0, b"hello", &mut ct).unwrap();
+        let m = responder.read_message(0, &ct[..n], &mut pt).unwrap();
+        assert_eq!(&pt[..m], b"hello");
     }
 
     #[test]

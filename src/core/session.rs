@@ -176,6 +176,7 @@ mod tests {
         };
         let i = pending
             .receive_response(&Mac1Key::for_receiver(&a.public_key()), m)
+            .map_err(|(e, _)| e)
             .unwrap();
         (
             Session::new(1, 2, i, Duration::ZERO, true),

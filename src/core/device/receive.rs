@@ -157,11 +157,15 @@ impl Device {
             .pending
             .take()
             .ok_or((DropReason::UnknownPeer, Some(id)))?;
-        // A response that fails costs only this initiation's state: the attempt stays, and
-        // the retry timer sends a fresh initiation.
-        let keys = pending
-            .receive_response(&own_mac1, message)
-            .map_err(|_| (DropReason::Unauthenticated, Some(id)))?;
+        // A response that fails leaves the initiation waiting for the real one: anyone who saw
+        // the initiation could otherwise cancel it with one forged datagram.
+        let keys = match pending.receive_response(&own_mac1, message) {
+            Ok(keys) => keys,
+            Err((_, pending)) => {
+                attempt.pending = pending;
+                return Err((DropReason::Unauthenticated, Some(id)));
+            }
+        };
         peer.handshake = None;
         peer.last_handshake_at = Some(now);
         let key = peer.config.public_key;

@@ -110,6 +110,40 @@ fn handshake_then_data_both_ways() {
 }
 
 #[test]
+fn a_forged_response_does_not_cancel_the_handshake() {
+    let (mut a, mut b) = pair();
+    let now = Duration::from_secs(1);
+    let a_addr: SocketAddr = A_ADDR.parse().unwrap();
+    let b_addr: SocketAddr = B_ADDR.parse().unwrap();
+    let mut packet = ipv4([100, 64, 0, 1], [100, 64, 0, 2], b"first");
+    let mut out = buf();
+    a.handle_tun_packet(&mut packet, 25, now, &mut out);
+    let init = a.poll_transmit(now, &mut out).expect("an initiation");
+    let mut reply = buf();
+    let NetworkAction::WriteToNetwork { len, .. } =
+        b.handle_datagram(a_addr, &out[..init.len], now, &mut reply)
+    else {
+        panic!("B did not answer the initiation");
+    };
+    // Someone who saw the initiation answers first, from elsewhere: A's index, junk for Noise,
+    // and a mac1 computed from A's public key.
+    let mut forged = reply[..len].to_vec();
+    let [noise, mac1, _] = wire::response_layout();
+    forged[noise].fill(0x5a);
+    let tag = crate::core::handshake::Mac1Key::for_receiver(&key(1).public_key())
+        .compute(&forged[..mac1.start]);
+    forged[mac1].copy_from_slice(&tag);
+    let elsewhere: SocketAddr = "198.18.0.66:40000".parse().unwrap();
+    let action = a.handle_datagram(elsewhere, &forged, now, &mut out);
+    assert_eq!(action, NetworkAction::Drop(DropReason::Unauthenticated));
+    // B's real response still completes the handshake, and the staged packet goes out to B.
+    let action = a.handle_datagram(b_addr, &reply[..len], now, &mut out);
+    assert_eq!(action, NetworkAction::Consumed);
+    let staged = a.poll_transmit(now, &mut out).expect("the staged packet");
+    assert_eq!(staged.to, b_addr);
+}
+
+#[test]
 fn transport_finds_its_session_by_index_only() {
     let (mut a, mut b) = pair();
     let now = Duration::from_secs(1);

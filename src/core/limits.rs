@@ -406,6 +406,11 @@ pub const MAX_RECORD_BYTES: usize = 1000;
 /// record (16 IPv6 addresses and a public one) is 294 bytes, well inside `MAX_RECORD_BYTES`.
 pub const MAX_RECORD_CANDIDATES: usize = 16;
 
+/// Addresses one record yields to try: its listed addresses, the public address the DHT saw,
+/// and the reflexive address. The last two come last and are the ones that work across NATs,
+/// so a full record must not lose them.
+pub const MAX_RECORD_TARGETS: usize = MAX_RECORD_CANDIDATES + 2;
+
 /// Items one lookup examines before it gives up. Honest nodes store one item per key, and a
 /// lookup visits about 20 of them; past this, someone is flooding us with junk under a valid
 /// signature and looking further would only cost more work.
@@ -441,8 +446,8 @@ pub const DHT_RESOLVE_REFRESH: Duration = Duration::from_secs(5 * 60);
 pub const DHT_RESOLVES_IN_FLIGHT: usize = 8;
 
 /// Addresses one handshake initiation is sent to at once: the current endpoint, the configured
-/// one, and every candidate of the peer's record.
-pub const MAX_INITIATION_TARGETS: usize = MAX_RECORD_CANDIDATES + 2;
+/// one, and every address of the peer's record.
+pub const MAX_INITIATION_TARGETS: usize = MAX_RECORD_TARGETS + 2;
 
 /// How often the DHT status (routing table size, public address) is refreshed from the node.
 /// Each refresh is two messages to mainline's actor thread, so once a second costs nothing and

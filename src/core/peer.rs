@@ -5,7 +5,7 @@ use crate::core::feedback::{LossMeter, LossReport};
 use crate::core::handshake::PendingInitiation;
 use crate::core::keys::{PresharedKey, PublicKey};
 use crate::core::limits::{
-    ring_slot_bytes, MAX_INITIATION_TARGETS, MAX_RECORD_CANDIDATES, STAGED_PACKETS_PER_PEER,
+    ring_slot_bytes, MAX_INITIATION_TARGETS, MAX_RECORD_TARGETS, STAGED_PACKETS_PER_PEER,
 };
 use crate::core::pacer::Pacer;
 use crate::core::ring::PacketRing;
@@ -149,7 +149,7 @@ pub struct Peer {
 pub struct Discovery {
     pub sequence: Option<i64>,
     pub record_at: Option<Duration>,
-    pub candidates: [Option<SocketAddr>; MAX_RECORD_CANDIDATES],
+    pub candidates: [Option<SocketAddr>; MAX_RECORD_TARGETS],
     pub last_lookup_at: Option<Duration>,
     /// Lookups in a row that found no record: the retry interval doubles with each.
     pub empty_lookups: u32,

@@ -5,7 +5,7 @@ use super::Device;
 use crate::core::backoff;
 use crate::core::keys::PublicKey;
 use crate::core::limits::{
-    DHT_RESOLVE_FIRST_RETRY, DHT_RESOLVE_REFRESH, DHT_RESOLVE_RETRY, MAX_RECORD_CANDIDATES,
+    DHT_RESOLVE_FIRST_RETRY, DHT_RESOLVE_REFRESH, DHT_RESOLVE_RETRY, MAX_RECORD_TARGETS,
     RELAYED_LOOKUP_FIRST_RETRY, RELAYED_LOOKUP_INTERVAL,
 };
 use crate::core::peer::Peer;
@@ -47,7 +47,7 @@ impl Device {
         peer.discovery.sequence = Some(sequence);
         peer.discovery.record_at = Some(now);
         peer.discovery.empty_lookups = 0;
-        peer.discovery.candidates = [None; MAX_RECORD_CANDIDATES];
+        peer.discovery.candidates = [None; MAX_RECORD_TARGETS];
         // An address the tunnel itself routes (a subnet behind a peer, an overlay address) is
         // no way to reach the peer: a handshake sent there would travel inside the tunnel.
         let routes = &self.routes;

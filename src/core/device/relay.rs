@@ -196,7 +196,9 @@ impl Device {
                 }
             }
             Path::Relay(relay) => {
-                if peer.relay_via == Some(relay) {
+                // A relay that delivers its own packets to us is not a path to itself: taking it
+                // as one would cut us off from it and from every peer we reach through it.
+                if relay == id || peer.relay_via == Some(relay) {
                     return;
                 }
                 let direct_alive = peer.endpoint.is_some()

@@ -144,6 +144,17 @@ fn a_forged_response_does_not_cancel_the_handshake() {
 }
 
 #[test]
+fn a_relay_is_never_made_the_path_to_itself() {
+    let (mut a, mut b) = pair();
+    let now = Duration::from_secs(1);
+    handshake(&mut a, &mut b, now);
+    // As if B, a relay of A's, had wrapped one of its own packets in a delivery to A.
+    a.roam(0, Path::Relay(0), now + Duration::from_secs(60), true);
+    assert_eq!(a.peers()[0].relay_via, None);
+    assert_eq!(a.peers()[0].endpoint, Some(B_ADDR.parse().unwrap()));
+}
+
+#[test]
 fn transport_finds_its_session_by_index_only() {
     let (mut a, mut b) = pair();
     let now = Duration::from_secs(1);
@@ -326,6 +337,23 @@ fn a_record_from_the_dht_makes_an_unknown_endpoint_reachable() {
     // An older record changes nothing.
     b.record_found(&key(1).public_key(), 6, &[old], now);
     assert_eq!(b.peers()[0].discovery.sequence, Some(7));
+}
+
+#[test]
+fn a_full_record_keeps_its_public_and_reflexive_addresses() {
+    use crate::core::limits::MAX_RECORD_TARGETS;
+    let (_, mut b) = pair();
+    let now = Duration::from_secs(1);
+    // As `Record::candidates` yields them: every listed address, then the public one, then
+    // the reflexive one, which is the one that works behind a NAT.
+    let record: Vec<SocketAddr> = (0..MAX_RECORD_TARGETS)
+        .map(|i| SocketAddr::from(([198, 19, 0, i as u8 + 1], 51820)))
+        .collect();
+    b.record_found(&key(1).public_key(), 1, &record, now);
+    let targets = b.peers()[0].initiation_targets();
+    for address in &record {
+        assert!(targets.contains(&Some(*address)), "{address} was dropped");
+    }
 }
 
 #[test]

@@ -127,14 +127,16 @@ impl Config {
             }
             for net in &peer.allowed_ips {
                 if let Some(other) = seen_prefixes.insert(*net, i) {
-                    return Err(ctx.err(
-                        Some(key_span),
+                    let message = if other == i {
+                        format!("allowed_ips {net} is listed twice for peer #{}", i + 1)
+                    } else {
                         format!(
                             "allowed_ips {net} is given to two peers (#{} and #{})",
                             other + 1,
                             i + 1
-                        ),
-                    ));
+                        )
+                    };
+                    return Err(ctx.err(Some(key_span), message));
                 }
             }
             peers.push(peer);

@@ -103,6 +103,17 @@ fn duplicate_peers_and_prefixes_are_refused() {
     );
     let err = parse(&text).unwrap_err().to_string();
     assert!(err.contains("listed twice"), "{err}");
+
+    let one_peer_twice = format!(
+        "[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n[[peer]]\n\
+         public_key = \"{}\"\nallowed_ips = [\"100.65.0.0/24\", \"100.65.0.0/24\"]\n",
+        peer_key()
+    );
+    let err = parse(&one_peer_twice).unwrap_err().to_string();
+    assert!(
+        err.contains("100.65.0.0/24 is listed twice for peer #1"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -100,16 +100,20 @@ impl Config {
         let ctx = Ctx { path, text };
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| ctx.err(e.span(), one_line(e.message())))?;
-        let interface = ctx.interface(raw.interface)?;
+        let interface_span = raw.interface.span();
+        let interface = ctx
+            .interface(raw.interface.into_inner())
+            .map_err(|e| ctx.at_least_at(e, interface_span))?;
         let dht = raw.dht.map_or_else(DhtConfig::default, DhtConfig::from);
-        if raw.peer.len() > MAX_PEERS {
-            return Err(ctx.err(None, format!("more than {MAX_PEERS} peers")));
+        if let Some(extra) = raw.peer.get(MAX_PEERS) {
+            return Err(ctx.err(Some(extra.span()), format!("more than {MAX_PEERS} peers")));
         }
         let own = interface.secret_key.public_key();
         let mut seen_keys: HashMap<PublicKey, usize> = HashMap::new();
         let mut seen_prefixes: HashMap<IpNetwork, usize> = HashMap::new();
         let mut peers = Vec::with_capacity(raw.peer.len());
         for (i, raw_peer) in raw.peer.into_iter().enumerate() {
+            let raw_peer = raw_peer.into_inner();
             let key_span = raw_peer.public_key.span();
             let peer = ctx.peer(raw_peer)?;
             if peer.public_key == own {
@@ -138,14 +142,14 @@ impl Config {
                     };
                     return Err(ctx.err(Some(key_span), message));
                 }
+                if seen_prefixes.len() > MAX_ALLOWED_IPS {
+                    return Err(ctx.err(
+                        Some(key_span),
+                        format!("more than {MAX_ALLOWED_IPS} allowed_ips in all"),
+                    ));
+                }
             }
             peers.push(peer);
-        }
-        if seen_prefixes.len() > MAX_ALLOWED_IPS {
-            return Err(ctx.err(
-                None,
-                format!("more than {MAX_ALLOWED_IPS} allowed_ips in all"),
-            ));
         }
         Ok(Config {
             path: path.to_owned(),
@@ -187,10 +191,10 @@ impl From<RawDht> for DhtConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    interface: RawInterface,
+    interface: Spanned<RawInterface>,
     dht: Option<RawDht>,
     #[serde(default)]
-    peer: Vec<RawPeer>,
+    peer: Vec<Spanned<RawPeer>>,
 }
 
 #[derive(Deserialize)]
@@ -243,6 +247,14 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// `error` as it is, or, when it names no line, at the line where `span` starts.
+    fn at_least_at(&self, error: ConfigError, span: std::ops::Range<usize>) -> ConfigError {
+        match error.line {
+            Some(_) => error,
+            None => self.err(Some(span), error.message),
+        }
+    }
+
     fn err(&self, span: Option<std::ops::Range<usize>>, message: impl Into<String>) -> ConfigError {
         let line = span.map(|s| {
             let end = s.start.min(self.text.len());

@@ -174,3 +174,12 @@ fn ring_and_batch_keys_default_bound_and_parse() {
         assert!(err.starts_with("/etc/dhtun/t.toml:4: "), "{keys}: {err}");
     }
 }
+
+#[test]
+fn a_missing_private_key_points_at_the_interface_section() {
+    let text =
+        "# a comment\n[dht]\nenabled = false\n\n[interface]\naddress = [\"100.64.0.1/24\"]\n";
+    let err = parse(text).unwrap_err();
+    assert_eq!(err.line, Some(5), "{err}");
+    assert!(err.to_string().contains("private_key"), "{err}");
+}

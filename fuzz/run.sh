@@ -18,6 +18,11 @@ set -euo pipefail
 
 fuzz_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 seconds=${1:-5}
+if [[ ! ${seconds} =~ ^[0-9]+$ || ${seconds} -eq 0 ]]; then
+    echo "usage: bash fuzz/run.sh [SECONDS] [TARGET...]   (SECONDS per target, at least 1; default 5)" >&2
+    [[ ${seconds} == -h || ${seconds} == --help ]] && exit 0
+    exit 2
+fi
 shift || true
 targets=("$@")
 if ((${#targets[@]} == 0)); then

@@ -5,7 +5,7 @@
 # and IPv6 and into the subnet behind the other peer, print both daemons' status and the time
 # from `dhtun up` to the first ping reply, and remove everything when it exits.
 #
-#   sudo bash netns-scripts/demo.sh
+#   bash netns-scripts/demo.sh        (as root)
 #
 # Exits non-zero when a ping fails. Nothing leaves the lab's namespaces: underlay 198.18.0.0/24,
 # overlay 100.64.0.0/24 and fd64::/64, subnets 100.65.1.0/24 and 100.65.2.0/24.
@@ -14,6 +14,10 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=netns-scripts/lib.sh
 source "${here}/lib.sh"
+usage() {
+    echo "usage: bash netns-scripts/demo.sh   (as root; builds dhtun, runs the demo, cleans up)"
+}
+no_arguments "$@"
 
 need_root demo.sh
 ensure_tools ip:iproute2 ping:iputils-ping ss:iproute2 setsid:util-linux timeout:coreutils \

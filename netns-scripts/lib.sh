@@ -34,6 +34,19 @@ die() {
 }
 have() { command -v "$1" >/dev/null 2>&1; }
 
+# sudo_user_home - the home directory of the user who ran sudo, or nothing.
+sudo_user_home() {
+    [[ -n ${SUDO_USER:-} && ${SUDO_USER} != root ]] || return 0
+    getent passwd "${SUDO_USER}" | cut -d: -f6
+}
+
+# no_arguments ARG... - for a script that takes none: -h/--help prints its `usage` and exits 0,
+# anything else prints it to stderr and fails.
+no_arguments() {
+    (($# == 0)) && return 0
+    other_option "$1"
+}
+
 # other_option OPTION - the end of a script's option loop, for an option it did not match:
 # -h/--help prints the script's `usage` and exits 0; anything else prints it to stderr and fails.
 other_option() {
@@ -70,12 +83,17 @@ ensure_tools() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
-# ensure_cargo - make cargo usable (rustup puts it in ~/.cargo/bin, often not on root's PATH).
+# ensure_cargo - make cargo usable (rustup puts it in ~/.cargo/bin, often not on root's PATH;
+# under sudo, HOME is root's, so the invoking user's ~/.cargo/bin is tried too).
 ensure_cargo() {
-    if ! have cargo && [[ -x ${HOME:-/root}/.cargo/bin/cargo ]]; then
-        PATH="${HOME:-/root}/.cargo/bin:${PATH}"
-        export PATH
-    fi
+    local home dir
+    for home in "${HOME:-/root}" "$(sudo_user_home)"; do
+        dir="${home}/.cargo/bin"
+        if ! have cargo && [[ -n ${home} && -x ${dir}/cargo ]]; then
+            PATH="${dir}:${PATH}"
+            export PATH
+        fi
+    done
     have cargo || die "cargo not found. Install Rust with rustup (https://rustup.rs):
     curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y
     then open a new shell (or: source \"\$HOME/.cargo/env\") and re-run $0"

@@ -2,12 +2,20 @@
 # The project's test command: formatting, lints, and every test including the network-namespace
 # tests (tests/netns/). As root it installs what is missing and makes the namespace tests
 # mandatory (DHTUN_REQUIRE_NETNS=1); without root they are skipped, and this script says so.
-#   sudo bash netns-scripts/test.sh
+#   bash netns-scripts/test.sh        (as root)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=netns-scripts/lib.sh
 source "${here}/lib.sh"
+usage() {
+    cat <<EOF
+usage: bash netns-scripts/test.sh   (as root; without root the namespace tests are skipped)
+  runs cargo fmt --check, cargo clippy -D warnings, every test, the systemd unit checks and a
+  few seconds of each fuzz target (DHTUN_FUZZ_SECONDS, default 5; 0 skips them)
+EOF
+}
+no_arguments "$@"
 cd "${LAB_REPO}"
 
 started=${SECONDS}
@@ -21,7 +29,7 @@ root=0
 if ((root)); then
     step "checking system packages"
     ensure_tools ip:iproute2 ping:iputils-ping ps:procps timeout:coreutils nft:nftables \
-        cc:build-essential make:build-essential pkg-config:pkg-config
+        conntrack:conntrack cc:build-essential make:build-essential pkg-config:pkg-config
     ensure_tun
 fi
 ensure_cargo

@@ -8,6 +8,10 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=netns-scripts/lib.sh
 source "${here}/lib.sh"
+usage() {
+    echo "usage: bash netns-scripts/verify-units.sh   (systemd-analyze verify and security of systemd/)"
+}
+no_arguments "$@"
 cd "${LAB_REPO}"
 
 ensure_tools systemd-analyze:systemd

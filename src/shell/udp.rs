@@ -282,6 +282,22 @@ impl UdpIo {
                     );
                     self.gso = false;
                 }
+                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) && self.send_counts[0] > 1 => {
+                    // A GSO train whose segments exceed the path MTU (an underlay below
+                    // mtu + 60, or an ICMP "fragmentation needed"): the kernel cannot cut it
+                    // into fragments. Datagrams this large go one by one from now on, which the
+                    // kernel may fragment; dropping the train would starve TCP for good.
+                    let size = ring.front().map_or(0, |(datagram, _)| datagram.len());
+                    tracing::warn!(
+                        "the path MTU to {} is below {size}-byte datagrams ({e}); sending \
+                         those one by one, without UDP GSO (lower [interface] mtu to avoid \
+                         fragments)",
+                        ring.front()
+                            .and_then(|(_, to)| to)
+                            .map_or("a peer".into(), |a| a.to_string())
+                    );
+                    self.gso_max_segment = self.gso_max_segment.min(size.saturating_sub(1));
+                }
                 Err(e) => {
                     // The first message failed (no route, firewall, ...): drop it, go on.
                     tracing::debug!("sending UDP: {e}");

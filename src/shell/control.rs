@@ -32,6 +32,8 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 const DOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the daemon waits for a connected client to send its request.
 const SERVER_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the daemon tries to hand a client its answer.
+const SERVER_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ControlRequest {
@@ -94,8 +96,12 @@ impl ControlServer {
                 tokio::spawn(async move {
                     let _permit = permit;
                     let answer = serve(&mut stream, &commands).await;
-                    let _ = stream.write_all(answer.as_bytes()).await;
-                    let _ = stream.shutdown().await;
+                    // A client that stops reading must not keep its slot for ever.
+                    let _ = tokio::time::timeout(SERVER_WRITE_TIMEOUT, async {
+                        let _ = stream.write_all(answer.as_bytes()).await;
+                        let _ = stream.shutdown().await;
+                    })
+                    .await;
                 });
             }
         })

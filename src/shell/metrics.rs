@@ -14,6 +14,10 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// How long a scraper may take to send its request line.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a scraper may take to read the answer: one that stops reading would otherwise hold
+/// one of the few connection slots for as long as it stays connected, and a handful of them
+/// would switch monitoring off.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves scrapes until the task is aborted.
 pub fn spawn(
@@ -42,8 +46,11 @@ pub fn spawn(
                     "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",
                     body.len()
                 );
-                let _ = stream.write_all(response.as_bytes()).await;
-                let _ = stream.shutdown().await;
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+                    let _ = stream.write_all(response.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                })
+                .await;
             });
         }
     })

@@ -3,7 +3,7 @@
 //! does not load, or that changes what only a restart can change, is refused whole and the
 //! running state is kept.
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::core::device::Device;
 use crate::shell::netlink::{prefixes_needing_routes, Netlink};
 use ipnetwork::IpNetwork;
@@ -22,7 +22,7 @@ pub async fn reload(
     link: &mut Link,
     device: &mut Device,
 ) -> anyhow::Result<String> {
-    let new = Config::load(&config.path)?;
+    let new = Config::load(&config.path).map_err(explain_permission)?;
     if let Some(what) = needs_restart(config, &new) {
         anyhow::bail!(
             "{}: changing {what} needs a restart (dhtun down, then up); nothing was changed",
@@ -45,6 +45,19 @@ pub async fn reload(
         summary.changed,
         summary.unchanged
     ))
+}
+
+/// A config or key file root cannot read after start-up: the daemon dropped root's override
+/// of file permissions (CAP_DAC_OVERRIDE) once it was up, so say what to change.
+fn explain_permission(mut error: ConfigError) -> ConfigError {
+    if error.message.contains("Permission denied") {
+        error.message.push_str(
+            " (after start-up dhtun reads files without root's permission override: make the \
+             config and key files readable by root, e.g. owned by root, in directories root \
+             may enter)",
+        );
+    }
+    error
 }
 
 /// One change to the interface's addresses or routes.

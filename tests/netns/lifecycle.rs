@@ -187,6 +187,33 @@ fn reload_applies_changes_and_refuses_bad_configs() {
             a.iface
         ));
     }
+
+    // After start-up the daemon has no override of file permissions: a config only its owner
+    // may read is refused with a line that says what to change.
+    let path = lab.dir.join(format!("{}.toml", a.iface));
+    let chown = |owner: u32| {
+        // SAFETY: chown(2) on a NUL-terminated path we own; no memory is shared.
+        let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        unsafe { libc::chown(c_path.as_ptr(), owner, owner) }
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    if chown(65534) != 0 {
+        lab.fail("could not hand the config to uid 65534");
+    }
+    let out = run_timeout(
+        Command::new(BIN).args(["reload", &a.iface]),
+        Duration::from_secs(20),
+    );
+    let _ = chown(0);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() || err.lines().count() != 1 || !err.contains("permission override") {
+        lab.fail(format!(
+            "a config root may not read after start-up should be refused in one line that \
+             explains why; {}",
+            describe(&out)
+        ));
+    }
 }
 
 #[test]

@@ -182,6 +182,45 @@ fn peers_find_each_other_through_the_dht() {
             }
         }
     }
+
+    // Every thread of a running daemon holds CAP_NET_ADMIN at most, under no_new_privs: the
+    // DHT node's own thread, which parses what strangers send, included.
+    for node in &nodes {
+        let pid = lab.daemon_pid(&node.iface);
+        for (thread, caps, no_new_privs) in thread_privileges(pid) {
+            if caps & !(1 << 12) != 0 || no_new_privs != 1 {
+                lab.fail(format!(
+                    "{}: thread {thread} has CapEff {caps:#x} and NoNewPrivs {no_new_privs}; \
+                     expected CAP_NET_ADMIN (0x1000) at most, and 1",
+                    node.iface
+                ));
+            }
+        }
+    }
+}
+
+/// Each thread of `pid`: its name, effective capabilities and no_new_privs flag.
+fn thread_privileges(pid: u32) -> Vec<(String, u64, u32)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("read the daemon's threads");
+    let mut threads = Vec::new();
+    for task in tasks.flatten() {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let caps = u64::from_str_radix(&field("CapEff:"), 16).unwrap_or(u64::MAX);
+        let no_new_privs = field("NoNewPrivs:").parse().unwrap_or(0);
+        threads.push((field("Name:"), caps, no_new_privs));
+    }
+    assert!(!threads.is_empty(), "the daemon {pid} has no threads");
+    threads
 }
 
 #[test]

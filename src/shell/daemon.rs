@@ -94,6 +94,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let control_task = control.spawn(commands_tx);
     tracing::info!(tun_offloads = ?tun.offloads(), udp_gso = udp.gso_enabled(), "data path ready");
+    // Before the DHT node starts its thread: a dropped capability stays with threads that
+    // were already running.
+    let dht_low_port = config.dht.enabled && (1..1024).contains(&config.dht.port);
+    match privileges::keep_only_net_admin(dht_low_port) {
+        Ok(true) => tracing::debug!("dropped every capability but CAP_NET_ADMIN"),
+        Ok(false) => tracing::debug!("running without CAP_NET_ADMIN: reloads cannot change routes"),
+        Err(e) => tracing::warn!("could not drop privileges: {e}"),
+    }
     let discovery = if config.dht.enabled {
         let secret = config.interface.secret_key.clone();
         match Discovery::start(
@@ -116,11 +124,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
-    match privileges::keep_only_net_admin() {
-        Ok(true) => tracing::debug!("dropped every capability but CAP_NET_ADMIN"),
-        Ok(false) => tracing::debug!("running without CAP_NET_ADMIN: reloads cannot change routes"),
-        Err(e) => tracing::warn!("could not drop privileges: {e}"),
-    }
     // systemd (Type=notify) learns that the interface, its addresses and routes are up.
     let _ = sd_notify::notify(&[
         NotifyState::Ready,

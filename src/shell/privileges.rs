@@ -7,6 +7,7 @@ use std::io;
 
 /// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words of each capability set.
 const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+const CAP_NET_BIND_SERVICE: u32 = 10;
 const CAP_NET_ADMIN: u32 = 12;
 /// Highest capability number the kernel may know; dropping past it is harmless.
 const CAP_LAST: u32 = 63;
@@ -25,23 +26,35 @@ struct CapData {
     inheritable: u32,
 }
 
-/// Keeps CAP_NET_ADMIN only (when we had it), removes every other capability from the bounding
-/// set as well, and sets no_new_privs. Returns whether CAP_NET_ADMIN is still held.
-pub fn keep_only_net_admin() -> io::Result<bool> {
+/// Keeps CAP_NET_ADMIN only (when we had it), and CAP_NET_BIND_SERVICE too when
+/// `bind_low_port` (the DHT node, started next, binds a port below 1024); removes every other
+/// capability from the bounding set as well, and sets no_new_privs. Returns whether
+/// CAP_NET_ADMIN is still held.
+///
+/// All of this applies to the calling thread and to threads it starts afterwards, never to
+/// threads already running: call it before any other thread exists.
+pub fn keep_only_net_admin(bind_low_port: bool) -> io::Result<bool> {
     // SAFETY: prctl with these options takes integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    let had_net_admin = current()?[0].permitted & (1 << CAP_NET_ADMIN) != 0;
+    let permitted = current()?[0].permitted;
+    let had_net_admin = permitted & (1 << CAP_NET_ADMIN) != 0;
+    let wanted = (1u32 << CAP_NET_ADMIN)
+        | if bind_low_port {
+            1 << CAP_NET_BIND_SERVICE
+        } else {
+            0
+        };
     for cap in 0..=CAP_LAST {
-        if cap != CAP_NET_ADMIN {
+        if cap >= 32 || wanted & (1 << cap) == 0 {
             // EINVAL past the kernel's last capability, EPERM without CAP_SETPCAP: either way
             // that capability is not ours to keep.
             // SAFETY: integer arguments only.
             unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
         }
     }
-    let keep = if had_net_admin { 1 << CAP_NET_ADMIN } else { 0 };
+    let keep = permitted & wanted;
     let data = [
         CapData {
             effective: keep,

@@ -27,7 +27,7 @@ use ipnetwork::IpNetwork;
 use sd_notify::NotifyState;
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::unix::AsyncFdReadyGuard;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::signal::unix::{signal, SignalKind};
@@ -202,6 +202,7 @@ async fn event_loop(
     let mut tick = tokio::time::interval(TIMER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let pause_timer = PreciseTimer::new().context("creating the pacing timer (timerfd)")?;
+    let mut link_checked_at = Instant::now();
     // Since when the loop has handled one event after another with more still waiting.
     let mut busy_since: Option<Instant> = None;
     loop {
@@ -255,6 +256,18 @@ async fn event_loop(
                 }
             },
             Event::Tick => {
+                // A deleted interface says nothing on the TUN descriptor that wakes us, so look:
+                // without this the daemon would run on with no tunnel, and a service manager
+                // would never restart it.
+                if link_checked_at.elapsed() >= LINK_CHECK_INTERVAL {
+                    link_checked_at = Instant::now();
+                    if !link_exists(link.index) {
+                        anyhow::bail!(
+                            "interface {} was deleted by someone else; stopping",
+                            config.interface.name
+                        );
+                    }
+                }
                 let now = path.now();
                 path.device.handle_timers(now);
                 if let Some(discovery) = discovery.as_mut() {
@@ -483,6 +496,18 @@ async fn configure_link(
         routes.push(prefix);
     }
     Ok(())
+}
+
+/// How often the event loop checks that its interface still exists.
+const LINK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Whether the interface with `index` still exists; an error other than "no such interface"
+/// counts as yes, so a passing shortage of descriptors cannot stop the daemon.
+fn link_exists(index: u32) -> bool {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname requires.
+    let found = unsafe { libc::if_indextoname(index, name.as_mut_ptr()) };
+    !found.is_null() || io::Error::last_os_error().raw_os_error() != Some(libc::ENXIO)
 }
 
 async fn teardown(link: &Link) {

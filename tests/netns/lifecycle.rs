@@ -81,6 +81,36 @@ fn down_removes_interface_and_routes() {
 }
 
 #[test]
+fn a_daemon_whose_interface_is_deleted_stops_with_an_error() {
+    // `ip link del` under a running daemon: it must not run on without a tunnel, or a service
+    // manager would never restart it.
+    if !common::netns_available("a_daemon_whose_interface_is_deleted_stops_with_an_error") {
+        return;
+    }
+    let (mut lab, a, b) = Lab::pair("ld", 51834);
+    lab.up_pair(&a, &b, &[], &[]);
+    lab.must_ping(&a, &b.v4);
+    lab.ip_ok(&a.ns, &["link", "del", &a.iface]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = lab.daemon_exited(&a.iface) {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            lab.fail("A's daemon still runs 10 s after its interface was deleted");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let logs = lab.logs();
+    if status.success() || !logs.contains("was deleted") {
+        lab.fail(format!(
+            "A's daemon should exit with an error saying its interface was deleted; it exited \
+             with {status}"
+        ));
+    }
+}
+
+#[test]
 fn reload_applies_changes_and_refuses_bad_configs() {
     if !common::netns_available("reload_applies_changes_and_refuses_bad_configs") {
         return;

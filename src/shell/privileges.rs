@@ -40,12 +40,10 @@ pub fn keep_only_net_admin(bind_low_port: bool) -> io::Result<bool> {
     }
     let permitted = current()?[0].permitted;
     let had_net_admin = permitted & (1 << CAP_NET_ADMIN) != 0;
-    let wanted = (1u32 << CAP_NET_ADMIN)
-        | if bind_low_port {
-            1 << CAP_NET_BIND_SERVICE
-        } else {
-            0
-        };
+    let mut wanted = 1u32 << CAP_NET_ADMIN;
+    if bind_low_port {
+        wanted |= 1 << CAP_NET_BIND_SERVICE;
+    }
     for cap in 0..=CAP_LAST {
         if cap >= 32 || wanted & (1 << cap) == 0 {
             // EINVAL past the kernel's last capability, EPERM without CAP_SETPCAP: either way

@@ -287,14 +287,14 @@ impl UdpIo {
                     // mtu + 60, or an ICMP "fragmentation needed"): the kernel cannot cut it
                     // into fragments. Datagrams this large go one by one from now on, which the
                     // kernel may fragment; dropping the train would starve TCP for good.
-                    let size = ring.front().map_or(0, |(datagram, _)| datagram.len());
+                    let (size, to) = ring
+                        .front()
+                        .map_or((0, None), |(datagram, to)| (datagram.len(), to));
+                    let to = to.map_or("a peer".into(), |a| a.to_string());
                     tracing::warn!(
-                        "the path MTU to {} is below {size}-byte datagrams ({e}); sending \
+                        "the path MTU to {to} is below {size}-byte datagrams ({e}); sending \
                          those one by one, without UDP GSO (lower [interface] mtu to avoid \
-                         fragments)",
-                        ring.front()
-                            .and_then(|(_, to)| to)
-                            .map_or("a peer".into(), |a| a.to_string())
+                         fragments)"
                     );
                     self.gso_max_segment = self.gso_max_segment.min(size.saturating_sub(1));
                 }

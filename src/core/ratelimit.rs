@@ -1,6 +1,7 @@
-//! Limits on handshake work: a token bucket per source address, in a fixed table that never
-//! grows with the number of senders, and a one-second load estimate that tells the device when
-//! to demand cookies before doing any Curve25519 work.
+//! Limits on handshake work: a token bucket per source (an address, or a relay that passes
+//! initiations on), in a fixed table that never grows with the number of senders, and a
+//! one-second load estimate that tells the device when to demand cookies before doing any
+//! Curve25519 work.
 
 use crate::core::limits::{
     INITIATIONS_PER_SECOND_PER_SOURCE, INITIATION_BURST_PER_SOURCE, RATE_LIMIT_BUCKETS,
@@ -11,6 +12,16 @@ use core::time::Duration;
 use std::net::IpAddr;
 
 const SECOND: Duration = Duration::from_secs(1);
+
+/// Whose bucket an initiation takes a token from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Sent to us directly from this address.
+    Address(IpAddr),
+    /// Passed on by this relay (its peer number). Its own bucket: anyone may send datagrams
+    /// from the relay's address, and those must not use up what the relay's peers need.
+    Relay(usize),
+}
 /// Tokens are counted in thousandths so slow refill rates stay exact.
 const MILLI: u64 = 1000;
 
@@ -60,7 +71,7 @@ impl RateLimiter {
     }
 
     /// Whether `source` may have one more initiation processed now; takes a token if so.
-    pub fn allow(&mut self, source: IpAddr, now: Duration) -> bool {
+    pub fn allow(&mut self, source: Source, now: Duration) -> bool {
         let index = self.bucket_of(source);
         let bucket = &mut self.buckets[index];
         let capacity = u64::from(INITIATION_BURST_PER_SOURCE) * MILLI;
@@ -86,16 +97,27 @@ impl RateLimiter {
         }
     }
 
-    fn bucket_of(&self, source: IpAddr) -> usize {
+    fn bucket_of(&self, source: Source) -> usize {
         let mut mac =
             match blake2::Blake2sMac::<blake2::digest::consts::U8>::new_from_slice(&self.key) {
                 Ok(mac) => mac,
                 Err(_) => unreachable!("a 16-byte key is valid for BLAKE2s"),
             };
+        // The first byte keeps the kinds apart, so no address hashes like a relay.
         match source {
-            IpAddr::V4(v4) => mac.update(&v4.octets()),
+            Source::Address(IpAddr::V4(v4)) => {
+                mac.update(&[4]);
+                mac.update(&v4.octets());
+            }
             // A sender owns a whole /64 at least: limit the prefix, not each address in it.
-            IpAddr::V6(v6) => mac.update(&v6.octets()[..8]),
+            Source::Address(IpAddr::V6(v6)) => {
+                mac.update(&[6]);
+                mac.update(&v6.octets()[..8]);
+            }
+            Source::Relay(peer) => {
+                mac.update(&[0]);
+                mac.update(&(peer as u64).to_le_bytes());
+            }
         }
         let digest: [u8; 8] = mac.finalize().into_bytes().into();
         (u64::from_le_bytes(digest) % RATE_LIMIT_BUCKETS as u64) as usize
@@ -109,7 +131,7 @@ mod tests {
     #[test]
     fn a_source_gets_its_burst_then_its_rate() {
         let mut limiter = RateLimiter::new([1; 16]);
-        let source: IpAddr = "198.18.0.1".parse().unwrap();
+        let source = Source::Address("198.18.0.1".parse().unwrap());
         let now = Duration::from_secs(10);
         let allowed = (0..100).filter(|_| limiter.allow(source, now)).count();
         assert_eq!(allowed, INITIATION_BURST_PER_SOURCE as usize);
@@ -118,8 +140,17 @@ mod tests {
         let allowed = (0..100).filter(|_| limiter.allow(source, later)).count();
         assert_eq!(allowed, INITIATION_BURST_PER_SOURCE as usize);
         // Another source is not affected by the first one's flood.
-        let other: IpAddr = "198.18.0.2".parse().unwrap();
+        let other = Source::Address("198.18.0.2".parse().unwrap());
         assert!(limiter.allow(other, later));
+    }
+
+    #[test]
+    fn initiations_from_a_relays_address_leave_what_it_relays_alone() {
+        let mut limiter = RateLimiter::new([1; 16]);
+        let now = Duration::from_secs(10);
+        let relay_address = Source::Address("198.18.0.254".parse().unwrap());
+        while limiter.allow(relay_address, now) {}
+        assert!(limiter.allow(Source::Relay(3), now));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::core::limits::{
 };
 use crate::core::packet;
 use crate::core::peer::{Path, Peer, PeerId, SessionSlot};
+use crate::core::ratelimit::Source;
 use crate::core::session::{ReceiveError, Session};
 use crate::core::stats::DropReason;
 use crate::core::wire::{self, Initiation, Response, Transport};
@@ -28,12 +29,12 @@ impl Device {
             return Err((DropReason::Unauthenticated, None));
         }
         // A relayed initiation comes in an authenticated session with our relay, so there is
-        // no source address to prove with a cookie; it is rate-limited as the relay's.
+        // no source address to prove with a cookie; it is rate-limited in the relay's own
+        // bucket, which datagrams sent from the relay's address cannot drain.
         let source = match from {
-            Path::Direct(address) => Some(address),
-            Path::Relay(relay) => self.peers.get(relay).and_then(|r| r.endpoint),
+            Path::Direct(address) => Source::Address(address.ip()),
+            Path::Relay(relay) => Source::Relay(relay),
         };
-        let source = source.ok_or((DropReason::RelayNoPath, None))?;
         let under_load = self.limiter.note_initiation(now);
         if let (true, Path::Direct(address)) = (under_load, from) {
             if self.cookies.needs_rotation(now) {
@@ -47,7 +48,7 @@ impl Device {
                 return self.send_cookie(address, message, out);
             }
         }
-        if !self.limiter.allow(source.ip(), now) {
+        if !self.limiter.allow(source, now) {
             return Err((DropReason::RateLimited, None));
         }
         let seed = self.seed();

@@ -14,9 +14,15 @@ use std::net::SocketAddr;
 
 impl Device {
     /// The next peer whose record should be looked up now, with the newest sequence number
-    /// already seen for it; marks it as asked. Call until None.
+    /// already seen for it; marks it as asked. Call until None. Of the peers due, the one
+    /// asked longest ago (never asked first) goes first: lookups run a few at a time, and
+    /// unreachable peers early in the config would otherwise take every turn.
     pub fn next_lookup(&mut self, now: Duration) -> Option<(PublicKey, Option<i64>)> {
-        let peer = self.peers.iter_mut().find(|p| lookup_due(p, now))?;
+        let peer = self
+            .peers
+            .iter_mut()
+            .filter(|p| lookup_due(p, now))
+            .min_by_key(|p| p.discovery.last_lookup_at)?;
         peer.discovery.last_lookup_at = Some(now);
         Some((peer.config.public_key, peer.discovery.sequence))
     }

@@ -418,6 +418,37 @@ fn under_load_an_initiation_needs_a_cookie_first() {
 }
 
 #[test]
+fn lookups_take_turns_among_peers_that_are_due() {
+    // Three peers we cannot reach, looked up one at a time, each lookup taking 15 s (longer
+    // than the 10 s retry): the first in the config must not take every turn.
+    let peers = (2..5)
+        .map(|n| {
+            let mut p = peer(key(n).public_key(), &format!("100.64.0.{n}/32"), B_ADDR);
+            p.endpoint = None;
+            p
+        })
+        .collect();
+    let mut a = Device::new(DeviceConfig {
+        secret_key: key(1),
+        mtu: MTU,
+        peers,
+        wall_clock_at_zero: Duration::from_secs(1_700_000_000),
+        rng_seed: [1; 32],
+        serve_relay: false,
+        pacing: true,
+    });
+    let asked: Vec<PublicKey> = (0..6)
+        .filter_map(|turn| a.next_lookup(Duration::from_secs(1 + 15 * turn)))
+        .map(|(key, _)| key)
+        .collect();
+    let expected: Vec<PublicKey> = [2, 3, 4, 2, 3, 4]
+        .into_iter()
+        .map(|n| key(n).public_key())
+        .collect();
+    assert!(asked == expected, "lookups did not take turns");
+}
+
+#[test]
 fn a_relayed_peer_is_looked_up_at_once_then_at_doubling_intervals() {
     let (mut a, _) = pair();
     let secs = Duration::from_secs;

@@ -146,6 +146,56 @@ async fn records_signed_by_another_key_are_not_accepted() {
     );
 }
 
+/// A restart forgets the sequence of the last publish. When the DHT still holds a record of
+/// ours from an earlier run with a higher sequence (the clock was ahead then), the first
+/// publish of the new run lands below it, and peers that saw the earlier one ignore it; the
+/// check after it publishes again above.
+#[tokio::test(flavor = "current_thread")]
+async fn a_restart_publishes_above_an_earlier_runs_record() {
+    let seed = seed().await;
+    let key_a = key(4);
+    let hour_ahead = unix_micros() + 3_600_000_000;
+    let earlier = record(1000, &["127.0.0.44"]).encode().unwrap();
+    let item = MutableItem::new(key_a.signing_key(), &earlier, hour_ahead, Some(RECORD_SALT));
+    let raw = raw_node(&seed);
+    bounded("the earlier run's put", raw.put_mutable(item, None))
+        .await
+        .expect("the earlier run's put failed");
+    // Nodes that joined since hold nothing for A and outnumber the two that hold the earlier
+    // record, so the new run's first put is stored (and counts as a success) though it is lower.
+    let (a, b) = (client(&seed).await, client(&seed).await);
+    let _newcomers = [client(&seed).await, client(&seed).await];
+
+    let now = record(1000, &["127.0.0.45"]);
+    let first = bounded("the first publish", a.publish(&key_a, &now))
+        .await
+        .expect("publish failed");
+    assert!(
+        first < hour_ahead,
+        "the test needs a first publish below the earlier run's"
+    );
+    let again = bounded("the check", a.publish_above_earlier_runs(&key_a, &now))
+        .await
+        .expect("publishing above the earlier run failed")
+        .expect("a record from an earlier run with a higher sequence should be published over");
+    assert!(
+        again > hour_ahead,
+        "published {again}, not above {hour_ahead}"
+    );
+    // A peer that had seen the earlier run's record finds the new one.
+    let (seq, got) =
+        resolve_until(&b, &key_a.public_key(), Some(hour_ahead), "the new record").await;
+    assert_eq!((seq, &got), (again, &now));
+    // Nothing newer than ours is out there now: a second check does nothing.
+    let twice = bounded(
+        "the second check",
+        a.publish_above_earlier_runs(&key_a, &now),
+    )
+    .await
+    .expect("the second check failed");
+    assert_eq!(twice, None);
+}
+
 /// A lying node answers every lookup with a record for A signed by C. mainline's signature
 /// check drops it; the lookup finds nothing and the refusal is counted.
 #[tokio::test(flavor = "current_thread")]

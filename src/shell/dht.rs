@@ -272,6 +272,26 @@ impl Dht {
 
     /// The highest sequence number the DHT holds for `key`'s record, whatever its value. The
     /// lookup runs to its end, so mainline's cached closest nodes for our key are fresh after.
+    /// After the first publish of a run. A restart forgets the sequence we used last; if the
+    /// DHT still holds a record of ours above the one just published (our clock is behind the
+    /// last run's), peers that saw that one ignore ours until our clock passes it. So look our
+    /// key up and, when it is so, publish again above it. Returns the new sequence if it did.
+    pub async fn publish_above_earlier_runs(
+        &self,
+        key: &SecretKey,
+        record: &Record,
+    ) -> anyhow::Result<Option<i64>> {
+        let newest = self.newest_sequence(key.public_key()).await;
+        {
+            let mut last = self.inner.last_seq.lock().await;
+            match (newest, *last) {
+                (Some(newest), Some(ours)) if newest > ours => *last = Some(newest),
+                _ => return Ok(None),
+            }
+        }
+        self.publish(key, record).await.map(Some)
+    }
+
     async fn newest_sequence(&self, key: PublicKey) -> Option<i64> {
         let node = self.inner.node.clone();
         let newest = async move {

@@ -166,6 +166,7 @@ async fn publish_forever(
     moved: watch::Sender<()>,
 ) {
     let mut published: Option<(Record, tokio::time::Instant)> = None;
+    let mut checked_earlier_runs = false;
     let mut addresses: Option<Vec<IpAddr>> = None;
     loop {
         let outside = *reflexive.borrow_and_update();
@@ -195,6 +196,18 @@ async fn publish_forever(
                         addresses = ?record.candidates().collect::<Vec<_>>(),
                         "published our DHT record"
                     );
+                    if !checked_earlier_runs {
+                        checked_earlier_runs = true;
+                        match dht.publish_above_earlier_runs(&secret, &record).await {
+                            Ok(Some(sequence)) => tracing::info!(
+                                sequence,
+                                "the DHT held a record of ours from an earlier run with a \
+                                 higher sequence (our clock is behind it); published above it"
+                            ),
+                            Ok(None) => {}
+                            Err(e) => tracing::warn!("publishing above an earlier run: {e:#}"),
+                        }
+                    }
                     published = Some((record, tokio::time::Instant::now()));
                 }
                 Err(e) => tracing::warn!("publishing our DHT record failed: {e:#}"),

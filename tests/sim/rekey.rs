@@ -1,7 +1,7 @@
 //! Scenarios of rekeying: steady traffic across rekeys, a day of them, rekeys started by both
 //! sides at once, and crossed handshakes.
 
-use dhtun::core::limits::{REJECT_AFTER_TIME, REKEY_AFTER_TIME};
+use dhtun::core::limits::{KEEPALIVE_TIMEOUT, REJECT_AFTER_TIME, REKEY_AFTER_TIME};
 use dhtun::core::stats::DropReason;
 use dhtun::core::wire::{TYPE_RESPONSE, TYPE_TRANSPORT};
 use std::time::Duration;
@@ -288,4 +288,30 @@ fn crossed_handshakes_still_rekey_after_120_s() {
         end - starts[starts.len() - 1] <= latest,
         "rounds {rounds:?}"
     );
+}
+
+/// The initiator that only receives (it sent one packet, then answers with keepalives) still
+/// rekeys at REKEY_AFTER_TIME, and once per session: not 45 s later through the late rule for
+/// received packets, and not again when the peer's packets in flight on the old session arrive.
+#[test]
+fn an_initiator_that_only_receives_rekeys_on_time_and_once() {
+    let mut sim = Sim::mesh(2, 31, Impairment::NONE);
+    let end = secs(400);
+    sim.stream(A, B, Stream::new(Duration::ZERO, ms(100), 1));
+    sim.stream(B, A, Stream::new(ms(50), ms(10), 39_990));
+    sim.run_until(end);
+
+    let by_a = sim.initiations(Some(A), Duration::ZERO..end);
+    // The first starts the session; then one per session, at the first packet A sends after
+    // REKEY_AFTER_TIME (120 s): A answers only with keepalives, at most KEEPALIVE_TIMEOUT
+    // (10 s) apart.
+    assert_eq!(by_a.len(), 4, "A's initiations {by_a:?}");
+    for gap in by_a.windows(2).map(|w| w[1] - w[0]) {
+        assert!(
+            gap >= REKEY_AFTER_TIME && gap <= REKEY_AFTER_TIME + KEEPALIVE_TIMEOUT,
+            "A's initiations {by_a:?}"
+        );
+    }
+    let audit = sim.audit(B, A);
+    assert_eq!(audit.missing(), Vec::<u64>::new(), "B->A lost packets");
 }

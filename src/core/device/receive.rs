@@ -213,7 +213,10 @@ impl Device {
         })?;
         let advance = session.highest_received().saturating_sub(highest_before);
         let lost = session.take_lost();
-        let initiator_should_rekey = session.we_initiated
+        // Only for the current session: packets still arriving on the previous one after a
+        // rekey would otherwise start another handshake at once.
+        let initiator_should_rekey = slot == SessionSlot::Current
+            && session.we_initiated
             && session.age(now) >= REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT;
         let key = peer.config.public_key;
         peer.sent_data_unanswered_since = None;

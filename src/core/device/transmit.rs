@@ -63,6 +63,16 @@ impl Device {
         } else {
             return None;
         };
+        // Keepalives and staged packets count toward the age and message rekey as much as
+        // packets read from the TUN device: an initiator that only answers would else wait for
+        // the late rule on received packets, 45 s on.
+        let rekey = peer
+            .current
+            .as_ref()
+            .is_some_and(|s| super::needs_rekey(s, now));
+        if rekey && peer.handshake.is_none() {
+            self.want_initiation(id);
+        }
         self.send_along(id, path, out, written, now)
     }
 

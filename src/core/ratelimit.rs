@@ -7,6 +7,7 @@ use crate::core::limits::{
     INITIATIONS_PER_SECOND_PER_SOURCE, INITIATION_BURST_PER_SOURCE, RATE_LIMIT_BUCKETS,
     UNDER_LOAD_INITIATIONS_PER_SECOND,
 };
+use crate::core::peer::PeerId;
 use blake2::digest::Mac;
 use core::time::Duration;
 use std::net::IpAddr;
@@ -18,10 +19,11 @@ const SECOND: Duration = Duration::from_secs(1);
 pub enum Source {
     /// Sent to us directly from this address.
     Address(IpAddr),
-    /// Passed on by this relay (its peer number). Its own bucket: anyone may send datagrams
-    /// from the relay's address, and those must not use up what the relay's peers need.
-    Relay(usize),
+    /// Passed on by this relay. Its own bucket: anyone may send datagrams from the relay's
+    /// address, and those must not use up what the relay's peers need.
+    Relay(PeerId),
 }
+
 /// Tokens are counted in thousandths so slow refill rates stay exact.
 const MILLI: u64 = 1000;
 

@@ -116,6 +116,12 @@ fn reload_applies_changes_and_refuses_bad_configs() {
         return;
     }
     let (mut lab, a, b) = Lab::pair("rl", 51826);
+    let reload = || {
+        run_timeout(
+            Command::new(BIN).args(["reload", &a.iface]),
+            Duration::from_secs(20),
+        )
+    };
     lab.up_pair(&a, &b, &[], &[]);
     lab.must_ping(&a, &b.v4);
     let before = lab.status(&a.iface);
@@ -124,10 +130,7 @@ fn reload_applies_changes_and_refuses_bad_configs() {
     // Widen B's allowed_ips in A's config: a route appears, the session stays.
     let text = lab.config_text(&a, &[(&b, &["100.65.7.0/24"])]);
     lab.write_file(&format!("{}.toml", a.iface), &text);
-    let out = run_timeout(
-        Command::new(BIN).args(["reload", &a.iface]),
-        Duration::from_secs(20),
-    );
+    let out = reload();
     let said = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() || !said.contains("1 changed") {
         lab.fail(format!(
@@ -151,10 +154,7 @@ fn reload_applies_changes_and_refuses_bad_configs() {
 
     // A broken config is refused with one clear line, and the running state is kept.
     lab.write_file(&format!("{}.toml", a.iface), "[interface]\nname = 3\n");
-    let out = run_timeout(
-        Command::new(BIN).args(["reload", &a.iface]),
-        Duration::from_secs(20),
-    );
+    let out = reload();
     let err = String::from_utf8_lossy(&out.stderr);
     if out.status.success() || err.lines().count() != 1 || !err.contains(".toml") {
         lab.fail(format!(
@@ -178,10 +178,7 @@ fn reload_applies_changes_and_refuses_bad_configs() {
         .config_text(&a, &[(&b, &["100.65.7.0/24", "100.65.9.0/24"])])
         .replace("address = [", "address = [\"100.64.50.1/24\", ");
     lab.write_file(&format!("{}.toml", a.iface), &text);
-    let out = run_timeout(
-        Command::new(BIN).args(["reload", &a.iface]),
-        Duration::from_secs(20),
-    );
+    let out = reload();
     let err = String::from_utf8_lossy(&out.stderr);
     if out.status.success() || err.lines().count() != 1 || !err.contains("nothing was changed") {
         lab.fail(format!(
@@ -198,10 +195,7 @@ fn reload_applies_changes_and_refuses_bad_configs() {
     }
     lab.must_ping(&a, &b.v4);
     lab.ip_ok(&a.ns, &["route", "del", "100.65.9.0/24", "dev", "ul0"]);
-    let out = run_timeout(
-        Command::new(BIN).args(["reload", &a.iface]),
-        Duration::from_secs(20),
-    );
+    let out = reload();
     if !out.status.success() {
         lab.fail(format!(
             "the same file should reload once the clashing route is gone; {}",
@@ -231,10 +225,7 @@ fn reload_applies_changes_and_refuses_bad_configs() {
     if chown(65534) != 0 {
         lab.fail("could not hand the config to uid 65534");
     }
-    let out = run_timeout(
-        Command::new(BIN).args(["reload", &a.iface]),
-        Duration::from_secs(20),
-    );
+    let out = reload();
     let _ = chown(0);
     let err = String::from_utf8_lossy(&out.stderr);
     if out.status.success() || err.lines().count() != 1 || !err.contains("permission override") {

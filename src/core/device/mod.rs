@@ -9,14 +9,14 @@ use crate::core::cookie::CookieMaker;
 use crate::core::handshake::Mac1Key;
 use crate::core::keys::{PublicKey, SecretKey};
 use crate::core::limits::{
-    ring_slot_bytes, EVENT_QUEUE, PACE_GATE_MAX, PACE_GATE_SHARED, REKEY_AFTER_MESSAGES,
-    REKEY_AFTER_TIME, REKEY_TIMEOUT, SESSIONS_PER_PEER, TRANSPORT_OVERHEAD,
+    ring_slot_bytes, EVENT_QUEUE, PACE_GATE_MAX, PACE_GATE_SHARED, REKEY_TIMEOUT,
+    SESSIONS_PER_PEER, TRANSPORT_OVERHEAD,
 };
 use crate::core::packet;
 use crate::core::peer::{Path, Peer, PeerConfig, PeerId};
 use crate::core::ratelimit::RateLimiter;
 use crate::core::routing::PrefixTable;
-use crate::core::session::{SendError, Session};
+use crate::core::session::SendError;
 use crate::core::stats::{DropCounters, DropReason};
 use crate::core::wire::Message;
 use core::time::Duration;
@@ -427,11 +427,8 @@ impl Device {
             }
             match session.encrypt(buf, len, mtu, now, out) {
                 Ok(written) => {
-                    let rekey = needs_rekey(session, now);
                     note_sent(peer, written, now, true);
-                    if rekey && peer.handshake.is_none() {
-                        self.want_initiation(id);
-                    }
+                    self.rekey_if_due(id, now);
                     let transmit = self
                         .send_along(id, path, out, written, now)
                         .ok_or(DropReason::RelayNoPath)?;
@@ -465,9 +462,4 @@ impl Device {
         }
         Ok(TunAction::Staged)
     }
-}
-
-fn needs_rekey(session: &Session, now: Duration) -> bool {
-    (session.we_initiated && session.age(now) >= REKEY_AFTER_TIME)
-        || session.messages_sent() >= REKEY_AFTER_MESSAGES
 }

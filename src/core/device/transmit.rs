@@ -3,7 +3,9 @@
 
 use super::{Device, Transmit};
 use crate::core::handshake;
-use crate::core::limits::{PUNCH_INTERVAL, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER};
+use crate::core::limits::{
+    PUNCH_INTERVAL, REKEY_AFTER_MESSAGES, REKEY_AFTER_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER,
+};
 use crate::core::peer::{HandshakeAttempt, Path, Peer, PeerId};
 use crate::core::wire;
 use core::time::Duration;
@@ -63,16 +65,10 @@ impl Device {
         } else {
             return None;
         };
-        // Keepalives and staged packets count toward the age and message rekey as much as
-        // packets read from the TUN device: an initiator that only answers would else wait for
-        // the late rule on received packets, 45 s on.
-        let rekey = peer
-            .current
-            .as_ref()
-            .is_some_and(|s| super::needs_rekey(s, now));
-        if rekey && peer.handshake.is_none() {
-            self.want_initiation(id);
-        }
+        // Keepalives and staged packets count toward the rekey as much as packets read from
+        // the TUN device: an initiator that only answers would else wait for the late rule on
+        // received packets, 45 s on.
+        self.rekey_if_due(id, now);
         self.send_along(id, path, out, written, now)
     }
 
@@ -151,6 +147,21 @@ impl Device {
     pub(super) fn emit(&mut self, event: super::PeerEvent) {
         if self.events.len() < crate::core::limits::EVENT_QUEUE {
             self.events.push_back(event);
+        }
+    }
+
+    /// Starts a handshake when the current session is due for a rekey (by age, for its
+    /// initiator, or by messages sent) and none is under way; called after each datagram sent.
+    pub(super) fn rekey_if_due(&mut self, id: PeerId, now: Duration) {
+        let Some(peer) = self.peers.get(id) else {
+            return;
+        };
+        let due = peer.current.as_ref().is_some_and(|s| {
+            (s.we_initiated && s.age(now) >= REKEY_AFTER_TIME)
+                || s.messages_sent() >= REKEY_AFTER_MESSAGES
+        });
+        if due && peer.handshake.is_none() {
+            self.want_initiation(id);
         }
     }
 

@@ -291,6 +291,17 @@ pub const EVENT_LOOP_YIELD_INTERVAL: Duration = Duration::from_micros(200);
 /// Datagrams of `batch_size` per `sendmmsg` message: a message is one GSO train to one peer.
 pub const BATCH_DATAGRAMS_PER_SEND_MESSAGE: usize = 4;
 
+/// Destinations whose path MTU refused a UDP GSO train, remembered at once. Each is a peer's
+/// endpoint (or a relay's) behind a smaller MTU than ours; a machine rarely has more than a few
+/// such paths, and when more refuse, the one remembered longest is forgotten: it costs one more
+/// refused train, then is remembered again.
+pub const GSO_LIMITED_PATHS: usize = 16;
+
+/// How long a refused GSO size is remembered for a destination. The kernel itself forgets a
+/// path MTU it learned after `net.ipv4.route.mtu_expires`, 600 s by default; a path that grew
+/// back gets its GSO trains again, and one that did not costs one refused train per period.
+pub const GSO_LIMIT_LIFETIME: Duration = Duration::from_secs(600);
+
 /// Datagrams of `batch_size` per 64 KiB receive buffer. A GRO buffer holds up to 44 full-size
 /// datagrams when the kernel coalesced them, one when it did not; 16 is in between and keeps the
 /// receive buffers (the largest per-batch memory) at an eighth of a megabyte per 32 datagrams.

@@ -10,8 +10,12 @@ use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::AsRawFd;
+use std::time::Instant;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
+
+mod gso_limits;
+use gso_limits::{GsoPathLimits, Refusal};
 
 /// One receive buffer: the largest UDP payload GRO can deliver.
 const RECV_BUF_BYTES: usize = 65536;
@@ -56,10 +60,12 @@ pub struct UdpIo {
     send_hdrs: Box<[libc::mmsghdr]>,
     /// Datagrams in each message of the batch being sent.
     send_counts: Box<[usize]>,
-    /// Largest datagram sent in a GSO train. The kernel refuses a GSO segment that would need
-    /// IP fragmentation, and refusals turn GSO off for good; relayed datagrams are larger than
-    /// direct ones and may need fragments, so they go one by one.
+    /// Largest datagram sent in a GSO train to anyone. The kernel refuses a GSO segment that
+    /// would need IP fragmentation; relayed datagrams are larger than direct ones and may need
+    /// fragments, so they go one by one.
     gso_max_segment: usize,
+    /// Destinations whose path refused trains of datagrams this large.
+    gso_path_limits: GsoPathLimits,
 }
 
 /// One received message: a datagram, or with GRO several of `segment_size` bytes each (the
@@ -116,6 +122,7 @@ impl UdpIo {
             send_hdrs: (0..send_msgs).map(|_| zero_hdr()).collect(),
             send_counts: vec![0; send_msgs].into_boxed_slice(),
             gso_max_segment: usize::MAX,
+            gso_path_limits: GsoPathLimits::default(),
         }
     }
 
@@ -244,8 +251,9 @@ impl UdpIo {
             failed: 0,
             would_block: false,
         };
+        let now = Instant::now();
         while !ring.is_empty() {
-            let messages = self.build_batch(ring);
+            let messages = self.build_batch(ring, now);
             if messages == 0 {
                 // Datagrams without a destination: nothing can be done with them.
                 ring.pop_front();
@@ -285,18 +293,13 @@ impl UdpIo {
                 Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) && self.send_counts[0] > 1 => {
                     // A GSO train whose segments exceed the path MTU (an underlay below
                     // mtu + 60, or an ICMP "fragmentation needed"): the kernel cannot cut it
-                    // into fragments. Datagrams this large go one by one from now on, which the
-                    // kernel may fragment; dropping the train would starve TCP for good.
+                    // into fragments. Datagrams this large go one by one to that destination
+                    // for a while, which the kernel may fragment; dropping the train would
+                    // starve TCP for good.
                     let (size, to) = ring
                         .front()
                         .map_or((0, None), |(datagram, to)| (datagram.len(), to));
-                    let to = to.map_or("a peer".into(), |a| a.to_string());
-                    tracing::warn!(
-                        "the path MTU to {to} is below {size}-byte datagrams ({e}); sending \
-                         those one by one, without UDP GSO (lower [interface] mtu to avoid \
-                         fragments)"
-                    );
-                    self.gso_max_segment = self.gso_max_segment.min(size.saturating_sub(1));
+                    self.refused_train(to, size, now, &e);
                 }
                 Err(e) => {
                     // The first message failed (no route, firewall, ...): drop it, go on.
@@ -309,8 +312,28 @@ impl UdpIo {
         outcome
     }
 
+    /// Remembers, and says once per path, that `to` refused a train of `size`-byte datagrams.
+    fn refused_train(&mut self, to: Option<SocketAddr>, size: usize, now: Instant, e: &io::Error) {
+        let Some(to) = to else {
+            // Trains always have a destination; should one not, no train is safe.
+            self.gso_max_segment = self.gso_max_segment.min(size.saturating_sub(1));
+            return;
+        };
+        match self.gso_path_limits.refused(to, size, now) {
+            Refusal::NewPath => tracing::warn!(
+                "the path MTU to {to} is below {size}-byte datagrams ({e}); sending those one \
+                 by one, without UDP GSO, and trying again in {} s (lower [interface] mtu to \
+                 avoid fragments)",
+                crate::core::limits::GSO_LIMIT_LIFETIME.as_secs()
+            ),
+            Refusal::KnownPath => {
+                tracing::debug!("the path MTU to {to} is still below {size}-byte datagrams ({e})")
+            }
+        }
+    }
+
     /// Fills the send arrays from the ring's front; returns how many messages.
-    fn build_batch(&mut self, ring: &PacketRing<Option<SocketAddr>>) -> usize {
+    fn build_batch(&mut self, ring: &PacketRing<Option<SocketAddr>>, now: Instant) -> usize {
         let mut messages = 0;
         let mut segments = 0;
         let mut i = 0;
@@ -319,13 +342,16 @@ impl UdpIo {
                 break;
             };
             let size = first.len();
+            let max_segment = self
+                .gso_max_segment
+                .min(self.gso_path_limits.max_segment(to, now));
             let iov_start = segments;
             let mut count = 0;
             let mut bytes = 0;
             while let Some((datagram, dest)) = ring.get(i) {
                 let joins = count == 0
                     || (self.gso
-                        && size <= self.gso_max_segment
+                        && size <= max_segment
                         && dest == Some(to)
                         && datagram.len() <= size
                         && count < GSO_MAX_SEGMENTS
@@ -555,3 +581,6 @@ pub fn unmap(addr: SocketAddr) -> SocketAddr {
         SocketAddr::V4(_) => addr,
     }
 }
+
+#[cfg(test)]
+mod tests;

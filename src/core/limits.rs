@@ -432,6 +432,14 @@ pub const MAX_RESOLVE_ITEMS: usize = 64;
 /// and the caller is better served trying again later than waiting.
 pub const DHT_RESOLVE_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long a lookup keeps listening after the first acceptable record, for a newer one (see
+/// `core::lookup`). The nodes that store a key are its closest, asked in a lookup's last round or
+/// two, so their answers come within a round trip or two of each other: well under a second on
+/// the Internet, a few milliseconds on a LAN, where the lookup usually ends first anyway. A
+/// stale record that answered first costs an unanswered handshake and a lookup ~15 s later;
+/// this costs at most a second, and only on lookups that found something.
+pub const DHT_RESOLVE_SETTLE: Duration = Duration::from_secs(1);
+
 /// How long one publish may take: a lookup to find the closest nodes (as above) plus the puts to
 /// them. mainline bounds both itself; this only guards against it never answering.
 pub const DHT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(60);

@@ -11,6 +11,7 @@ pub mod feedback;
 pub mod handshake;
 pub mod keys;
 pub mod limits;
+pub mod lookup;
 pub mod offload;
 pub mod pacer;
 pub mod packet;

@@ -14,10 +14,10 @@
 //! mainline 8 in tiny private networks, as measured on loopback:
 //! - The first node of a network (no bootstrap nodes) lists every node that asks it anything in
 //!   its routing table, read-only clients included. A lookup that is told about a read-only
-//!   client waits out the request timeout (2 s) on it. Lookups here return the first valid item
-//!   and do not wait for the end; a publish does. So nodes of a private network should run in
-//!   server mode (publish and lookup then take well under 100 ms), or at least with a shorter
-//!   request timeout.
+//!   client waits out the request timeout (2 s) on it. Lookups here stop `DHT_RESOLVE_SETTLE`
+//!   after the first valid item instead of waiting for the end; a publish does wait. So nodes
+//!   of a private network should run in server mode (publish and lookup then take well under
+//!   100 ms), or at least with a shorter request timeout.
 //! - A node given its own address as bootstrap node never fills its routing table and spins at
 //!   full speed re-bootstrapping, logging an error each time; our own address is therefore
 //!   dropped from the bootstrap list, which lets every bootstrap node of a network share one list.
@@ -34,7 +34,8 @@ use crate::core::limits::{
     DHT_ACTOR_TIMEOUT, DHT_BOOTSTRAP_DNS_TIMEOUT, DHT_PUBLISH_TIMEOUT, DHT_RESOLVE_TIMEOUT,
     DHT_STATUS_INTERVAL, MAX_RESOLVE_ITEMS,
 };
-use crate::core::record::{is_newer, next_sequence, Record, RECORD_SALT};
+use crate::core::lookup::{Offered, RecordPicker};
+use crate::core::record::{next_sequence, Record, RECORD_SALT};
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use mainline::async_dht::{AsyncDht, GetMutableOutcomeReceiver};
@@ -233,9 +234,11 @@ impl Dht {
 
     /// Looks up `peer`'s record. mainline has checked each item's signature, key and target;
     /// here an item is refused, and counted, when its value is not a record or when it is older
-    /// than `seen` (the sequence of the record the caller already has). Returns the first record
-    /// newer than `seen`, or `None` when the lookup ends or runs out of time without one. An
-    /// error means the DHT node itself has stopped.
+    /// than `seen` (the sequence of the record the caller already has) or than another item of
+    /// the lookup. Returns the newest record found by the time the lookup ends, or
+    /// `DHT_RESOLVE_SETTLE` after the first one (see `core::lookup`), if newer than `seen`;
+    /// `None` when there is none within `DHT_RESOLVE_TIMEOUT`. An error means the DHT node
+    /// itself has stopped.
     pub async fn resolve(
         &self,
         peer: &PublicKey,
@@ -245,7 +248,10 @@ impl Dht {
         let node = self.inner.node.clone();
         let status = Arc::clone(&self.inner.status);
         let key = *peer.ed25519_bytes();
-        let found = isolated(DHT_RESOLVE_TIMEOUT, lookup(node, status, key, seen)).await?;
+        // The lookup stops itself by DHT_RESOLVE_TIMEOUT with what it found; this limit only
+        // backs that up.
+        let limit = DHT_RESOLVE_TIMEOUT + DHT_ACTOR_TIMEOUT;
+        let found = isolated(limit, lookup(node, status, key, seen)).await?;
         Ok(found.flatten())
     }
 
@@ -335,37 +341,34 @@ impl Drop for Inner {
     }
 }
 
-/// The first acceptable record among the items a lookup yields.
+/// The newest acceptable record among the items a lookup yields, as `core::lookup` picks it;
+/// the picker holds one record, and at most `MAX_RESOLVE_ITEMS` items are looked at.
 async fn lookup(
     node: AsyncDht,
     status: Arc<Mutex<DhtStatus>>,
     key: [u8; 32],
     seen: Option<i64>,
 ) -> Option<(i64, Record)> {
+    let started = tokio::time::Instant::now();
     let lookup = node.get_mutable_detailed(&key, Some(RECORD_SALT), seen);
     // Items that fail mainline's checks never reach us; its final tally counts them.
     tokio::spawn(count_bad_signatures(lookup.outcome, Arc::clone(&status)));
     let mut items = lookup.items.take(MAX_RESOLVE_ITEMS);
-    while let Some(item) = items.next().await {
-        let seq = item.seq();
-        if seen == Some(seq) {
-            // What we already have, from a node that ignored our "newer than" or a cached reply.
-            continue;
-        }
-        if !is_newer(seen, seq) {
-            count(&status, 1, |s| &mut s.records_older);
-            continue;
-        }
-        if item.key() != &key {
-            count(&status, 1, |s| &mut s.records_bad_signature);
-            continue;
-        }
-        match Record::decode(item.value()) {
-            Ok(record) => return Some((seq, record)),
-            Err(_) => count(&status, 1, |s| &mut s.records_malformed),
+    let mut picker = RecordPicker::new(key, seen);
+    // Ends when the lookup does, or at the picker's deadline, whichever comes first.
+    while let Ok(Some(item)) =
+        tokio::time::timeout_at(started + picker.deadline(), items.next()).await
+    {
+        match picker.offer(item.key(), item.seq(), item.value(), started.elapsed()) {
+            Offered::Taken { replaced: false } | Offered::Same => {}
+            Offered::Taken { replaced: true } | Offered::Older => {
+                count(&status, 1, |s| &mut s.records_older);
+            }
+            Offered::WrongKey => count(&status, 1, |s| &mut s.records_bad_signature),
+            Offered::Malformed => count(&status, 1, |s| &mut s.records_malformed),
         }
     }
-    None
+    picker.finish()
 }
 
 async fn count_bad_signatures(outcome: GetMutableOutcomeReceiver, status: Arc<Mutex<DhtStatus>>) {

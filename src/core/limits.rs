@@ -546,6 +546,14 @@ pub const NAT_KEEPALIVE_IDLE: Duration = Duration::from_secs(180);
 /// per REFLECTOR_REFRESH, so more would only add traffic.
 pub const MAX_REFLECTORS: usize = 8;
 
+/// Nodes at different IPs that must report the same outside IP before it is adopted and
+/// published. One node may lie or be wrong, and nothing proves which answer is true; two
+/// independent nodes agreeing is the smallest check that a single one cannot pass alone. A node
+/// list with fewer IPs than this needs all of them: with one bootstrap node (a private network),
+/// its answer alone, since nobody else could confirm it and the operator already trusts it.
+pub const REFLECTOR_QUORUM: usize = 2;
+const _: () = assert!(REFLECTOR_QUORUM >= 1);
+
 /// Wait this long for a node's answer before asking again, doubling each time up to
 /// REFLECTOR_REFRESH: a node on the same continent answers in tens of milliseconds, and a lost
 /// first ping should not leave us without an address for long.

@@ -413,7 +413,9 @@ impl ReflexiveSeen {
         if address != self.address {
             match address {
                 Some(address) => tracing::info!(%address, "reflexive address of the tunnel socket"),
-                None => tracing::info!("reflexive address forgotten: no DHT node confirmed it"),
+                None => {
+                    tracing::info!("reflexive address forgotten: not confirmed by enough DHT nodes")
+                }
             }
             if let Some(discovery) = discovery {
                 discovery.set_reflexive(address);

@@ -2,10 +2,10 @@
 //! the lookups the core asks for, handing each verified record back to it.
 //!
 //! Publishing runs in its own task: it lists the host's addresses over netlink, and publishes
-//! when they change, when DHT nodes first tell us our public address, at once when the tunnel
-//! socket's reflexive address changes (the daemon learns it, see `core::reflexive`), and every
-//! DHT_REPUBLISH_INTERVAL. Lookups run in tasks of their own, at most DHT_RESOLVES_IN_FLIGHT at a
-//! time, and report back over a bounded channel.
+//! when they change, at once when the tunnel socket's reflexive address changes (the daemon
+//! learns it, see `core::reflexive`), when the DHT's public address first matches that one,
+//! and every DHT_REPUBLISH_INTERVAL. Lookups run in tasks of their own, at most
+//! DHT_RESOLVES_IN_FLIGHT at a time, and report back over a bounded channel.
 
 use crate::config::DhtConfig;
 use crate::core::device::Device;
@@ -15,6 +15,7 @@ use crate::core::limits::{
     MAX_RECORD_CANDIDATES,
 };
 use crate::core::record::{is_usable_address, Record};
+use crate::core::reflexive::confirmed_public_ip;
 use crate::shell::dht::{Dht, DhtOptions, DhtStatus};
 use crate::shell::netlink::Netlink;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -231,8 +232,8 @@ async fn publish_forever(
 }
 
 /// Our record as of now: the host's usable addresses (not loopback, not our own tunnel), our
-/// tunnel port, the public address DHT nodes report, and the tunnel socket's reflexive address
-/// unless it is a loopback one (a DHT node on this host).
+/// tunnel port, the public address DHT nodes report if the reflexive address confirms it, and
+/// the tunnel socket's reflexive address unless it is a loopback one (a DHT node on this host).
 async fn current_record(
     dht: &Dht,
     netlink: &Netlink,
@@ -252,7 +253,8 @@ async fn current_record(
     // A peer keeps at most MAX_RECORD_CANDIDATES candidates of our record, interface addresses
     // first: leave room for the public and the reflexive one, the two that cross a NAT.
     addresses.truncate(MAX_RECORD_CANDIDATES - 2);
-    let public = dht.public_ip().filter(|ip| !addresses.contains(ip));
     let reflexive = reflexive.filter(|r| !r.ip().is_loopback() && is_usable_address(r.ip()));
+    let public =
+        confirmed_public_ip(dht.public_ip(), reflexive).filter(|ip| !addresses.contains(ip));
     Ok(Record::new(listen_port, &addresses, public)?.with_reflexive(reflexive)?)
 }

@@ -14,19 +14,27 @@
 //! of the probe outstanding there, counts. When nodes disagree about our port for the same IP,
 //! the NAT picks a port per destination, and a peer's packets will not reach the port we
 //! publish: [`Reflector::port_varies`] says so.
+//!
+//! Any node can answer with any address, so one node's word is not enough: an IP is adopted
+//! only once `REFLECTOR_QUORUM` nodes at different IPs report it (several ports of one host are
+//! one witness). Handshakes are authenticated, so a lie would only plant an address that leads
+//! nowhere, but peers would spend handshakes on it. The exception is a list with a single
+//! node's IP in it (a private network with one bootstrap node): nobody could confirm it, and
+//! the operator chose to trust that node, so its answer alone counts.
 
 pub mod krpc;
 
 use crate::core::backoff;
 use crate::core::limits::{
-    MAX_REFLECTORS, REFLECTOR_ANSWER_LIFETIME, REFLECTOR_FIRST_RETRY, REFLECTOR_REFRESH,
+    MAX_REFLECTORS, REFLECTOR_ANSWER_LIFETIME, REFLECTOR_FIRST_RETRY, REFLECTOR_QUORUM,
+    REFLECTOR_REFRESH,
 };
 use crate::core::record::is_usable_address;
 use core::time::Duration;
 use krpc::{KrpcError, PingResponse, NODE_ID_BYTES, TRANSACTION_ID_BYTES};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 pub use krpc::{is_krpc, PING_BYTES};
 
@@ -35,7 +43,8 @@ pub use krpc::{is_krpc, PING_BYTES};
 pub enum Reflected {
     /// A node answered and the address we publish is now this one (new or changed).
     Learned(SocketAddr),
-    /// A node answered; the address we publish stays as it was.
+    /// A node answered; the address we publish stays as it was (also while too few nodes
+    /// agree on one to publish any).
     Unchanged,
     /// Not an answer we were waiting for: count it and forget it.
     Drop(ReflectDrop),
@@ -59,6 +68,8 @@ pub struct Reflector {
     slots: Vec<Slot>,
     node_id: [u8; NODE_ID_BYTES],
     rng: ChaCha20Rng,
+    /// Nodes at different IPs that must report an IP before it is adopted.
+    quorum: usize,
     address: Option<SocketAddr>,
     port_varies: bool,
 }
@@ -76,17 +87,24 @@ impl Reflector {
         let mut rng = ChaCha20Rng::from_seed(rng_seed);
         let mut node_id = [0u8; NODE_ID_BYTES];
         rng.fill_bytes(&mut node_id);
+        let node_ips = slots
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| !slots[..*i].iter().any(|e| e.to.ip() == s.to.ip()))
+            .count();
         Self {
             slots,
             node_id,
             rng,
+            quorum: node_ips.clamp(1, REFLECTOR_QUORUM),
             address: None,
             port_varies: false,
         }
     }
 
-    /// The tunnel socket's reflexive address, when a node has told us recently: the one most
-    /// nodes agree on.
+    /// The tunnel socket's reflexive address, when nodes told us recently: an IP that
+    /// `REFLECTOR_QUORUM` nodes at different IPs agree on (one, when only one is asked), with
+    /// the port most of them saw.
     pub fn address(&self) -> Option<SocketAddr> {
         self.address
     }
@@ -173,17 +191,62 @@ impl Reflector {
         }
     }
 
-    /// Picks the address most nodes report. A tie keeps the current address, so two nodes
-    /// that disagree do not make it flip, else goes to the node listed first.
+    /// Picks the IP most nodes report, if at least `quorum` do, then the port most of those
+    /// saw for it. Ports differ only behind a NAT that maps per destination, where no port is
+    /// right for every peer and `port_varies` warns. A tie keeps the current address, so two
+    /// nodes that disagree do not make it flip, else goes to the node listed first.
     fn elect(&mut self) {
         let answers = || self.slots.iter().filter_map(|s| s.answer.map(|(a, _)| a));
-        let votes = |address: SocketAddr| answers().filter(|&a| a == address).count();
-        let best = answers().map(votes).max().unwrap_or(0);
-        let keep = self.address.filter(|&a| best > 0 && votes(a) == best);
-        self.address = keep.or_else(|| answers().find(|&a| votes(a) == best));
+        let ip_votes = |ip: IpAddr| self.votes(|a| a.ip() == ip);
+        let best_ip = answers().map(|a| ip_votes(a.ip())).max().unwrap_or(0);
+        let keep_ip = self
+            .address
+            .map(|a| a.ip())
+            .filter(|&ip| ip_votes(ip) == best_ip);
+        let ip = keep_ip
+            .or_else(|| {
+                answers()
+                    .map(|a| a.ip())
+                    .find(|&ip| ip_votes(ip) == best_ip)
+            })
+            .filter(|_| best_ip >= self.quorum);
+        self.address = ip.and_then(|ip| {
+            let of_ip = || answers().filter(move |a| a.ip() == ip);
+            let votes = |address: SocketAddr| self.votes(|a| a == address);
+            let best = of_ip().map(votes).max().unwrap_or(0);
+            let keep = self.address.filter(|&a| a.ip() == ip && votes(a) == best);
+            keep.or_else(|| of_ip().find(|&a| votes(a) == best))
+        });
         self.port_varies =
             answers().any(|a| answers().any(|b| a.ip() == b.ip() && a.port() != b.port()));
     }
+
+    /// How many nodes at different IPs report an address that `agrees`: a host's second port
+    /// is no second witness.
+    fn votes(&self, agrees: impl Fn(SocketAddr) -> bool) -> usize {
+        let agreeing = |s: &Slot| s.answer.is_some_and(|(a, _)| agrees(a));
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| {
+                agreeing(s)
+                    && !self.slots[..*i]
+                        .iter()
+                        .any(|e| e.to.ip() == s.to.ip() && agreeing(e))
+            })
+            .count()
+    }
+}
+
+/// The public IP mainline's DHT socket reports, if the reflector's agreed address confirms it.
+/// mainline takes it from whichever nodes answered its last lookup, one of them possibly alone,
+/// so only the quorum above lets it into what we publish; the two sockets sit behind the same
+/// NAT, which gives both the same outside IP.
+pub fn confirmed_public_ip(
+    dht_public: Option<IpAddr>,
+    reflexive: Option<SocketAddr>,
+) -> Option<IpAddr> {
+    dht_public.filter(|&ip| reflexive.is_some_and(|r| r.ip() == ip))
 }
 
 /// One node we ask.

@@ -157,8 +157,14 @@ fn only_the_outstanding_probe_of_a_pinged_node_counts() {
         r.handle_datagram(addr(B), &answer(tid_b, seen), ms(501)),
         unsolicited
     );
+    // Two nodes are asked, so one answer is not enough; the second confirms it.
     assert_eq!(
         r.handle_datagram(addr(A), &answer(retry[0].1, seen), ms(502)),
+        Reflected::Unchanged
+    );
+    assert_eq!(r.address(), None);
+    assert_eq!(
+        r.handle_datagram(addr(B), &answer(retry[1].1, seen), ms(503)),
         Reflected::Learned(seen)
     );
     assert_eq!(r.address(), Some(seen));
@@ -190,15 +196,17 @@ fn most_nodes_win_and_differing_ports_are_reported() {
     let mut r = Reflector::new(&nodes, [5; 32], ms(0));
     let sent = due(&mut r, ms(0));
     let (x, y) = (addr("203.0.113.7:40001"), addr("203.0.113.7:40002"));
+    // One node alone is not enough.
     assert_eq!(
         r.handle_datagram(sent[0].0, &answer(sent[0].1, y), ms(1)),
-        Reflected::Learned(y)
+        Reflected::Unchanged
     );
     assert!(!r.port_varies());
-    // A tie keeps what we have.
+    // Two agree on the IP but not the port (a NAT that maps per destination): the IP stands,
+    // and the tie on the port goes to the node listed first.
     assert_eq!(
         r.handle_datagram(sent[1].0, &answer(sent[1].1, x), ms(2)),
-        Reflected::Unchanged
+        Reflected::Learned(y)
     );
     assert!(r.port_varies(), "two ports for one IP");
     // A majority moves it.
@@ -207,6 +215,80 @@ fn most_nodes_win_and_differing_ports_are_reported() {
         Reflected::Learned(x)
     );
     assert!(r.port_varies());
+}
+
+#[test]
+fn one_lying_node_cannot_set_the_address() {
+    let liar = addr("192.0.2.66:6881");
+    let (seen, lie) = (addr("203.0.113.7:40001"), addr("198.51.100.9:7777"));
+    let mut r = Reflector::new(&[liar, addr(A), addr(B)], [11; 32], ms(0));
+    let sent = due(&mut r, ms(0));
+    // The liar answers first, and alone: nothing is adopted.
+    assert_eq!(
+        r.handle_datagram(liar, &answer(sent[0].1, lie), ms(1)),
+        Reflected::Unchanged
+    );
+    assert_eq!(r.address(), None);
+    // One honest node against the liar: still nothing.
+    assert_eq!(
+        r.handle_datagram(addr(A), &answer(sent[1].1, seen), ms(2)),
+        Reflected::Unchanged
+    );
+    assert_eq!(r.address(), None);
+    // A second honest node: two agree.
+    assert_eq!(
+        r.handle_datagram(addr(B), &answer(sent[2].1, seen), ms(3)),
+        Reflected::Learned(seen)
+    );
+    // The liar keeps lying at every refresh; nothing moves.
+    let now = ms(3) + REFLECTOR_REFRESH;
+    for (to, tid) in due(&mut r, now) {
+        let said = if to == liar { lie } else { seen };
+        assert_eq!(
+            r.handle_datagram(to, &answer(tid, said), now),
+            Reflected::Unchanged
+        );
+    }
+    assert_eq!(r.address(), Some(seen));
+    // Nor is the DHT's public IP, if the liar was what told mainline, let into our record.
+    let ip = |a: SocketAddr| a.ip();
+    assert_eq!(confirmed_public_ip(Some(ip(lie)), r.address()), None);
+    assert_eq!(
+        confirmed_public_ip(Some(ip(seen)), r.address()),
+        Some(ip(seen))
+    );
+    assert_eq!(confirmed_public_ip(Some(ip(seen)), None), None);
+}
+
+#[test]
+fn a_liar_on_two_ports_of_one_host_is_one_witness() {
+    let (liar1, liar2) = (addr("192.0.2.66:6881"), addr("192.0.2.66:6882"));
+    let (seen, lie) = (addr("203.0.113.7:40001"), addr("198.51.100.9:7777"));
+    let mut r = Reflector::new(&[liar1, liar2, addr(A)], [12; 32], ms(0));
+    let sent = due(&mut r, ms(0));
+    r.handle_datagram(liar1, &answer(sent[0].1, lie), ms(1));
+    assert_eq!(
+        r.handle_datagram(liar2, &answer(sent[1].1, lie), ms(1)),
+        Reflected::Unchanged
+    );
+    assert_eq!(
+        r.handle_datagram(addr(A), &answer(sent[2].1, seen), ms(2)),
+        Reflected::Unchanged
+    );
+    assert_eq!(r.address(), None);
+}
+
+#[test]
+fn a_single_node_host_is_trusted_alone() {
+    // One bootstrap node on two ports: nobody else could confirm it, so it counts.
+    let (one, two) = (addr("198.18.0.254:6881"), addr("198.18.0.254:6882"));
+    let mut r = Reflector::new(&[one, two], [13; 32], ms(0));
+    let sent = due(&mut r, ms(0));
+    let seen = addr("203.0.113.7:40001");
+    assert_eq!(
+        r.handle_datagram(one, &answer(sent[0].1, seen), ms(1)),
+        Reflected::Learned(seen)
+    );
 }
 
 #[test]

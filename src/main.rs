@@ -4,6 +4,7 @@ use clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
 use clap::{Parser, Subcommand};
 use dhtun::config::Config;
 use dhtun::core::keys::SecretKey;
+use dhtun::shell::dht_node::check_bootstrap;
 use dhtun::shell::{control, daemon, status::InterfaceStatus};
 use std::io::Read as _;
 use std::net::SocketAddr;
@@ -61,9 +62,12 @@ enum Command {
         /// The UDP address to serve on, e.g. 198.18.0.254:6881
         #[arg(long, value_name = "ADDR:PORT")]
         listen: SocketAddr,
-        /// DHT nodes to join through: several after one flag, or the flag repeated
-        #[arg(long, value_name = "ADDR:PORT", num_args = 1..)]
-        bootstrap: Vec<SocketAddr>,
+        /// DHT nodes to join through, as in [dht] bootstrap: a host name or an IPv4 address,
+        /// and a port, e.g. router.bittorrent.com:6881 or 198.18.0.254:6881; several after one
+        /// flag, or the flag repeated. A name that does not resolve at start is logged and left
+        /// out
+        #[arg(long, value_name = "HOST:PORT", num_args = 1.., value_parser = check_bootstrap)]
+        bootstrap: Vec<String>,
     },
 }
 

@@ -5,7 +5,7 @@
 
 mod dht_support;
 
-use dht_support::{FakeNode, Item};
+use dht_support::{FakeNode, Item, Reaped};
 use dhtun::core::keys::{PublicKey, SecretKey};
 use dhtun::core::limits::DHT_RESOLVE_SETTLE;
 use dhtun::core::record::{Record, RECORD_SALT};
@@ -442,6 +442,55 @@ async fn dht_node_command_is_a_seed() {
         errors < 5,
         "dht-node logged {errors} bootstrap errors:\n{log_text}"
     );
+}
+
+/// `dht-node --bootstrap` takes host names, as `[dht] bootstrap` does: a node told to join the
+/// seed as `localhost:PORT` joins its network, so a client of that node alone finds a record
+/// put through the seed. Had the name been dropped, the node would be a network of its own.
+#[tokio::test(flavor = "current_thread")]
+async fn dht_node_takes_a_host_name_as_bootstrap() {
+    let seed = seed().await;
+    let port = free_port();
+    let mut node = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_dhtun"))
+            .args(["dht-node", "--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "--bootstrap",
+                &format!("localhost:{}", seed.local_addr().port()),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting dhtun dht-node"),
+    );
+    let a = client(&seed).await;
+    let b = start(DhtOptions {
+        bootstrap: vec![format!("127.0.0.1:{port}")],
+        ..local_options()
+    })
+    .await;
+    let key_a = key(10);
+    let mine = record(7000, &["127.0.0.10"]);
+    let found = bounded("B to find A's record through dht-node", async {
+        loop {
+            if let Ok(Some(status)) = node.0.try_wait() {
+                let mut stderr = String::new();
+                if let Some(mut pipe) = node.0.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+                }
+                panic!("dht-node exited with {status}: {stderr}");
+            }
+            let _ = a.publish(&key_a, &mine).await;
+            match b.resolve(&key_a.public_key(), None).await {
+                Ok(Some(found)) => return found,
+                Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(e) => panic!("looking A up: {e}"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(found.1, mine);
 }
 
 #[test]

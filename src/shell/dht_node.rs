@@ -7,17 +7,17 @@ use std::net::SocketAddr;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// `dhtun dht-node`: a standalone server-mode node on `listen`, joined to `bootstrap` (or the
-/// first node of a new network when there is none), until SIGINT or SIGTERM.
-pub fn run_dht_node(listen: SocketAddr, bootstrap: &[SocketAddr]) -> anyhow::Result<()> {
+/// first node of a new network when there is none), until SIGINT or SIGTERM. The bootstrap
+/// nodes are resolved as `[dht] bootstrap` of a config is (see [`Dht::start`]): a host name that
+/// does not resolve is logged and left out, not fatal.
+pub fn run_dht_node(listen: SocketAddr, bootstrap: &[String]) -> anyhow::Result<()> {
     let SocketAddr::V4(bind) = listen else {
         anyhow::bail!(
             "--listen {listen}: the Mainline DHT runs over IPv4 only; give an IPv4 address"
         );
     };
-    if let Some(v6) = bootstrap.iter().find(|a| a.is_ipv6()) {
-        anyhow::bail!(
-            "--bootstrap {v6}: the Mainline DHT runs over IPv4 only; give an IPv4 address"
-        );
+    for node in bootstrap {
+        check_bootstrap(node).map_err(|e| anyhow::anyhow!("--bootstrap {node}: {e}"))?;
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -28,7 +28,7 @@ pub fn run_dht_node(listen: SocketAddr, bootstrap: &[SocketAddr]) -> anyhow::Res
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
         let dht = Dht::start(DhtOptions {
-            bootstrap: bootstrap.iter().map(SocketAddr::to_string).collect(),
+            bootstrap: bootstrap.to_vec(),
             bind,
             server_mode: true,
             request_timeout: None,
@@ -42,4 +42,66 @@ pub fn run_dht_node(listen: SocketAddr, bootstrap: &[SocketAddr]) -> anyhow::Res
         tracing::info!("DHT node stopping");
         Ok(())
     })
+}
+
+/// Checks the form of one bootstrap node given on the command line, `HOST:PORT` or
+/// `IPV4:PORT` as `[dht] bootstrap` takes them, so a typo is refused at once instead of
+/// leaving the node alone in a network of its own. Whether the host resolves is found at start.
+/// The error does not repeat `node`: clap names the value already.
+pub fn check_bootstrap(node: &str) -> Result<String, String> {
+    let expected = "expected HOST:PORT or IPV4:PORT, e.g. router.bittorrent.com:6881";
+    match node.parse::<SocketAddr>() {
+        Ok(SocketAddr::V4(_)) => return Ok(node.to_string()),
+        Ok(SocketAddr::V6(_)) => {
+            return Err(
+                "the Mainline DHT runs over IPv4 only; give an IPv4 address or a host name"
+                    .to_string(),
+            )
+        }
+        Err(_) => {}
+    }
+    let Some((host, port)) = node.rsplit_once(':') else {
+        return Err(format!("no port; {expected}"));
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
+    if !host_ok {
+        return Err(format!("{host:?} is not a host name; {expected}"));
+    }
+    match port.parse::<u16>() {
+        Ok(port) if port != 0 => Ok(node.to_string()),
+        _ => Err(format!("{port:?} is not a port (1-65535); {expected}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_nodes_are_host_or_ipv4_and_a_port() {
+        for good in [
+            "198.18.0.254:6881",
+            "router.bittorrent.com:6881",
+            "localhost:1",
+            "dht_node-2.example:65535",
+        ] {
+            assert_eq!(check_bootstrap(good).as_deref(), Ok(good));
+        }
+        for (bad, says) in [
+            ("[::1]:6881", "IPv4 only"),
+            ("router.bittorrent.com", "no port"),
+            ("router.bittorrent.com:", "not a port"),
+            ("router.bittorrent.com:0", "not a port"),
+            ("router.bittorrent.com:70000", "not a port"),
+            (":6881", "not a host name"),
+            ("::1:6881", "not a host name"),
+            ("bad host:6881", "not a host name"),
+        ] {
+            let error = check_bootstrap(bad).unwrap_err();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+    }
 }

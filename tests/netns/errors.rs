@@ -371,7 +371,7 @@ fn argument_errors_are_one_line() {
     // Mistakes on the command line get the same one line and exit status 1 as every other
     // error, with what was expected; no privileges needed.
     let lab = Lab::new("ar");
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["frob"], "unrecognized subcommand 'frob'"),
         (&["up"], "<CONFIG>"),
         (
@@ -379,6 +379,16 @@ fn argument_errors_are_one_line() {
             "possible values: error, warn",
         ),
         (&["dht-node", "--listen", "nowhere"], "--listen"),
+        (
+            &[
+                "dht-node",
+                "--listen",
+                "127.0.0.1:0",
+                "--bootstrap",
+                "nohost",
+            ],
+            "expected HOST:PORT",
+        ),
         (&["status", "a", "b"], "unexpected argument 'b'"),
     ];
     for (args, expected) in cases {

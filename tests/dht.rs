@@ -5,7 +5,7 @@
 
 mod dht_support;
 
-use dht_support::{FakeNode, Item, Reaped};
+use dht_support::{free_port, unix_micros, FakeNode, Item, Reaped, HOUR};
 use dhtun::core::keys::{PublicKey, SecretKey};
 use dhtun::core::limits::DHT_RESOLVE_SETTLE;
 use dhtun::core::record::{Record, RECORD_SALT};
@@ -15,7 +15,7 @@ use mainline::MutableItem;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// The longest any single step may take before the test fails.
 const WAIT: Duration = Duration::from_secs(20);
@@ -239,9 +239,13 @@ async fn a_lookup_takes_the_newest_record_not_the_first() {
     let key_a = key(8);
     let now = unix_micros();
     let (old, new) = (record(1000, &["127.0.0.80"]), record(1000, &["127.0.0.81"]));
-    let stale = FakeNode::start(signed(&key_a, &old, now - HOUR), [1; 20], Duration::ZERO);
+    let stale = FakeNode::start(
+        Item::signed(&key_a, &old, now - HOUR),
+        [1; 20],
+        Duration::ZERO,
+    );
     let late = Duration::from_millis(200);
-    let fresh = FakeNode::start(signed(&key_a, &new, now), [2; 20], late);
+    let fresh = FakeNode::start(Item::signed(&key_a, &new, now), [2; 20], late);
     let b = start(DhtOptions {
         bootstrap: vec![stale.address.to_string(), fresh.address.to_string()],
         ..local_options()
@@ -265,8 +269,16 @@ async fn a_lookup_takes_the_newest_record_not_the_first() {
 
     // A newer record that comes too late does not hold the lookup up: the older one is taken
     // when the settle window ends, and the next lookup (which knows it) finds the newer.
-    let slow = FakeNode::start(signed(&key_a, &new, now), [3; 20], Duration::from_secs(5));
-    let stale = FakeNode::start(signed(&key_a, &old, now - HOUR), [4; 20], Duration::ZERO);
+    let slow = FakeNode::start(
+        Item::signed(&key_a, &new, now),
+        [3; 20],
+        Duration::from_secs(5),
+    );
+    let stale = FakeNode::start(
+        Item::signed(&key_a, &old, now - HOUR),
+        [4; 20],
+        Duration::ZERO,
+    );
     let c = start(DhtOptions {
         bootstrap: vec![stale.address.to_string(), slow.address.to_string()],
         ..local_options()
@@ -589,35 +601,7 @@ fn key(n: u8) -> SecretKey {
     SecretKey::from_seed([n; 32])
 }
 
-/// An hour in record sequence numbers (microseconds).
-const HOUR: i64 = 3_600_000_000;
-
-/// The item `key` signs for `record` at `seq`, as a node storing it serves it.
-fn signed(key: &SecretKey, record: &Record, seq: i64) -> Item {
-    let value = record.encode().unwrap();
-    let item = MutableItem::new(key.signing_key(), &value, seq, Some(RECORD_SALT));
-    Item {
-        key: *key.public_key().ed25519_bytes(),
-        signature: *item.signature(),
-        value,
-        seq,
-    }
-}
-
 fn record(port: u16, addresses: &[&str]) -> Record {
     let addresses: Vec<IpAddr> = addresses.iter().map(|a| a.parse().unwrap()).collect();
     Record::new(port, &addresses, None).unwrap()
-}
-
-fn unix_micros() -> i64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    i64::try_from(now.as_micros()).unwrap()
-}
-
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

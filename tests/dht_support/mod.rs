@@ -1,12 +1,15 @@
 //! A fake DHT node for tests/dht.rs: it answers every request with one BEP 44 item, as a node
 //! that stores it would, so a test decides exactly what a lookup is told, and when.
 
+use dhtun::core::keys::SecretKey;
+use dhtun::core::record::{Record, RECORD_SALT};
+use mainline::MutableItem;
 use std::collections::VecDeque;
 use std::net::{SocketAddr, UdpSocket};
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The BEP 44 item a fake node serves: key `k`, signature `sig`, value `v`, sequence `seq`.
 pub struct Item {
@@ -14,6 +17,23 @@ pub struct Item {
     pub signature: [u8; 64],
     pub value: Vec<u8>,
     pub seq: i64,
+}
+
+/// An hour in record sequence numbers (microseconds).
+pub const HOUR: i64 = 3_600_000_000;
+
+impl Item {
+    /// The item `key` signs for `record` at `seq`, as a node storing it serves it.
+    pub fn signed(key: &SecretKey, record: &Record, seq: i64) -> Self {
+        let value = record.encode().unwrap();
+        let item = MutableItem::new(key.signing_key(), &value, seq, Some(RECORD_SALT));
+        Self {
+            key: *key.public_key().ed25519_bytes(),
+            signature: *item.signature(),
+            value,
+            seq,
+        }
+    }
 }
 
 /// A fake DHT node on loopback that answers every request, whatever it asks, with its item,
@@ -106,4 +126,17 @@ fn answer(item: &Item, id: &[u8; 20], tid: &[u8; 4]) -> Vec<u8> {
 fn transaction_id(message: &[u8]) -> Option<[u8; 4]> {
     let at = message.windows(5).position(|w| w == b"1:t4:")? + 5;
     message.get(at..at + 4)?.try_into().ok()
+}
+
+pub fn unix_micros() -> i64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    i64::try_from(now.as_micros()).unwrap()
+}
+
+pub fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

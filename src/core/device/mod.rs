@@ -32,6 +32,8 @@ mod reconfigure;
 mod relay;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_sessions;
 mod timers;
 mod transmit;
 mod under_load;

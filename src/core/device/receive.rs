@@ -252,6 +252,21 @@ impl Device {
                     self.indexes.remove(&old);
                 }
             }
+            // The peer's handshake gave us a session both sides hold: finishing ours too would
+            // only replace it (WireGuard, too, stops retrying once a handshake completes), and
+            // a loser of crossed handshakes would go back to its own session on a late response
+            // while the winner stays on its own. A direct probe stays unless this packet came
+            // directly: it tests a path, not the session.
+            let probe_pending = peer.handshake.as_ref().is_some_and(|h| h.direct_only)
+                && matches!(from, Path::Relay(_));
+            if !probe_pending {
+                if let Some(attempt) = peer.handshake.take() {
+                    peer.want_initiation = false;
+                    peer.fanout_next = None;
+                    peer.want_relay_copy = false;
+                    self.indexes.remove(&attempt.local_index);
+                }
+            }
             self.enqueue(id);
             self.emit(PeerEvent::HandshakeCompleted { peer: key });
         }

@@ -6,9 +6,9 @@ use crate::core::limits::{ring_slot_bytes, STAGED_PACKETS_PER_PEER};
 use crate::core::wire;
 use rand::Rng;
 
-const MTU: usize = 1420;
-const A_ADDR: &str = "198.18.0.1:51820";
-const B_ADDR: &str = "198.18.0.2:51820";
+pub(super) const MTU: usize = 1420;
+pub(super) const A_ADDR: &str = "198.18.0.1:51820";
+pub(super) const B_ADDR: &str = "198.18.0.2:51820";
 
 fn key(n: u8) -> SecretKey {
     SecretKey::from_seed([n; 32])
@@ -26,7 +26,7 @@ fn peer(public_key: PublicKey, allowed: &str, endpoint: &str) -> PeerConfig {
 }
 
 /// A (100.64.0.1) and B (100.64.0.2), each the other's only peer.
-fn pair() -> (Device, Device) {
+pub(super) fn pair() -> (Device, Device) {
     let device = |own: u8, other: u8, allowed: &str, endpoint: &str| {
         Device::new(DeviceConfig {
             secret_key: key(own),
@@ -44,7 +44,7 @@ fn pair() -> (Device, Device) {
     )
 }
 
-fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+pub(super) fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
     let total = 20 + payload.len();
     let mut p = vec![0u8; ring_slot_bytes(MTU)];
     p[0] = 0x45;
@@ -57,13 +57,13 @@ fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
     p
 }
 
-fn buf() -> Vec<u8> {
+pub(super) fn buf() -> Vec<u8> {
     vec![0u8; ring_slot_bytes(MTU)]
 }
 
 /// Sends A's first packet to B, carries the handshake across, and returns the transport
 /// datagram A finally sent for it.
-fn handshake(a: &mut Device, b: &mut Device, now: Duration) -> Vec<u8> {
+pub(super) fn handshake(a: &mut Device, b: &mut Device, now: Duration) -> Vec<u8> {
     let a_addr: SocketAddr = A_ADDR.parse().unwrap();
     let b_addr: SocketAddr = B_ADDR.parse().unwrap();
     let mut packet = ipv4([100, 64, 0, 1], [100, 64, 0, 2], b"first");

@@ -38,6 +38,8 @@ pub struct Session {
     /// Whether we sent the initiation: only the initiator rekeys on age, so both sides do not
     /// start handshakes at the same moment.
     pub we_initiated: bool,
+    /// When a packet last decrypted on this session: whether the peer still sends on it.
+    pub last_received_at: Option<Duration>,
 }
 
 impl Session {
@@ -56,6 +58,7 @@ impl Session {
             replay: ReplayWindow::new(),
             established_at: now,
             we_initiated,
+            last_received_at: None,
         }
     }
 
@@ -138,6 +141,7 @@ impl Session {
         if !self.replay.accept(counter) {
             return Err(ReceiveError::Replay);
         }
+        self.last_received_at = Some(now);
         Ok(plain)
     }
 }

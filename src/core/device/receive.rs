@@ -89,12 +89,14 @@ impl Device {
         peer.last_initiation_at = Some(now);
         peer.last_handshake_at = Some(now);
         let session = Session::new(local_index, remote_index, keys, now, false);
-        // A responder session older than a retry may be the one the peer sends on after
-        // crossed handshakes (we kept ours current): keep receiving on it until the peer
-        // switches, or its packets in flight would be lost. A younger one was never used: the
-        // peer retried because our response was lost.
+        // The answered session this one replaces may be the one the peer sends on after
+        // crossed handshakes (we kept ours current): it takes `previous` if the peer sent on it
+        // more lately than on that one, so its packets in flight still decrypt. One that never
+        // carried a packet (the peer retried: our response was lost) must not push out the
+        // session the peer may still be sending on. Its age cannot tell the two apart: a retry
+        // comes REKEY_TIMEOUT after the try it replaces.
         let replaced = match peer.next.replace(session) {
-            Some(old) if old.age(now) >= REKEY_TIMEOUT => {
+            Some(old) if received_since(&old, &peer.previous) => {
                 peer.previous.replace(old).map(|s| s.local_index)
             }
             old => old.map(|s| s.local_index),
@@ -305,4 +307,12 @@ impl Device {
             len: header.total_len,
         })
     }
+}
+
+/// Whether `session` received a packet after the last one `other` received, if any.
+fn received_since(session: &Session, other: &Option<Session>) -> bool {
+    let other = other.as_ref().and_then(|s| s.last_received_at);
+    session
+        .last_received_at
+        .is_some_and(|t| other.is_none_or(|o| t > o))
 }

@@ -2,7 +2,7 @@
 //! hands when handshakes cross, are retried or are answered: two devices back to back, with
 //! the datagrams that matter lost on purpose.
 
-use super::tests::{buf, handshake, ipv4, pair, A_ADDR};
+use super::tests::{buf, handshake, ipv4, pair, A_ADDR, B_ADDR};
 use super::*;
 use crate::core::wire::TYPE_INITIATION;
 
@@ -48,5 +48,75 @@ fn a_confirmed_answer_cancels_our_own_handshake() {
     assert_eq!(
         b.peers()[0].current.as_ref().map(|s| s.local_index),
         settled
+    );
+}
+
+/// A retried initiation replaces the session we answered for the first try, which never
+/// carried a packet: it must not take the place of `previous`, the session the peer is still
+/// sending on. Before the fix any answered session older than REKEY_TIMEOUT went to
+/// `previous`, and a retry comes REKEY_TIMEOUT after the first try, so it always did.
+#[test]
+fn a_retried_initiation_keeps_the_previous_session_in_use() {
+    let (mut a, mut b) = pair();
+    let a_addr: SocketAddr = A_ADDR.parse().unwrap();
+    let b_addr: SocketAddr = B_ADDR.parse().unwrap();
+    let mut out = buf();
+    let mut reply = buf();
+    let start = Duration::from_secs(1);
+    let first = handshake(&mut a, &mut b, start);
+    let action = b.handle_datagram(a_addr, &first, start, &mut out);
+    assert_eq!(action, NetworkAction::WriteToTun { len: 25 });
+
+    // B starts a handshake (its address changed) and completes it; its keepalive confirming
+    // the new session to A is lost, so A goes on sending on the first session, B's previous.
+    let t = Duration::from_secs(100);
+    b.underlay_changed(t);
+    let init = b.poll_transmit(t, &mut out).expect("B's initiation");
+    let NetworkAction::WriteToNetwork { len, .. } =
+        a.handle_datagram(b_addr, &out[..init.len], t, &mut reply)
+    else {
+        panic!("A did not answer B's initiation");
+    };
+    assert_eq!(
+        b.handle_datagram(a_addr, &reply[..len], t, &mut out),
+        NetworkAction::Consumed
+    );
+    while b.poll_transmit(t, &mut out).is_some() {}
+    let in_use = b.peers()[0].previous.as_ref().map(|s| s.local_index);
+    assert!(in_use.is_some());
+
+    // A starts one too; B answers it, the response is lost, A retries.
+    a.underlay_changed(t);
+    let init = a.poll_transmit(t, &mut out).expect("A's initiation");
+    assert!(matches!(
+        b.handle_datagram(a_addr, &out[..init.len], t, &mut reply),
+        NetworkAction::WriteToNetwork { .. }
+    ));
+    while a.poll_transmit(t, &mut out).is_some() {}
+    let retry = t + Duration::from_millis(5500);
+    a.handle_timers(retry);
+    let init = a.poll_transmit(retry, &mut out).expect("A's retry");
+    assert_eq!(out[0], TYPE_INITIATION);
+    assert!(matches!(
+        b.handle_datagram(a_addr, &out[..init.len], retry, &mut reply),
+        NetworkAction::WriteToNetwork { .. }
+    ));
+    while a.poll_transmit(retry, &mut out).is_some() {}
+
+    assert_eq!(
+        b.peers()[0].previous.as_ref().map(|s| s.local_index),
+        in_use,
+        "the retry pushed the session A sends on out of B's previous"
+    );
+    let mut packet = ipv4([100, 64, 0, 1], [100, 64, 0, 2], b"still on the first");
+    let TunAction::WriteToNetwork { len, .. } =
+        a.handle_tun_packet(&mut packet, 38, retry, &mut out)
+    else {
+        panic!("A could not send on its session");
+    };
+    assert_eq!(
+        b.handle_datagram(a_addr, &out[..len], retry, &mut reply),
+        NetworkAction::WriteToTun { len: 38 },
+        "B refused A's packet on the session A still sends on"
     );
 }

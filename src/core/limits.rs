@@ -345,6 +345,15 @@ pub const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
 /// not keep colliding.
 pub const REKEY_TIMEOUT_JITTER: Duration = Duration::from_millis(333);
 
+/// An answered session established less than this after the current one we initiated is
+/// taken for the peer's side of crossed handshakes, not for its next handshake. A crossing
+/// initiation left before the peer saw ours, so it arrives within the network's delay of our
+/// handshake finishing, or RELAY_FALLBACK_AFTER later as its copy through a relay: one retry
+/// interval covers both with room to spare. A peer starts a new handshake this soon after
+/// answering ours only if it restarted; not believed, it is heard within
+/// KEEPALIVE_TIMEOUT + REKEY_TIMEOUT, when its unanswered data makes it initiate again.
+pub const CROSSED_HANDSHAKE_WINDOW: Duration = REKEY_TIMEOUT;
+
 /// Give up on a handshake (and drop staged packets) after trying this long.
 pub const REKEY_ATTEMPT_TIME: Duration = Duration::from_secs(90);
 

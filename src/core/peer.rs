@@ -94,7 +94,9 @@ pub struct Peer {
     pub previous: Option<Session>,
     pub current: Option<Session>,
     /// A session we answered, not yet confirmed by a packet from the initiator: we may not send
-    /// on it until then, or a lost response would leave us talking into the void.
+    /// on it until then, or a lost response would leave us talking into the void. After crossed
+    /// handshakes that we win, also the peer's side of the crossing, which we receive on but
+    /// never send on.
     pub next: Option<Session>,
     pub handshake: Option<HandshakeAttempt>,
     pub staged: PacketRing<()>,

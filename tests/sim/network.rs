@@ -163,6 +163,9 @@ pub(crate) struct Sim {
     links: Vec<Vec<Impairment>>,
     /// Targeted losses on top of the links' random ones: (sender, message type, how many more).
     losses: Vec<(NodeId, u8, usize)>,
+    /// Targeted delays on top of the links' latency: (sender, message type, extra delay), each
+    /// applied once, to the next such datagram.
+    delays: Vec<(NodeId, u8, Duration)>,
     queue: BinaryHeap<Reverse<Scheduled>>,
     next_event_seq: u64,
     next_packet_seq: HashMap<(NodeId, NodeId), u64>,
@@ -219,6 +222,7 @@ impl Sim {
             nodes,
             links: vec![vec![impairment; n]; n],
             losses: Vec::new(),
+            delays: Vec::new(),
             queue: BinaryHeap::new(),
             next_event_seq: 0,
             next_packet_seq: HashMap::new(),
@@ -258,6 +262,12 @@ impl Sim {
     /// Loses the next `count` datagrams of message type `kind` that `from` sends.
     pub(crate) fn lose_next(&mut self, from: NodeId, kind: u8, count: usize) {
         self.losses.push((from, kind, count));
+    }
+
+    /// Holds back the next datagram of message type `kind` that `from` sends by `by`, on top of
+    /// the link's latency: jitter aimed at one message, so a race goes one precise way.
+    pub(crate) fn delay_next(&mut self, from: NodeId, kind: u8, by: Duration) {
+        self.delays.push((from, kind, by));
     }
 
     /// Replaces `node`'s device with a fresh one: same identity and peers, new random seed, and
@@ -441,6 +451,14 @@ impl Sim {
             rule.2 -= 1;
             return;
         }
+        let extra = match self
+            .delays
+            .iter()
+            .position(|&(node, k, _)| node == from && k == kind)
+        {
+            Some(i) => self.delays.remove(i).2,
+            None => Duration::ZERO,
+        };
         let Some(dst) = self.nodes.iter().position(|n| n.underlay == to) else {
             return;
         };
@@ -455,7 +473,7 @@ impl Sim {
         };
         let source = self.nodes[from].underlay;
         for _ in 0..copies {
-            let mut delay = self.rng.gen_range(link.latency_min..=link.latency_max);
+            let mut delay = extra + self.rng.gen_range(link.latency_min..=link.latency_max);
             if self.rng.gen_bool(link.reorder) {
                 delay += self.rng.gen_range(Duration::ZERO..=link.reorder_delay);
             }

@@ -6,7 +6,8 @@ use crate::core::envelope;
 use crate::core::feedback::{self, LossReport};
 use crate::core::handshake;
 use crate::core::limits::{
-    KEEPALIVE_TIMEOUT, MIN_INITIATION_INTERVAL, REJECT_AFTER_TIME, REKEY_TIMEOUT,
+    CROSSED_HANDSHAKE_WINDOW, KEEPALIVE_TIMEOUT, MIN_INITIATION_INTERVAL, REJECT_AFTER_TIME,
+    REKEY_TIMEOUT,
 };
 use crate::core::packet;
 use crate::core::peer::{Path, Peer, PeerId, SessionSlot};
@@ -234,16 +235,19 @@ impl Device {
         // After crossed handshakes each side holds a session it initiated (current) and one it
         // answered (next), and the peer sends on its own. Both must settle on one session, or
         // the next handshake would displace the one the peer still sends on and lose its
-        // packets in flight: the session of the side with the lower key wins. Promoting
-        // whichever came last instead would leave both sides on sessions they did not
-        // initiate, and neither would rekey on time.
+        // packets in flight, and a side left on a session it only answered would not rekey on
+        // time: the session of the side with the lower key wins. The loser takes the winner's
+        // session on its first packet whatever the order; the winner keeps its own against any
+        // answered session not clearly newer, whichever of the two handshakes finished first
+        // (jitter decides that). A clearly newer one is the peer's next handshake, not a
+        // crossing, and replaces ours as any confirmed session does.
         let own_key_wins = own_x25519 < *peer.config.public_key.x25519_bytes();
         let keep_ours = |peer: &Peer| match (&peer.current, &peer.next) {
             (Some(current), Some(next)) => {
                 own_key_wins
                     && current.we_initiated
                     && current.is_usable(now)
-                    && current.established_at > next.established_at
+                    && next.established_at < current.established_at + CROSSED_HANDSHAKE_WINDOW
             }
             _ => false,
         };

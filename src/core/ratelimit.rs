@@ -19,9 +19,11 @@ const SECOND: Duration = Duration::from_secs(1);
 pub enum Source {
     /// Sent to us directly from this address.
     Address(IpAddr),
-    /// Passed on by this relay. Its own bucket: anyone may send datagrams from the relay's
-    /// address, and those must not use up what the relay's peers need.
-    Relay(PeerId),
+    /// Passed on by `relay` from the peer whose X25519 key it names as the sender (the relay
+    /// knows it from its session with that peer). A bucket per relay and sender: anyone may
+    /// send datagrams from the relay's address, and one of the relay's peers may flood it, but
+    /// neither can use up what the relay's other peers need.
+    Relay { relay: PeerId, sender: [u8; 32] },
 }
 
 /// Tokens are counted in thousandths so slow refill rates stay exact.
@@ -116,9 +118,10 @@ impl RateLimiter {
                 mac.update(&[6]);
                 mac.update(&v6.octets()[..8]);
             }
-            Source::Relay(peer) => {
+            Source::Relay { relay, sender } => {
                 mac.update(&[0]);
-                mac.update(&(peer as u64).to_le_bytes());
+                mac.update(&(relay as u64).to_le_bytes());
+                mac.update(&sender);
             }
         }
         let digest: [u8; 8] = mac.finalize().into_bytes().into();
@@ -152,7 +155,28 @@ mod tests {
         let now = Duration::from_secs(10);
         let relay_address = Source::Address("198.18.0.254".parse().unwrap());
         while limiter.allow(relay_address, now) {}
-        assert!(limiter.allow(Source::Relay(3), now));
+        let relayed = Source::Relay {
+            relay: 3,
+            sender: [7; 32],
+        };
+        assert!(limiter.allow(relayed, now));
+    }
+
+    #[test]
+    fn one_sender_behind_a_relay_leaves_the_relays_other_senders_alone() {
+        let mut limiter = RateLimiter::new([1; 16]);
+        let now = Duration::from_secs(10);
+        let flooder = Source::Relay {
+            relay: 3,
+            sender: [7; 32],
+        };
+        let allowed = (0..100).filter(|_| limiter.allow(flooder, now)).count();
+        assert_eq!(allowed, INITIATION_BURST_PER_SOURCE as usize);
+        let other = Source::Relay {
+            relay: 3,
+            sender: [8; 32],
+        };
+        assert!(limiter.allow(other, now));
     }
 
     #[test]

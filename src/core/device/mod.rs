@@ -33,6 +33,8 @@ mod relay;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_relay;
+#[cfg(test)]
 mod tests_sessions;
 mod timers;
 mod transmit;
@@ -324,7 +326,7 @@ impl Device {
         now: Duration,
         out: &mut [u8],
     ) -> NetworkAction {
-        let result = self.dispatch(Path::Direct(from), datagram, now, out);
+        let result = self.dispatch(Path::Direct(from), None, datagram, now, out);
         match result {
             Ok(action) => action,
             Err((reason, peer)) => {
@@ -375,17 +377,21 @@ impl Device {
         None
     }
 
-    /// A datagram that came along `from`, directly or delivered by a relay.
+    /// A datagram that came along `from`, directly or delivered by a relay that names its
+    /// `relayed_sender`.
     fn dispatch(
         &mut self,
         from: Path,
+        relayed_sender: Option<[u8; 32]>,
         datagram: &[u8],
         now: Duration,
         out: &mut [u8],
     ) -> Result<NetworkAction, (DropReason, Option<PeerId>)> {
         match (Message::parse(datagram), from) {
             (Err(_), _) => Err((DropReason::Malformed, None)),
-            (Ok(Message::Initiation(m)), _) => self.on_initiation(from, m, now, out),
+            (Ok(Message::Initiation(m)), _) => {
+                self.on_initiation(from, relayed_sender, m, now, out)
+            }
             (Ok(Message::Response(m)), _) => self.on_response(from, m, now),
             (Ok(Message::CookieReply(m)), Path::Direct(_)) => self.on_cookie_reply(m, now),
             // We never answer a relayed initiation with a cookie, so none comes back that way.

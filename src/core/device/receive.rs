@@ -21,6 +21,7 @@ impl Device {
     pub(super) fn on_initiation(
         &mut self,
         from: Path,
+        relayed_sender: Option<[u8; 32]>,
         message: Initiation<'_>,
         now: Duration,
         out: &mut [u8],
@@ -30,11 +31,13 @@ impl Device {
             return Err((DropReason::Unauthenticated, None));
         }
         // A relayed initiation comes in an authenticated session with our relay, so there is
-        // no source address to prove with a cookie; it is rate-limited in the relay's own
-        // bucket, which datagrams sent from the relay's address cannot drain.
-        let source = match from {
-            Path::Direct(address) => Source::Address(address.ip()),
-            Path::Relay(relay) => Source::Relay(relay),
+        // no source address to prove with a cookie; it is rate-limited in a bucket of the relay
+        // and the sender it names, which neither datagrams sent from the relay's address nor
+        // another of the relay's peers can drain.
+        let source = match (from, relayed_sender) {
+            (Path::Direct(address), _) => Source::Address(address.ip()),
+            (Path::Relay(relay), Some(sender)) => Source::Relay { relay, sender },
+            (Path::Relay(relay), None) => return Err((DropReason::RelayRefused, Some(relay))),
         };
         let under_load = self.limiter.note_initiation(now);
         if let (true, Path::Direct(address)) = (under_load, from) {
@@ -56,6 +59,13 @@ impl Device {
         let received =
             handshake::receive_initiation(&self.secret_key, &self.own_mac1, message, seed)
                 .map_err(|_| (DropReason::Unauthenticated, None))?;
+        // The bucket was the named sender's: a relay that names another than the initiator
+        // would let one peer spend others' tokens.
+        if let (Path::Relay(relay), Some(sender)) = (from, relayed_sender) {
+            if sender != received.remote_x25519 {
+                return Err((DropReason::RelayRefused, Some(relay)));
+            }
+        }
         let id = *self
             .by_x25519
             .get(&received.remote_x25519)

@@ -106,7 +106,7 @@ impl Device {
         let datagram = envelope.datagram_range();
         match envelope.kind() {
             Kind::Forward => self.forward(id, &other, datagram, now, out),
-            Kind::Deliver => self.deliver(id, datagram, now, out),
+            Kind::Deliver => self.deliver(id, other, datagram, now, out),
         }
     }
 
@@ -141,11 +141,12 @@ impl Device {
         })
     }
 
-    /// Our relay `relay` delivers `out[datagram]` from another peer: handle it as a datagram that
-    /// came along the relay path.
+    /// Our relay `relay` delivers `out[datagram]` from the peer it names `sender`: handle it as
+    /// a datagram that came along the relay path.
     fn deliver(
         &mut self,
         relay: PeerId,
+        sender: [u8; 32],
         datagram: Range<usize>,
         now: Duration,
         out: &mut [u8],
@@ -160,7 +161,7 @@ impl Device {
         let result = match (inner.get_mut(..len), out.get(datagram)) {
             (Some(dst), Some(src)) => {
                 dst.copy_from_slice(src);
-                self.dispatch(Path::Relay(relay), &inner[..len], now, out)
+                self.dispatch(Path::Relay(relay), Some(sender), &inner[..len], now, out)
             }
             _ => Err((DropReason::Malformed, Some(relay))),
         };

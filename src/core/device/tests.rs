@@ -10,11 +10,11 @@ pub(super) const MTU: usize = 1420;
 pub(super) const A_ADDR: &str = "198.18.0.1:51820";
 pub(super) const B_ADDR: &str = "198.18.0.2:51820";
 
-fn key(n: u8) -> SecretKey {
+pub(super) fn key(n: u8) -> SecretKey {
     SecretKey::from_seed([n; 32])
 }
 
-fn peer(public_key: PublicKey, allowed: &str, endpoint: &str) -> PeerConfig {
+pub(super) fn peer(public_key: PublicKey, allowed: &str, endpoint: &str) -> PeerConfig {
     PeerConfig {
         public_key,
         preshared_key: PresharedKey::default(),

@@ -482,6 +482,12 @@ pub const MAX_INITIATION_TARGETS: usize = MAX_RECORD_TARGETS + 2;
 /// keeps `dhtun status` current.
 pub const DHT_STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The first refresh after start waits this long, and each later one twice as long up to
+/// DHT_STATUS_INTERVAL: bootstrapping takes tens of milliseconds on a LAN, and a status asked
+/// for in the first second (the demo's, a script's after `dhtun up`) should not say "not
+/// bootstrapped" about a node that already found its peers.
+pub const DHT_STATUS_FIRST_INTERVAL: Duration = Duration::from_millis(100);
+
 /// How often a record should be republished when nothing changed. Nodes drop BEP 44 items after
 /// about two hours (libtorrent's default), and Kademlia churn moves a key's closest nodes; every
 /// 30 minutes keeps the record alive with margin for a failed attempt or two.

@@ -32,7 +32,7 @@
 use crate::core::keys::{PublicKey, SecretKey};
 use crate::core::limits::{
     DHT_ACTOR_TIMEOUT, DHT_BOOTSTRAP_DNS_TIMEOUT, DHT_PUBLISH_TIMEOUT, DHT_RESOLVE_TIMEOUT,
-    DHT_STATUS_INTERVAL, MAX_RESOLVE_ITEMS,
+    DHT_STATUS_FIRST_INTERVAL, DHT_STATUS_INTERVAL, MAX_RESOLVE_ITEMS,
 };
 use crate::core::lookup::{Offered, RecordPicker};
 use crate::core::record::{next_sequence, Record, RECORD_SALT};
@@ -391,6 +391,7 @@ fn count(status: &Mutex<DhtStatus>, n: u64, counter: impl FnOnce(&mut DhtStatus)
 
 /// Keeps the routing-table part of the status current, until the node is dropped or dies.
 async fn refresh_status(node: AsyncDht, status: Arc<Mutex<DhtStatus>>) {
+    let mut interval = DHT_STATUS_FIRST_INTERVAL;
     loop {
         let asking = node.clone();
         let ask = async move {
@@ -415,7 +416,8 @@ async fn refresh_status(node: AsyncDht, status: Arc<Mutex<DhtStatus>>) {
                 return;
             }
         }
-        tokio::time::sleep(DHT_STATUS_INTERVAL).await;
+        tokio::time::sleep(interval).await;
+        interval = (interval * 2).min(DHT_STATUS_INTERVAL);
     }
 }
 

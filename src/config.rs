@@ -104,7 +104,10 @@ impl Config {
         let interface = ctx
             .interface(raw.interface.into_inner())
             .map_err(|e| ctx.at_least_at(e, interface_span))?;
-        let dht = raw.dht.map_or_else(DhtConfig::default, DhtConfig::from);
+        let dht = match raw.dht {
+            Some(raw_dht) => ctx.dht(raw_dht)?,
+            None => DhtConfig::default(),
+        };
         if let Some(extra) = raw.peer.get(MAX_PEERS) {
             return Err(ctx.err(Some(extra.span()), format!("more than {MAX_PEERS} peers")));
         }
@@ -172,22 +175,6 @@ impl Default for DhtConfig {
     }
 }
 
-impl From<RawDht> for DhtConfig {
-    fn from(raw: RawDht) -> Self {
-        let default = DhtConfig::default();
-        Self {
-            enabled: raw.enabled.unwrap_or(default.enabled),
-            bootstrap: raw.bootstrap.unwrap_or(default.bootstrap),
-            port: raw.port.unwrap_or(default.port),
-            server_mode: raw.server_mode.unwrap_or(default.server_mode),
-            request_timeout: raw
-                .request_timeout_ms
-                .filter(|&ms| ms > 0)
-                .map(Duration::from_millis),
-        }
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -222,7 +209,7 @@ struct RawInterface {
 #[serde(deny_unknown_fields)]
 struct RawDht {
     enabled: Option<bool>,
-    bootstrap: Option<Vec<String>>,
+    bootstrap: Option<Vec<Spanned<String>>>,
     port: Option<u16>,
     server_mode: Option<bool>,
     request_timeout_ms: Option<u64>,
@@ -522,6 +509,36 @@ impl Ctx<'_> {
         }
         std::fs::read_to_string(&path)
             .map_err(|e| self.err(Some(file.span()), format!("{key} {}: {e}", path.display())))
+    }
+}
+
+impl Ctx<'_> {
+    /// `[dht]`: a bootstrap node of the wrong form is refused here, at its line, rather than
+    /// leaving the daemon alone in a DHT of its own after a warning at start.
+    fn dht(&self, raw: RawDht) -> Result<DhtConfig, ConfigError> {
+        let default = DhtConfig::default();
+        let bootstrap = match raw.bootstrap {
+            None => default.bootstrap,
+            Some(nodes) => nodes
+                .into_iter()
+                .map(|node| {
+                    let span = node.span();
+                    crate::shell::dht_node::check_bootstrap(node.get_ref()).map_err(|e| {
+                        self.err(Some(span), format!("bootstrap {:?}: {e}", node.get_ref()))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        Ok(DhtConfig {
+            enabled: raw.enabled.unwrap_or(default.enabled),
+            bootstrap,
+            port: raw.port.unwrap_or(default.port),
+            server_mode: raw.server_mode.unwrap_or(default.server_mode),
+            request_timeout: raw
+                .request_timeout_ms
+                .filter(|&ms| ms > 0)
+                .map(Duration::from_millis),
+        })
     }
 }
 

@@ -183,3 +183,29 @@ fn a_missing_private_key_points_at_the_interface_section() {
     assert_eq!(err.line, Some(5), "{err}");
     assert!(err.to_string().contains("private_key"), "{err}");
 }
+
+#[test]
+fn bootstrap_nodes_of_the_wrong_form_are_refused_at_their_line() {
+    let config = |bootstrap: &str| {
+        format!(
+            "[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n\n\
+             [dht]\nbootstrap = [\n  \"dht.example:6881\",\n  {bootstrap},\n]\n"
+        )
+    };
+    let good = parse(&config("\"198.18.0.254:6881\"")).unwrap();
+    assert_eq!(
+        good.dht.bootstrap,
+        vec!["dht.example:6881".to_string(), "198.18.0.254:6881".into()]
+    );
+    for (bad, says) in [
+        ("\"198.18.0.254\"", "no port"),
+        ("\"[fd64::1]:6881\"", "IPv4 only"),
+        ("\"dht.example:0\"", "not a port"),
+    ] {
+        let err = parse(&config(bad)).unwrap_err().to_string();
+        assert!(
+            err.contains(":8:") && err.contains(says),
+            "{bad}: expected line 8 and {says:?} in: {err}"
+        );
+    }
+}

@@ -350,8 +350,9 @@ pub const REKEY_TIMEOUT_JITTER: Duration = Duration::from_millis(333);
 /// initiation left before the peer saw ours, so it arrives within the network's delay of our
 /// handshake finishing, or RELAY_FALLBACK_AFTER later as its copy through a relay: one retry
 /// interval covers both with room to spare. A peer starts a new handshake this soon after
-/// answering ours only if it restarted; not believed, it is heard within
-/// KEEPALIVE_TIMEOUT + REKEY_TIMEOUT, when its unanswered data makes it initiate again.
+/// answering ours only if it restarted: once its session is this old and the peer has sent
+/// nothing on ours since, it is believed, so such a restart costs our traffic to it at most
+/// this long (plus the time to its next packet, a keepalive at least).
 pub const CROSSED_HANDSHAKE_WINDOW: Duration = REKEY_TIMEOUT;
 
 /// Give up on a handshake (and drop staged packets) after trying this long.

@@ -2,7 +2,9 @@
 //! the network reorders the handshake messages: whichever way they cross, both sides settle on
 //! one session, its initiator rekeys it on time, and only it.
 
-use dhtun::core::limits::{REKEY_AFTER_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER, TIMER_TICK};
+use dhtun::core::limits::{
+    CROSSED_HANDSHAKE_WINDOW, REKEY_AFTER_TIME, REKEY_TIMEOUT, REKEY_TIMEOUT_JITTER, TIMER_TICK,
+};
 use dhtun::core::wire::{TYPE_INITIATION, TYPE_TRANSPORT};
 use std::time::Duration;
 
@@ -175,6 +177,38 @@ fn crossed_handshakes_on_a_lossy_network_rekey_on_time() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The loser restarts just after the winner's handshake: its new handshake looks like the far
+/// side of a crossing, but the restarted side then sends only on it. The winner must move to it
+/// once the crossing window has passed, whether the restarted side sends data or only
+/// keepalives. Before, a keepalive-only peer got nothing until the winner's 120 s rekey (1175
+/// packets lost), and one sending data until the unanswered-data rule, 15 s later.
+#[test]
+fn a_restart_just_after_a_handshake_is_not_taken_for_a_crossing() {
+    let keepalive = secs(5);
+    for loser_sends_data in [false, true] {
+        let mut sim = Sim::mesh(2, 6, Impairment::NONE);
+        let (winner, loser) = winner_and_loser(&sim);
+        sim.nodes[loser].config.peers[0].persistent_keepalive = Some(keepalive);
+        sim.stream(winner, loser, Stream::new(Duration::ZERO, ms(100), 300));
+        let restart = ms(1500);
+        sim.run_until(restart);
+        sim.restart(loser, 106);
+        if loser_sends_data {
+            sim.stream(loser, winner, Stream::new(restart + ms(50), secs(1), 20));
+        }
+        sim.run_until(secs(30));
+
+        let recovered = sim.audit(winner, loser).recovered_at(restart);
+        let deadline = CROSSED_HANDSHAKE_WINDOW + keepalive + secs(1);
+        assert!(
+            recovered.is_some_and(|t| t - restart <= deadline),
+            "loser sends data: {loser_sends_data}; winner->loser recovered at {recovered:?} after \
+             a restart at {restart:?}; {}",
+            describe(&sim)
+        );
+    }
 }
 
 /// The side whose key is lower, whose session wins a crossing, and the other.

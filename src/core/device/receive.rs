@@ -232,7 +232,6 @@ impl Device {
             && session.we_initiated
             && session.age(now) >= REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT;
         let key = peer.config.public_key;
-        peer.sent_data_unanswered_since = None;
         peer.traffic.rx_bytes += wire_len as u64;
         peer.traffic.rx_packets += 1;
         // A peer that jumps its own counter makes a gap it chose; saturate rather than wrap.
@@ -250,7 +249,8 @@ impl Device {
         // session on its first packet whatever the order; the winner keeps its own against any
         // answered session not clearly newer, whichever of the two handshakes finished first
         // (jitter decides that). A clearly newer one is the peer's next handshake, not a
-        // crossing, and replaces ours as any confirmed session does.
+        // crossing, and replaces ours as any confirmed session does. So does one the peer kept
+        // sending on for a window without a packet on ours since: it restarted and lost ours.
         let own_key_wins = own_x25519 < *peer.config.public_key.x25519_bytes();
         let keep_ours = |peer: &Peer| match (&peer.current, &peer.next) {
             (Some(current), Some(next)) => {
@@ -258,10 +258,19 @@ impl Device {
                     && current.we_initiated
                     && current.is_usable(now)
                     && next.established_at < current.established_at + CROSSED_HANDSHAKE_WINDOW
+                    && (next.age(now) < CROSSED_HANDSHAKE_WINDOW
+                        || current
+                            .last_received_at
+                            .is_some_and(|t| t >= next.established_at))
             }
             _ => false,
         };
         let confirms = slot == SessionSlot::Next && !keep_ours(peer);
+        // A packet on a session we do not send on does not answer our data: the unanswered-data
+        // rule must still see a peer that lost our session.
+        if slot != SessionSlot::Next || confirms {
+            peer.sent_data_unanswered_since = None;
+        }
         if confirms {
             if let Some(confirmed) = peer.next.take() {
                 if let Some(old) = peer.install_current(confirmed) {
@@ -276,10 +285,12 @@ impl Device {
             let probe_pending = peer.handshake.as_ref().is_some_and(|h| h.direct_only)
                 && matches!(from, Path::Relay(_));
             if !probe_pending {
+                // Also an initiation asked for but not sent yet (a rekey due on the session
+                // this one replaces).
+                peer.want_initiation = false;
+                peer.fanout_next = None;
+                peer.want_relay_copy = false;
                 if let Some(attempt) = peer.handshake.take() {
-                    peer.want_initiation = false;
-                    peer.fanout_next = None;
-                    peer.want_relay_copy = false;
                     self.indexes.remove(&attempt.local_index);
                 }
             }

@@ -278,6 +278,9 @@ async fn event_loop(
                         path.device.underlay_changed(now);
                     }
                     discovery.start_lookups(&mut path.device, now);
+                    if let Some(reflector) = path.reflector.as_mut() {
+                        reflector.set_dht_public_ip(discovery.dht_public_ip());
+                    }
                 }
                 path.drain_reflector();
             }

@@ -478,7 +478,9 @@ fn is_own_address(node: SocketAddrV4, local: SocketAddrV4) -> bool {
 
 /// The IPv4 addresses of the bootstrap nodes, and what went wrong if some did not resolve.
 /// Host names resolve concurrently, in tokio's blocking pool, under one time limit.
-async fn resolve_bootstrap(nodes: &[String]) -> (Vec<SocketAddrV4>, Option<String>) {
+/// Resolves bootstrap nodes given as `HOST:PORT` or `IPV4:PORT`: the IPv4 addresses found, and
+/// a line saying which nodes gave none, if any.
+pub async fn resolve_bootstrap(nodes: &[String]) -> (Vec<SocketAddrV4>, Option<String>) {
     let lookups = nodes.iter().map(|node| async move {
         if let Ok(address) = node.parse::<SocketAddr>() {
             return Ok(vec![address]);

@@ -1,7 +1,7 @@
 //! `dhtun dht-node`: a standalone Mainline DHT node in server mode, e.g. the bootstrap node of a
 //! private or isolated network. It stores and serves other nodes' items; it publishes nothing.
 
-use crate::shell::dht::{Dht, DhtOptions};
+use crate::shell::dht::{resolve_bootstrap, Dht, DhtOptions};
 use anyhow::Context as _;
 use std::net::SocketAddr;
 use tokio::signal::unix::{signal, SignalKind};
@@ -27,8 +27,18 @@ pub fn run_dht_node(listen: SocketAddr, bootstrap: &[String]) -> anyhow::Result<
         // Signals first, so a stop request during start-up is not lost.
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sigterm = signal(SignalKind::terminate())?;
+        // A node none of whose bootstrap nodes resolves (DNS not up yet at boot) would serve a
+        // DHT of its own for good, cut off from the network it was meant to join: refuse, and
+        // let a service manager start it again. Some resolving is enough, as for the daemon.
+        let (resolved, failures) = resolve_bootstrap(bootstrap).await;
+        if let (true, Some(failures)) = (resolved.is_empty(), failures) {
+            anyhow::bail!(
+                "--bootstrap: {failures}; with none usable this node would run on its own \
+                 (start it again once the names resolve)"
+            );
+        }
         let dht = Dht::start(DhtOptions {
-            bootstrap: bootstrap.to_vec(),
+            bootstrap: resolved.iter().map(ToString::to_string).collect(),
             bind,
             server_mode: true,
             request_timeout: None,

@@ -2,9 +2,9 @@
 //! the lookups the core asks for, handing each verified record back to it.
 //!
 //! Publishing runs in its own task: it lists the host's addresses over netlink, and publishes
-//! when they change, at once when the tunnel socket's reflexive address changes (the daemon
-//! learns it, see `core::reflexive`), when the DHT's public address first matches that one,
-//! and every DHT_REPUBLISH_INTERVAL. Lookups run in tasks of their own, at most
+//! when they change (checked every ADDRESS_CHECK_INTERVAL, as is the DHT's public address), at
+//! once when the tunnel socket's reflexive address changes (the daemon learns it, see
+//! `core::reflexive`), and every DHT_REPUBLISH_INTERVAL. Lookups run in tasks of their own, at most
 //! DHT_RESOLVES_IN_FLIGHT at a time, and report back over a bounded channel.
 
 use crate::config::DhtConfig;
@@ -96,6 +96,11 @@ impl Discovery {
         let moved = self.moved.has_changed().unwrap_or(false);
         self.moved.mark_unchanged();
         moved
+    }
+
+    /// The public IP the DHT socket's node reports (see `core::reflexive` for how it is used).
+    pub fn dht_public_ip(&self) -> Option<IpAddr> {
+        self.dht.public_ip()
     }
 
     /// Tells the publisher the tunnel socket's reflexive address changed; it republishes at once.
@@ -232,8 +237,9 @@ async fn publish_forever(
 }
 
 /// Our record as of now: the host's usable addresses (not loopback, not our own tunnel), our
-/// tunnel port, the public address DHT nodes report if the reflexive address confirms it, and
-/// the tunnel socket's reflexive address unless it is a loopback one (a DHT node on this host).
+/// tunnel port, the public address DHT nodes report unless the reflexive address contradicts it,
+/// and the tunnel socket's reflexive address unless it is a loopback one (a DHT node on this
+/// host).
 async fn current_record(
     dht: &Dht,
     netlink: &Netlink,

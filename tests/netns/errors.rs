@@ -292,6 +292,29 @@ fn errors_an_operator_meets() {
         ));
     }
 
+    // A DHT node none of whose bootstrap nodes resolves would serve a DHT of its own for good.
+    // In A's namespace the resolver is out of reach, so nothing leaves the lab; `.invalid`
+    // never resolves anyway.
+    let out = run_timeout(
+        Command::new("ip")
+            .args(["netns", "exec", &a.ns, BIN, "dht-node", "--listen"])
+            .arg(format!("{}:0", a.underlay))
+            .args(["--bootstrap", "no-such-node.invalid:6881"])
+            .env_remove("RUST_LOG"),
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success()
+        || err.trim_end().lines().count() != 1
+        || !err.contains("no-such-node.invalid")
+        || !err.contains("on its own")
+    {
+        lab.fail(format!(
+            "dht-node with no resolvable bootstrap node should fail in one line naming it; {}",
+            describe(&out)
+        ));
+    }
+
     // No /dev/net/tun: hide it in a private mount namespace.
     let mut no_tun = a.clone();
     no_tun.iface = lab.iface_name("w");

@@ -20,7 +20,10 @@
 //! one witness). Handshakes are authenticated, so a lie would only plant an address that leads
 //! nowhere, but peers would spend handshakes on it. The exception is a list with a single
 //! node's IP in it (a private network with one bootstrap node): nobody could confirm it, and
-//! the operator chose to trust that node, so its answer alone counts.
+//! the operator chose to trust that node, so its answer alone counts. The public IP that
+//! mainline's DHT socket learns from the nodes answering its own queries (many of them, on the
+//! public DHT) counts as one more witness, so a node whose other reflectors are down can still
+//! be confirmed.
 
 pub mod krpc;
 
@@ -70,6 +73,8 @@ pub struct Reflector {
     rng: ChaCha20Rng,
     /// Nodes at different IPs that must report an IP before it is adopted.
     quorum: usize,
+    /// The public IP mainline's DHT socket reports: one more witness (see the module doc).
+    dht_public_ip: Option<IpAddr>,
     address: Option<SocketAddr>,
     port_varies: bool,
 }
@@ -97,6 +102,7 @@ impl Reflector {
             node_id,
             rng,
             quorum: node_ips.clamp(1, REFLECTOR_QUORUM),
+            dht_public_ip: None,
             address: None,
             port_varies: false,
         }
@@ -107,6 +113,15 @@ impl Reflector {
     /// the port most of them saw.
     pub fn address(&self) -> Option<SocketAddr> {
         self.address
+    }
+
+    /// Takes in the public IP the DHT socket currently reports, as one more witness for the IP
+    /// the nodes report; the port still comes from their answers.
+    pub fn set_dht_public_ip(&mut self, ip: Option<IpAddr>) {
+        if ip != self.dht_public_ip {
+            self.dht_public_ip = ip;
+            self.elect();
+        }
     }
 
     /// Whether two nodes saw different ports for our IP: the NAT maps per destination, so the
@@ -197,7 +212,8 @@ impl Reflector {
     /// nodes that disagree do not make it flip, else goes to the node listed first.
     fn elect(&mut self) {
         let answers = || self.slots.iter().filter_map(|s| s.answer.map(|(a, _)| a));
-        let ip_votes = |ip: IpAddr| self.votes(|a| a.ip() == ip);
+        let ip_votes =
+            |ip: IpAddr| self.votes(|a| a.ip() == ip) + usize::from(self.dht_public_ip == Some(ip));
         let best_ip = answers().map(|a| ip_votes(a.ip())).max().unwrap_or(0);
         let keep_ip = self
             .address
@@ -238,15 +254,19 @@ impl Reflector {
     }
 }
 
-/// The public IP mainline's DHT socket reports, if the reflector's agreed address confirms it.
-/// mainline takes it from whichever nodes answered its last lookup, one of them possibly alone,
-/// so only the quorum above lets it into what we publish; the two sockets sit behind the same
-/// NAT, which gives both the same outside IP.
+/// The public IP mainline's DHT socket reports, unless the reflector's agreed address says
+/// otherwise: the two sockets sit behind the same NAT, which gives both the same outside IP, and
+/// mainline takes it from whichever nodes answered its last lookup, one of them possibly alone.
+/// Without an agreed address (no reflector answers, a port forwarded by hand) it is still the
+/// best candidate we have; a wrong one costs a peer one handshake to nowhere.
 pub fn confirmed_public_ip(
     dht_public: Option<IpAddr>,
     reflexive: Option<SocketAddr>,
 ) -> Option<IpAddr> {
-    dht_public.filter(|&ip| reflexive.is_some_and(|r| r.ip() == ip))
+    match reflexive {
+        Some(agreed) => dht_public.filter(|&ip| ip == agreed.ip()),
+        None => dht_public,
+    }
 }
 
 /// One node we ask.

@@ -257,7 +257,31 @@ fn one_lying_node_cannot_set_the_address() {
         confirmed_public_ip(Some(ip(seen)), r.address()),
         Some(ip(seen))
     );
-    assert_eq!(confirmed_public_ip(Some(ip(seen)), None), None);
+    // With no agreed address it is the best candidate there is.
+    assert_eq!(confirmed_public_ip(Some(ip(lie)), None), Some(ip(lie)));
+}
+
+#[test]
+fn the_dht_public_ip_confirms_the_one_node_still_answering() {
+    let seen = addr("203.0.113.7:40001");
+    let mut r = Reflector::new(&[addr(A), addr(B)], [12; 32], ms(0));
+    let sent = due(&mut r, ms(0));
+    // B is down: A's answer alone is not enough among two nodes.
+    assert_eq!(
+        r.handle_datagram(addr(A), &answer(sent[0].1, seen), ms(1)),
+        Reflected::Unchanged
+    );
+    assert_eq!(r.address(), None);
+    // The DHT socket reports another IP: no confirmation.
+    r.set_dht_public_ip(Some("198.51.100.9".parse().unwrap()));
+    assert_eq!(r.address(), None);
+    // It reports the same IP: a second witness, and the port is the node's.
+    r.set_dht_public_ip(Some(seen.ip()));
+    assert_eq!(r.address(), Some(seen));
+    // Alone, without any node's answer, it sets nothing: it has no port.
+    let mut alone = Reflector::new(&[addr(A), addr(B)], [13; 32], ms(0));
+    alone.set_dht_public_ip(Some(seen.ip()));
+    assert_eq!(alone.address(), None);
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 use super::tests::{buf, handshake, ipv4, pair, A_ADDR, B_ADDR};
 use super::*;
+use crate::core::limits::REKEY_AFTER_TIME;
 use crate::core::wire::TYPE_INITIATION;
 
 /// Our own initiation was lost; the peer's handshake completed and its first packet confirmed
@@ -119,4 +120,61 @@ fn a_retried_initiation_keeps_the_previous_session_in_use() {
         NetworkAction::WriteToTun { len: 38 },
         "B refused A's packet on the session A still sends on"
     );
+}
+
+/// Our rekey is due and asked for, but not sent yet, when the peer's own handshake completes
+/// and its first packet confirms the session we answered: the rekey would only replace that
+/// fresh session, so it is dropped with any attempt of ours.
+#[test]
+fn a_confirmed_answer_also_drops_a_rekey_not_yet_sent() {
+    let (mut a, mut b) = pair();
+    let a_addr: SocketAddr = A_ADDR.parse().unwrap();
+    let b_addr: SocketAddr = B_ADDR.parse().unwrap();
+    let mut out = buf();
+    let mut reply = buf();
+    let start = Duration::from_secs(1);
+    let first = handshake(&mut a, &mut b, start);
+    assert_eq!(
+        b.handle_datagram(a_addr, &first, start, &mut out),
+        NetworkAction::WriteToTun { len: 25 }
+    );
+
+    // A's session is due for its rekey: sending on it asks for one.
+    let t = start + REKEY_AFTER_TIME + Duration::from_secs(1);
+    let mut packet = ipv4([100, 64, 0, 1], [100, 64, 0, 2], b"due");
+    assert!(matches!(
+        a.handle_tun_packet(&mut packet, 23, t, &mut out),
+        TunAction::WriteToNetwork { .. }
+    ));
+    assert!(a.peers()[0].want_initiation, "the rekey was not asked for");
+
+    // Before A sends it, B (restarted) completes a handshake of its own and confirms it.
+    let (_, mut b) = pair();
+    let mut packet = ipv4([100, 64, 0, 2], [100, 64, 0, 1], b"from the new b");
+    assert_eq!(
+        b.handle_tun_packet(&mut packet, 34, t, &mut out),
+        TunAction::Staged
+    );
+    let init = b.poll_transmit(t, &mut out).expect("B's initiation");
+    let NetworkAction::WriteToNetwork { len, .. } =
+        a.handle_datagram(b_addr, &out[..init.len], t, &mut reply)
+    else {
+        panic!("A did not answer B's initiation");
+    };
+    assert_eq!(
+        b.handle_datagram(a_addr, &reply[..len], t, &mut out),
+        NetworkAction::Consumed
+    );
+    let staged = b.poll_transmit(t, &mut out).expect("B's staged packet");
+    assert_eq!(
+        a.handle_datagram(b_addr, &out[..staged.len], t, &mut reply),
+        NetworkAction::WriteToTun { len: 34 }
+    );
+
+    while let Some(sent) = a.poll_transmit(t, &mut out) {
+        assert_ne!(
+            out[0], TYPE_INITIATION,
+            "A still sent the rekey it asked for before B's handshake: {sent:?}"
+        );
+    }
 }

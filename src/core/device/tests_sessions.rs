@@ -58,15 +58,12 @@ fn a_confirmed_answer_cancels_our_own_handshake() {
 /// `previous`, and a retry comes REKEY_TIMEOUT after the first try, so it always did.
 #[test]
 fn a_retried_initiation_keeps_the_previous_session_in_use() {
-    let (mut a, mut b) = pair();
+    let start = Duration::from_secs(1);
+    let (mut a, mut b) = settled_pair(start);
     let a_addr: SocketAddr = A_ADDR.parse().unwrap();
     let b_addr: SocketAddr = B_ADDR.parse().unwrap();
     let mut out = buf();
     let mut reply = buf();
-    let start = Duration::from_secs(1);
-    let first = handshake(&mut a, &mut b, start);
-    let action = b.handle_datagram(a_addr, &first, start, &mut out);
-    assert_eq!(action, NetworkAction::WriteToTun { len: 25 });
 
     // B starts a handshake (its address changed) and completes it; its keepalive confirming
     // the new session to A is lost, so A goes on sending on the first session, B's previous.
@@ -127,17 +124,12 @@ fn a_retried_initiation_keeps_the_previous_session_in_use() {
 /// fresh session, so it is dropped with any attempt of ours.
 #[test]
 fn a_confirmed_answer_also_drops_a_rekey_not_yet_sent() {
-    let (mut a, mut b) = pair();
+    let start = Duration::from_secs(1);
+    let (mut a, _old_b) = settled_pair(start);
     let a_addr: SocketAddr = A_ADDR.parse().unwrap();
     let b_addr: SocketAddr = B_ADDR.parse().unwrap();
     let mut out = buf();
     let mut reply = buf();
-    let start = Duration::from_secs(1);
-    let first = handshake(&mut a, &mut b, start);
-    assert_eq!(
-        b.handle_datagram(a_addr, &first, start, &mut out),
-        NetworkAction::WriteToTun { len: 25 }
-    );
 
     // A's session is due for its rekey: sending on it asks for one.
     let t = start + REKEY_AFTER_TIME + Duration::from_secs(1);
@@ -177,4 +169,15 @@ fn a_confirmed_answer_also_drops_a_rekey_not_yet_sent() {
             "A still sent the rekey it asked for before B's handshake: {sent:?}"
         );
     }
+}
+
+/// A and B after A's handshake at `start` and its first packet, which confirmed the session to B.
+fn settled_pair(start: Duration) -> (Device, Device) {
+    let (mut a, mut b) = pair();
+    let a_addr: SocketAddr = A_ADDR.parse().unwrap();
+    let first = handshake(&mut a, &mut b, start);
+    let mut out = buf();
+    let action = b.handle_datagram(a_addr, &first, start, &mut out);
+    assert_eq!(action, NetworkAction::WriteToTun { len: 25 });
+    (a, b)
 }

@@ -34,10 +34,19 @@ impl Device {
         // no source address to prove with a cookie; it is rate-limited in a bucket of the relay
         // and the sender it names, which neither datagrams sent from the relay's address nor
         // another of the relay's peers can drain.
+        // The sender must be one of our peers other than the relay: a relay naming made-up
+        // senders would otherwise get a fresh bucket for each.
         let source = match (from, relayed_sender) {
             (Path::Direct(address), _) => Source::Address(address.ip()),
-            (Path::Relay(relay), Some(sender)) => Source::Relay { relay, sender },
-            (Path::Relay(relay), None) => return Err((DropReason::RelayRefused, Some(relay))),
+            (Path::Relay(relay), Some(sender))
+                if self
+                    .by_x25519
+                    .get(&sender)
+                    .is_some_and(|&peer| peer != relay) =>
+            {
+                Source::Relay { relay, sender }
+            }
+            (Path::Relay(relay), _) => return Err((DropReason::RelayRefused, Some(relay))),
         };
         let under_load = self.limiter.note_initiation(now);
         if let (true, Path::Direct(address)) = (under_load, from) {

@@ -11,6 +11,7 @@ const X: u8 = 11;
 const Y: u8 = 12;
 /// B's peer numbers: the order of its config.
 const R_AT_B: PeerId = 0;
+const X_AT_B: PeerId = 1;
 const Y_AT_B: PeerId = 2;
 
 /// X and Y are both peers of B behind relay R. X sends initiations (here, its one initiation
@@ -112,4 +113,34 @@ fn initiation_to_b(n: u8, now: Duration) -> Vec<u8> {
     );
     let initiation = device.poll_transmit(now, &mut out).expect("an initiation");
     out[..initiation.len].to_vec()
+}
+
+/// A relay that names senders who are not our peers (or itself) would get a fresh bucket for
+/// each made-up name: such initiations are refused before any Curve25519 work.
+#[test]
+fn a_relayed_initiation_naming_no_peer_of_ours_is_refused_before_the_handshake_work() {
+    let mut b = device_b();
+    let now = Duration::from_secs(1);
+    let from_x = initiation_to_b(X, now);
+    let relay_key = *key(R).public_key().x25519_bytes();
+    let mut out = buf();
+    // Junk for Noise with a valid mac1: had it reached the Curve25519 work, it would fail there
+    // as unauthenticated.
+    let mut junk = from_x.clone();
+    let [noise, mac1, _] = crate::core::wire::initiation_layout();
+    junk[noise].fill(0x5a);
+    let tag = crate::core::handshake::Mac1Key::for_receiver(&key(2).public_key())
+        .compute(&junk[..mac1.start]);
+    junk[mac1].copy_from_slice(&tag);
+    for n in 0..100u8 {
+        let made_up = [n; 32];
+        let result = b.dispatch(Path::Relay(R_AT_B), Some(made_up), &junk, now, &mut out);
+        assert_eq!(result, Err((DropReason::RelayRefused, Some(R_AT_B))));
+    }
+    let result = b.dispatch(Path::Relay(R_AT_B), Some(relay_key), &from_x, now, &mut out);
+    assert_eq!(result, Err((DropReason::RelayRefused, Some(R_AT_B))));
+    // X's own bucket was never touched: its initiation still goes through.
+    let x_key = *key(X).public_key().x25519_bytes();
+    let _ = b.dispatch(Path::Relay(R_AT_B), Some(x_key), &from_x, now, &mut out);
+    assert_eq!(b.peers()[X_AT_B].last_initiation_at, Some(now));
 }

@@ -31,11 +31,13 @@ pub fn run_dht_node(listen: SocketAddr, bootstrap: &[String]) -> anyhow::Result<
         // DHT of its own for good, cut off from the network it was meant to join: refuse, and
         // let a service manager start it again. Some resolving is enough, as for the daemon.
         let (resolved, failures) = resolve_bootstrap(bootstrap).await;
-        if let (true, Some(failures)) = (resolved.is_empty(), failures) {
-            anyhow::bail!(
+        match failures {
+            Some(failures) if resolved.is_empty() => anyhow::bail!(
                 "--bootstrap: {failures}; with none usable this node would run on its own \
                  (start it again once the names resolve)"
-            );
+            ),
+            Some(failures) => tracing::warn!("--bootstrap: {failures}; going on with the rest"),
+            None => {}
         }
         let dht = Dht::start(DhtOptions {
             bootstrap: resolved.iter().map(ToString::to_string).collect(),

@@ -22,8 +22,9 @@
 //! node's IP in it (a private network with one bootstrap node): nobody could confirm it, and
 //! the operator chose to trust that node, so its answer alone counts. The public IP that
 //! mainline's DHT socket learns from the nodes answering its own queries (many of them, on the
-//! public DHT) counts as one more witness, so a node whose other reflectors are down can still
-//! be confirmed.
+//! public DHT) counts as one more witness while no answer contradicts it, so a node whose other
+//! reflectors are down can still be confirmed. In a private DHT that one node may be all that
+//! answers mainline too, and then confirms itself: a known limit.
 
 pub mod krpc;
 
@@ -109,8 +110,9 @@ impl Reflector {
     }
 
     /// The tunnel socket's reflexive address, when nodes told us recently: an IP that
-    /// `REFLECTOR_QUORUM` nodes at different IPs agree on (one, when only one is asked), with
-    /// the port most of them saw.
+    /// `REFLECTOR_QUORUM` witnesses agree on (nodes at different IPs, or the DHT's public IP
+    /// when no node contradicts it; one node when only one is asked), with the port most of the
+    /// nodes saw.
     pub fn address(&self) -> Option<SocketAddr> {
         self.address
     }
@@ -212,8 +214,13 @@ impl Reflector {
     /// nodes that disagree do not make it flip, else goes to the node listed first.
     fn elect(&mut self) {
         let answers = || self.slots.iter().filter_map(|s| s.answer.map(|(a, _)| a));
-        let ip_votes =
-            |ip: IpAddr| self.votes(|a| a.ip() == ip) + usize::from(self.dht_public_ip == Some(ip));
+        // mainline takes its public IP from the nodes answering one lookup, as few as one, and
+        // it changes between lookups: it only tips an IP that no answer contradicts, or the
+        // address would follow it back and forth when nodes disagree.
+        let witness = self
+            .dht_public_ip
+            .filter(|&ip| answers().all(|a| a.ip() == ip));
+        let ip_votes = |ip: IpAddr| self.votes(|a| a.ip() == ip) + usize::from(witness == Some(ip));
         let best_ip = answers().map(|a| ip_votes(a.ip())).max().unwrap_or(0);
         let keep_ip = self
             .address

@@ -278,6 +278,17 @@ fn the_dht_public_ip_confirms_the_one_node_still_answering() {
     // It reports the same IP: a second witness, and the port is the node's.
     r.set_dht_public_ip(Some(seen.ip()));
     assert_eq!(r.address(), Some(seen));
+    // When the nodes disagree it tips neither way: the DHT's IP changes between lookups, and
+    // the address would follow it.
+    let lie = addr("198.51.100.9:7777");
+    let mut split = Reflector::new(&[addr(A), addr(B)], [14; 32], ms(0));
+    let sent = due(&mut split, ms(0));
+    split.handle_datagram(addr(A), &answer(sent[0].1, seen), ms(1));
+    split.handle_datagram(addr(B), &answer(sent[1].1, lie), ms(1));
+    for dht_ip in [seen.ip(), lie.ip(), seen.ip()] {
+        split.set_dht_public_ip(Some(dht_ip));
+        assert_eq!(split.address(), None, "followed the DHT's IP {dht_ip}");
+    }
     // Alone, without any node's answer, it sets nothing: it has no port.
     let mut alone = Reflector::new(&[addr(A), addr(B)], [13; 32], ms(0));
     alone.set_dht_public_ip(Some(seen.ip()));

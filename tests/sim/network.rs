@@ -264,6 +264,11 @@ impl Sim {
         self.losses.push((from, kind, count));
     }
 
+    /// Ends the targeted losses still pending: an outage that ends now.
+    pub(crate) fn clear_losses(&mut self) {
+        self.losses.clear();
+    }
+
     /// Holds back the next datagram of message type `kind` that `from` sends by `by`, on top of
     /// the link's latency: jitter aimed at one message, so a race goes one precise way.
     pub(crate) fn delay_next(&mut self, from: NodeId, kind: u8, by: Duration) {

@@ -261,20 +261,29 @@ impl Device {
         // crossing, and replaces ours as any confirmed session does. So does one the peer kept
         // sending on for a window without a packet on ours since: it restarted and lost ours.
         let own_key_wins = own_x25519 < *peer.config.public_key.x25519_bytes();
-        let keep_ours = |peer: &Peer| match (&peer.current, &peer.next) {
+        let won_crossing = match (&peer.current, &peer.next) {
             (Some(current), Some(next)) => {
                 own_key_wins
                     && current.we_initiated
                     && current.is_usable(now)
                     && next.established_at < current.established_at + CROSSED_HANDSHAKE_WINDOW
-                    && (next.age(now) < CROSSED_HANDSHAKE_WINDOW
-                        || current
-                            .last_received_at
-                            .is_some_and(|t| t >= next.established_at))
             }
             _ => false,
         };
-        let confirms = slot == SessionSlot::Next && !keep_ours(peer);
+        let peer_sends_on_ours = match (&peer.current, &peer.next) {
+            (Some(current), Some(next)) => {
+                next.age(now) < CROSSED_HANDSHAKE_WINDOW
+                    || current
+                        .last_received_at
+                        .is_some_and(|t| t >= next.established_at)
+            }
+            _ => false,
+        };
+        let confirms = slot == SessionSlot::Next && !(won_crossing && peer_sends_on_ours);
+        // A crossing we won but give up (the peer restarted, or our packets to it were lost
+        // for the whole window) leaves us on a session we only answered, and the peer may be
+        // on one it only answered too: neither would rekey on age. So we start a handshake.
+        let rekey_after_confirming = confirms && won_crossing;
         // A packet on a session we do not send on does not answer our data: the unanswered-data
         // rule must still see a peer that lost our session.
         if slot != SessionSlot::Next || confirms {
@@ -297,6 +306,7 @@ impl Device {
                 // Also an initiation asked for but not sent yet (a rekey due on the session
                 // this one replaces).
                 peer.want_initiation = false;
+                peer.want_direct_probe = false;
                 peer.fanout_next = None;
                 peer.want_relay_copy = false;
                 if let Some(attempt) = peer.handshake.take() {
@@ -305,6 +315,9 @@ impl Device {
             }
             self.enqueue(id);
             self.emit(PeerEvent::HandshakeCompleted { peer: key });
+            if rekey_after_confirming && self.peers[id].handshake.is_none() {
+                self.want_initiation(id);
+            }
         }
         self.roam(id, from, now, confirms);
         if initiator_should_rekey && self.peers[id].handshake.is_none() {

@@ -264,8 +264,9 @@ async fn a_lookup_takes_the_newest_record_not_the_first() {
     );
     // Bounded: the lookup ended when both had answered, within the settle window.
     assert!(took < late + DHT_RESOLVE_SETTLE, "the lookup took {took:?}");
+    // A node lagging behind the peer's last publish is how a DHT spreads records: not counted.
     let status = b.status();
-    assert!(status.records_older >= 1, "{status:?}");
+    assert_eq!(status.records_ignored, 0, "{status:?}");
 
     // A newer record that comes too late does not hold the lookup up: the older one is taken
     // when the settle window ends, and the next lookup (which knows it) finds the newer.

@@ -19,11 +19,14 @@ use core::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offered {
     /// The newest record so far; `replaced` when it superseded an older one the lookup had
-    /// taken before (that one counts as older).
+    /// taken before.
     Taken { replaced: bool },
     /// The record already held, from another node, or the one the caller had already seen.
     Same,
-    /// Older than the caller's record or than the newest this lookup found.
+    /// Older than the newest this lookup found: a node that missed the peer's last publish.
+    /// That is how a DHT spreads a record, nothing to count.
+    Superseded,
+    /// Older than the record the caller already had: worth counting.
     Older,
     /// Signed for another key than the one looked up.
     WrongKey,
@@ -60,8 +63,11 @@ impl RecordPicker {
         if self.seen == Some(seq) || best == Some(seq) {
             return Offered::Same;
         }
-        if !is_newer(self.seen, seq) || !is_newer(best, seq) {
+        if !is_newer(self.seen, seq) {
             return Offered::Older;
+        }
+        if !is_newer(best, seq) {
+            return Offered::Superseded;
         }
         let Ok(record) = Record::decode(value) else {
             return Offered::Malformed;
@@ -114,8 +120,14 @@ mod tests {
         assert_eq!(picker.offer(&KEY, 100, &value(1), ms(5)), taken(false));
         assert_eq!(picker.offer(&KEY, 100, &value(1), ms(6)), Offered::Same);
         assert_eq!(picker.offer(&KEY, 300, &value(3), ms(7)), taken(true));
-        assert_eq!(picker.offer(&KEY, 200, &value(2), ms(8)), Offered::Older);
-        assert_eq!(picker.offer(&KEY, 100, &value(1), ms(9)), Offered::Older);
+        assert_eq!(
+            picker.offer(&KEY, 200, &value(2), ms(8)),
+            Offered::Superseded
+        );
+        assert_eq!(
+            picker.offer(&KEY, 100, &value(1), ms(9)),
+            Offered::Superseded
+        );
         let (seq, record) = picker.finish().unwrap();
         assert_eq!((seq, record.listen_port()), (300, 3));
     }

@@ -360,10 +360,8 @@ async fn lookup(
         tokio::time::timeout_at(started + picker.deadline(), items.next()).await
     {
         match picker.offer(item.key(), item.seq(), item.value(), started.elapsed()) {
-            Offered::Taken { replaced: false } | Offered::Same => {}
-            Offered::Taken { replaced: true } | Offered::Older => {
-                count(&status, 1, |s| &mut s.records_older);
-            }
+            Offered::Taken { .. } | Offered::Same | Offered::Superseded => {}
+            Offered::Older => count(&status, 1, |s| &mut s.records_older),
             Offered::WrongKey => count(&status, 1, |s| &mut s.records_bad_signature),
             Offered::Malformed => count(&status, 1, |s| &mut s.records_malformed),
         }

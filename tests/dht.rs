@@ -252,10 +252,18 @@ async fn a_lookup_takes_the_newest_record_not_the_first() {
     })
     .await;
     let started = Instant::now();
-    let found = bounded("the lookup of A", b.resolve(&key_a.public_key(), None))
-        .await
-        .expect("lookup failed");
+    // The first record is handed over at once, for handshakes not to wait; the result follows.
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    let public_a = key_a.public_key();
+    let lookup = b.resolve_early(&public_a, None, Some(first_tx));
+    let (found, first) = tokio::join!(bounded("the lookup of A", lookup), async {
+        let first = first_rx.await.ok();
+        (first, started.elapsed())
+    });
+    let found = found.expect("lookup failed");
     let took = started.elapsed();
+    assert_eq!(first.0, Some((now - HOUR, old.clone())), "the early record");
+    assert!(first.1 < late, "the early record came after {:?}", first.1);
     assert!(stale.asked() && fresh.asked(), "a node was never asked");
     assert_eq!(
         found,

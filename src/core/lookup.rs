@@ -90,6 +90,11 @@ impl RecordPicker {
         })
     }
 
+    /// The newest acceptable record so far, if any.
+    pub fn best(&self) -> Option<&(i64, Record)> {
+        self.best.as_ref()
+    }
+
     /// The newest acceptable record the lookup found, if any.
     pub fn finish(self) -> Option<(i64, Record)> {
         self.best

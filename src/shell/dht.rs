@@ -46,6 +46,7 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// How to start a DHT node.
@@ -244,6 +245,18 @@ impl Dht {
         peer: &PublicKey,
         seen: Option<i64>,
     ) -> anyhow::Result<Option<(i64, Record)>> {
+        self.resolve_early(peer, seen, None).await
+    }
+
+    /// Like `resolve`, and hands the first acceptable record to `first` as soon as it comes, so
+    /// handshakes need not wait for the settle window: a newer one found later follows as the
+    /// result.
+    pub async fn resolve_early(
+        &self,
+        peer: &PublicKey,
+        seen: Option<i64>,
+        first: Option<oneshot::Sender<(i64, Record)>>,
+    ) -> anyhow::Result<Option<(i64, Record)>> {
         self.inner.status().resolves += 1;
         let node = self.inner.node.clone();
         let status = Arc::clone(&self.inner.status);
@@ -251,7 +264,7 @@ impl Dht {
         // The lookup stops itself by DHT_RESOLVE_TIMEOUT with what it found; this limit only
         // backs that up.
         let limit = DHT_RESOLVE_TIMEOUT + DHT_ACTOR_TIMEOUT;
-        let found = isolated(limit, lookup(node, status, key, seen)).await?;
+        let found = isolated(limit, lookup(node, status, key, seen, first)).await?;
         Ok(found.flatten())
     }
 
@@ -348,6 +361,7 @@ async fn lookup(
     status: Arc<Mutex<DhtStatus>>,
     key: [u8; 32],
     seen: Option<i64>,
+    mut first: Option<oneshot::Sender<(i64, Record)>>,
 ) -> Option<(i64, Record)> {
     let started = tokio::time::Instant::now();
     let lookup = node.get_mutable_detailed(&key, Some(RECORD_SALT), seen);
@@ -360,7 +374,12 @@ async fn lookup(
         tokio::time::timeout_at(started + picker.deadline(), items.next()).await
     {
         match picker.offer(item.key(), item.seq(), item.value(), started.elapsed()) {
-            Offered::Taken { .. } | Offered::Same | Offered::Superseded => {}
+            Offered::Taken { .. } => {
+                if let (Some(tx), Some(best)) = (first.take(), picker.best()) {
+                    let _ = tx.send(best.clone());
+                }
+            }
+            Offered::Same | Offered::Superseded => {}
             Offered::Older => count(&status, 1, |s| &mut s.records_older),
             Offered::WrongKey => count(&status, 1, |s| &mut s.records_bad_signature),
             Offered::Malformed => count(&status, 1, |s| &mut s.records_malformed),

@@ -20,13 +20,15 @@ use crate::shell::dht::{Dht, DhtOptions, DhtStatus};
 use crate::shell::netlink::Netlink;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-/// The answer to one lookup.
+/// The answer to one lookup: the first record it found, as soon as it came (`done` false), then
+/// its result, the newest it found (`done` true).
 pub struct Lookup {
     pub peer: PublicKey,
     pub found: Option<(i64, Record)>,
+    pub done: bool,
 }
 
 pub struct Discovery {
@@ -69,7 +71,8 @@ impl Discovery {
             reflexive_rx,
             moved_tx,
         ));
-        let (results_tx, results) = mpsc::channel(DHT_RESOLVES_IN_FLIGHT);
+        // Two answers per lookup at most: the first record early, then the result.
+        let (results_tx, results) = mpsc::channel(2 * DHT_RESOLVES_IN_FLIGHT);
         Ok(Self {
             dht,
             in_flight: 0,
@@ -118,15 +121,34 @@ impl Discovery {
             let dht = self.dht.clone();
             let results = self.results_tx.clone();
             tokio::spawn(async move {
-                let found = match dht.resolve(&peer, seen).await {
+                // The first record goes to the core at once: the lookup listens on for a newer
+                // one (see `core::lookup`), and handshakes should not wait for that.
+                let (first_tx, first_rx) = oneshot::channel();
+                let early = async {
+                    if let Ok(first) = first_rx.await {
+                        let _ = results.try_send(Lookup {
+                            peer,
+                            found: Some(first),
+                            done: false,
+                        });
+                    }
+                };
+                let (found, ()) =
+                    tokio::join!(dht.resolve_early(&peer, seen, Some(first_tx)), early);
+                let found = match found {
                     Ok(found) => found,
                     Err(e) => {
                         tracing::debug!(%peer, "DHT lookup failed: {e:#}");
                         None
                     }
                 };
-                // The channel holds as many answers as lookups may run, so this never drops.
-                let _ = results.try_send(Lookup { peer, found });
+                // The channel holds two answers for every lookup that may run, so this never
+                // drops.
+                let _ = results.try_send(Lookup {
+                    peer,
+                    found,
+                    done: true,
+                });
             });
         }
     }
@@ -136,9 +158,12 @@ impl Discovery {
         self.results.recv().await
     }
 
-    /// Hands a finished lookup to the core.
+    /// Hands a lookup's answer to the core; a newer record after the early one replaces it, the
+    /// same one again changes nothing.
     pub fn apply(&mut self, device: &mut Device, lookup: Lookup, now: Duration) {
-        self.in_flight = self.in_flight.saturating_sub(1);
+        if lookup.done {
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
         match lookup.found {
             Some((sequence, record)) => {
                 let candidates: Vec<SocketAddr> = record.candidates().collect();

@@ -267,6 +267,7 @@ impl Device {
                     && current.we_initiated
                     && current.is_usable(now)
                     && next.established_at < current.established_at + CROSSED_HANDSHAKE_WINDOW
+                    && current.established_at < next.established_at + CROSSED_HANDSHAKE_WINDOW
             }
             _ => false,
         };

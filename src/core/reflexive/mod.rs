@@ -76,6 +76,8 @@ pub struct Reflector {
     quorum: usize,
     /// The public IP mainline's DHT socket reports: one more witness (see the module doc).
     dht_public_ip: Option<IpAddr>,
+    /// The last `refresh`: answers from before it say where we were, not where we are.
+    refreshed_at: Option<Duration>,
     address: Option<SocketAddr>,
     port_varies: bool,
 }
@@ -104,6 +106,7 @@ impl Reflector {
             rng,
             quorum: node_ips.clamp(1, REFLECTOR_QUORUM),
             dht_public_ip: None,
+            refreshed_at: None,
             address: None,
             port_varies: false,
         }
@@ -151,6 +154,7 @@ impl Reflector {
     /// front of it, and our outside address, may have too. Answers already held stay until new
     /// ones replace them or they expire.
     pub fn refresh(&mut self, now: Duration) {
+        self.refreshed_at = Some(now);
         for slot in &mut self.slots {
             slot.next_at = now;
             slot.unanswered = 0;
@@ -216,10 +220,16 @@ impl Reflector {
         let answers = || self.slots.iter().filter_map(|s| s.answer.map(|(a, _)| a));
         // mainline takes its public IP from the nodes answering one lookup, as few as one, and
         // it changes between lookups: it only tips an IP that no answer contradicts, or the
-        // address would follow it back and forth when nodes disagree.
-        let witness = self
-            .dht_public_ip
-            .filter(|&ip| answers().all(|a| a.ip() == ip));
+        // address would follow it back and forth when nodes disagree. An answer from before the
+        // last refresh (a move) contradicts nothing: it tells where we were.
+        let since_refresh = self.refreshed_at.unwrap_or_default();
+        let witness = self.dht_public_ip.filter(|&ip| {
+            self.slots
+                .iter()
+                .filter_map(|s| s.answer)
+                .filter(|&(_, at)| at >= since_refresh)
+                .all(|(a, _)| a.ip() == ip)
+        });
         let ip_votes = |ip: IpAddr| self.votes(|a| a.ip() == ip) + usize::from(witness == Some(ip));
         let best_ip = answers().map(|a| ip_votes(a.ip())).max().unwrap_or(0);
         let keep_ip = self

@@ -289,6 +289,22 @@ fn the_dht_public_ip_confirms_the_one_node_still_answering() {
         split.set_dht_public_ip(Some(dht_ip));
         assert_eq!(split.address(), None, "followed the DHT's IP {dht_ip}");
     }
+    // After a move, an answer from before it (a node unreachable from the new network) does
+    // not contradict the DHT's IP: one node's new answer and the DHT's IP agree.
+    let moved_to = addr("192.0.2.50:50000");
+    split.refresh(ms(10));
+    let sent = due(&mut split, ms(10));
+    let from_a = sent
+        .iter()
+        .find(|(to, _)| *to == addr(A))
+        .expect("A asked again");
+    split.handle_datagram(addr(A), &answer(from_a.1, moved_to), ms(11));
+    split.set_dht_public_ip(Some(moved_to.ip()));
+    assert_eq!(
+        split.address(),
+        Some(moved_to),
+        "an old answer blocked the move"
+    );
     // Alone, without any node's answer, it sets nothing: it has no port.
     let mut alone = Reflector::new(&[addr(A), addr(B)], [13; 32], ms(0));
     alone.set_dht_public_ip(Some(seen.ip()));

@@ -1,5 +1,9 @@
-//! A fake DHT node for tests/dht.rs: it answers every request with one BEP 44 item, as a node
-//! that stores it would, so a test decides exactly what a lookup is told, and when.
+//! Support for tests/dht.rs: a fake DHT node that answers every request with one BEP 44 item, as
+//! a node that stores it would, so a test decides exactly what a lookup is told, and when; and
+//! (in `nodes`) starting and asking real nodes on loopback.
+
+mod nodes;
+pub use nodes::*;
 
 use dhtun::core::keys::SecretKey;
 use dhtun::core::record::{Record, RECORD_SALT};

@@ -483,6 +483,11 @@ pub const MAX_INITIATION_TARGETS: usize = MAX_RECORD_TARGETS + 2;
 /// keeps `dhtun status` current.
 pub const DHT_STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long the DHT routing table may stay empty before a node that had joined counts as not
+/// bootstrapped again. mainline empties it when it takes a new node id for our public IP (BEP
+/// 42) and refills it within seconds; a minute without a node is a real loss of the network.
+pub const DHT_TABLE_RESET_GRACE: Duration = Duration::from_secs(60);
+
 /// The first refresh after start waits this long, and each later one twice as long up to
 /// DHT_STATUS_INTERVAL: bootstrapping takes tens of milliseconds on a LAN, and a status asked
 /// for in the first second (the demo's, a script's after `dhtun up`) should not say "not

@@ -32,7 +32,7 @@
 use crate::core::keys::{PublicKey, SecretKey};
 use crate::core::limits::{
     DHT_ACTOR_TIMEOUT, DHT_BOOTSTRAP_DNS_TIMEOUT, DHT_PUBLISH_TIMEOUT, DHT_RESOLVE_TIMEOUT,
-    DHT_STATUS_FIRST_INTERVAL, DHT_STATUS_INTERVAL, MAX_RESOLVE_ITEMS,
+    MAX_RESOLVE_ITEMS,
 };
 use crate::core::lookup::{Offered, RecordPicker};
 use crate::core::record::{next_sequence, Record, RECORD_SALT};
@@ -48,6 +48,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+mod refresh;
+use refresh::refresh_status;
 
 /// How to start a DHT node.
 #[derive(Debug, Clone)]
@@ -404,38 +407,6 @@ fn count(status: &Mutex<DhtStatus>, n: u64, counter: impl FnOnce(&mut DhtStatus)
     let counter = counter(&mut status);
     *counter = counter.saturating_add(n);
     status.records_ignored = status.records_ignored.saturating_add(n);
-}
-
-/// Keeps the routing-table part of the status current, until the node is dropped or dies.
-async fn refresh_status(node: AsyncDht, status: Arc<Mutex<DhtStatus>>) {
-    let mut interval = DHT_STATUS_FIRST_INTERVAL;
-    loop {
-        let asking = node.clone();
-        let ask = async move {
-            let info = asking.info().await;
-            let table = asking.to_bootstrap().await.len();
-            (info, table)
-        };
-        match isolated(DHT_ACTOR_TIMEOUT, ask).await {
-            Ok(Some((info, table))) => {
-                let mut status = lock(&status);
-                status.routing_table_size = table;
-                status.bootstrapped = table > 0;
-                status.server_mode = info.server_mode();
-                status.public_address = info.public_address();
-            }
-            Ok(None) => {}
-            Err(error) => {
-                let mut status = lock(&status);
-                status.bootstrapped = false;
-                status.last_error = Some(error.to_string());
-                tracing::error!("DHT: {error}");
-                return;
-            }
-        }
-        tokio::time::sleep(interval).await;
-        interval = (interval * 2).min(DHT_STATUS_INTERVAL);
-    }
 }
 
 /// Runs `work` in its own task for at most `limit`: `Ok(None)` when time ran out, an error

@@ -61,7 +61,6 @@ fn a_retried_initiation_keeps_the_previous_session_in_use() {
     let start = Duration::from_secs(1);
     let (mut a, mut b) = settled_pair(start);
     let a_addr: SocketAddr = A_ADDR.parse().unwrap();
-    let b_addr: SocketAddr = B_ADDR.parse().unwrap();
     let mut out = buf();
     let mut reply = buf();
 
@@ -69,16 +68,7 @@ fn a_retried_initiation_keeps_the_previous_session_in_use() {
     // the new session to A is lost, so A goes on sending on the first session, B's previous.
     let t = Duration::from_secs(100);
     b.underlay_changed(t);
-    let init = b.poll_transmit(t, &mut out).expect("B's initiation");
-    let NetworkAction::WriteToNetwork { len, .. } =
-        a.handle_datagram(b_addr, &out[..init.len], t, &mut reply)
-    else {
-        panic!("A did not answer B's initiation");
-    };
-    assert_eq!(
-        b.handle_datagram(a_addr, &reply[..len], t, &mut out),
-        NetworkAction::Consumed
-    );
+    b_completes_its_handshake(&mut a, &mut b, t);
     while b.poll_transmit(t, &mut out).is_some() {}
     let in_use = b.peers()[0].previous.as_ref().map(|s| s.local_index);
     assert!(in_use.is_some());
@@ -126,7 +116,6 @@ fn a_retried_initiation_keeps_the_previous_session_in_use() {
 fn a_confirmed_answer_also_drops_a_rekey_not_yet_sent() {
     let start = Duration::from_secs(1);
     let (mut a, _old_b) = settled_pair(start);
-    let a_addr: SocketAddr = A_ADDR.parse().unwrap();
     let b_addr: SocketAddr = B_ADDR.parse().unwrap();
     let mut out = buf();
     let mut reply = buf();
@@ -147,16 +136,7 @@ fn a_confirmed_answer_also_drops_a_rekey_not_yet_sent() {
         b.handle_tun_packet(&mut packet, 34, t, &mut out),
         TunAction::Staged
     );
-    let init = b.poll_transmit(t, &mut out).expect("B's initiation");
-    let NetworkAction::WriteToNetwork { len, .. } =
-        a.handle_datagram(b_addr, &out[..init.len], t, &mut reply)
-    else {
-        panic!("A did not answer B's initiation");
-    };
-    assert_eq!(
-        b.handle_datagram(a_addr, &reply[..len], t, &mut out),
-        NetworkAction::Consumed
-    );
+    b_completes_its_handshake(&mut a, &mut b, t);
     let staged = b.poll_transmit(t, &mut out).expect("B's staged packet");
     assert_eq!(
         a.handle_datagram(b_addr, &out[..staged.len], t, &mut reply),
@@ -180,4 +160,21 @@ fn settled_pair(start: Duration) -> (Device, Device) {
     let action = b.handle_datagram(a_addr, &first, start, &mut out);
     assert_eq!(action, NetworkAction::WriteToTun { len: 25 });
     (a, b)
+}
+
+/// B's initiation, due now, goes to A, and A's response back to B, which completes it.
+fn b_completes_its_handshake(a: &mut Device, b: &mut Device, t: Duration) {
+    let a_addr: SocketAddr = A_ADDR.parse().unwrap();
+    let b_addr: SocketAddr = B_ADDR.parse().unwrap();
+    let (mut out, mut reply) = (buf(), buf());
+    let init = b.poll_transmit(t, &mut out).expect("B's initiation");
+    let NetworkAction::WriteToNetwork { len, .. } =
+        a.handle_datagram(b_addr, &out[..init.len], t, &mut reply)
+    else {
+        panic!("A did not answer B's initiation");
+    };
+    assert_eq!(
+        b.handle_datagram(a_addr, &reply[..len], t, &mut out),
+        NetworkAction::Consumed
+    );
 }

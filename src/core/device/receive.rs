@@ -261,24 +261,19 @@ impl Device {
         // crossing, and replaces ours as any confirmed session does. So does one the peer kept
         // sending on for a window without a packet on ours since: it restarted and lost ours.
         let own_key_wins = own_x25519 < *peer.config.public_key.x25519_bytes();
-        let won_crossing = match (&peer.current, &peer.next) {
-            (Some(current), Some(next)) => {
+        let (won_crossing, peer_sends_on_ours) = match (&peer.current, &peer.next) {
+            (Some(current), Some(next)) => (
                 own_key_wins
                     && current.we_initiated
                     && current.is_usable(now)
                     && next.established_at < current.established_at + CROSSED_HANDSHAKE_WINDOW
-                    && current.established_at < next.established_at + CROSSED_HANDSHAKE_WINDOW
-            }
-            _ => false,
-        };
-        let peer_sends_on_ours = match (&peer.current, &peer.next) {
-            (Some(current), Some(next)) => {
+                    && current.established_at < next.established_at + CROSSED_HANDSHAKE_WINDOW,
                 next.age(now) < CROSSED_HANDSHAKE_WINDOW
                     || current
                         .last_received_at
-                        .is_some_and(|t| t >= next.established_at)
-            }
-            _ => false,
+                        .is_some_and(|t| t >= next.established_at),
+            ),
+            _ => (false, false),
         };
         let confirms = slot == SessionSlot::Next && !(won_crossing && peer_sends_on_ours);
         // A crossing we won but give up (the peer restarted, or our packets to it were lost

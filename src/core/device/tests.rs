@@ -27,21 +27,26 @@ pub(super) fn peer(public_key: PublicKey, allowed: &str, endpoint: &str) -> Peer
 
 /// A (100.64.0.1) and B (100.64.0.2), each the other's only peer.
 pub(super) fn pair() -> (Device, Device) {
-    let device = |own: u8, other: u8, allowed: &str, endpoint: &str| {
-        Device::new(DeviceConfig {
-            secret_key: key(own),
-            mtu: MTU,
-            peers: vec![peer(key(other).public_key(), allowed, endpoint)],
-            wall_clock_at_zero: Duration::from_secs(1_700_000_000),
-            rng_seed: [own; 32],
-            serve_relay: false,
-            pacing: true,
-        })
+    let one_peer = |other: u8, allowed: &str, endpoint: &str| {
+        vec![peer(key(other).public_key(), allowed, endpoint)]
     };
     (
-        device(1, 2, "100.64.0.2/32", B_ADDR),
-        device(2, 1, "100.64.0.1/32", A_ADDR),
+        device(1, one_peer(2, "100.64.0.2/32", B_ADDR)),
+        device(2, one_peer(1, "100.64.0.1/32", A_ADDR)),
     )
+}
+
+/// The device with secret key `own` (and rng seed from it) and these peers, at the defaults.
+pub(super) fn device(own: u8, peers: Vec<PeerConfig>) -> Device {
+    Device::new(DeviceConfig {
+        secret_key: key(own),
+        mtu: MTU,
+        peers,
+        wall_clock_at_zero: Duration::from_secs(1_700_000_000),
+        rng_seed: [own; 32],
+        serve_relay: false,
+        pacing: true,
+    })
 }
 
 pub(super) fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
@@ -305,15 +310,7 @@ fn a_record_from_the_dht_makes_an_unknown_endpoint_reachable() {
     // A as B's peer, without an endpoint: B cannot send to it yet.
     let mut a_cfg = peer(key(1).public_key(), "100.64.0.1/32", A_ADDR);
     a_cfg.endpoint = None;
-    let mut b = Device::new(DeviceConfig {
-        secret_key: key(2),
-        mtu: MTU,
-        peers: vec![a_cfg],
-        wall_clock_at_zero: Duration::from_secs(1_700_000_000),
-        rng_seed: [2; 32],
-        serve_relay: false,
-        pacing: true,
-    });
+    let mut b = device(2, vec![a_cfg]);
     let now = Duration::from_secs(1);
     let mut out = buf();
     let mut packet = ipv4([100, 64, 0, 2], [100, 64, 0, 1], b"hi");
@@ -428,15 +425,7 @@ fn lookups_take_turns_among_peers_that_are_due() {
             p
         })
         .collect();
-    let mut a = Device::new(DeviceConfig {
-        secret_key: key(1),
-        mtu: MTU,
-        peers,
-        wall_clock_at_zero: Duration::from_secs(1_700_000_000),
-        rng_seed: [1; 32],
-        serve_relay: false,
-        pacing: true,
-    });
+    let mut a = device(1, peers);
     let asked: Vec<PublicKey> = (0..6)
         .filter_map(|turn| a.next_lookup(Duration::from_secs(1 + 15 * turn)))
         .map(|(key, _)| key)

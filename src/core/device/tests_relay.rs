@@ -2,7 +2,7 @@
 //! through relay R, and the datagrams R delivers are handed to B as they come out of R's
 //! envelopes.
 
-use super::tests::{buf, ipv4, key, peer, MTU};
+use super::tests::{buf, device, ipv4, key, peer};
 use super::*;
 use crate::core::limits::INITIATION_BURST_PER_SOURCE;
 
@@ -79,32 +79,13 @@ fn device_b() -> Device {
             "0.0.0.0:1",
         )
     };
-    Device::new(DeviceConfig {
-        secret_key: key(2),
-        mtu: MTU,
-        peers: vec![relay, behind_relay(X), behind_relay(Y)],
-        wall_clock_at_zero: Duration::from_secs(1_700_000_000),
-        rng_seed: [2; 32],
-        serve_relay: false,
-        pacing: true,
-    })
+    device(2, vec![relay, behind_relay(X), behind_relay(Y)])
 }
 
 /// The initiation peer `n` sends B for its first packet.
 fn initiation_to_b(n: u8, now: Duration) -> Vec<u8> {
-    let mut device = Device::new(DeviceConfig {
-        secret_key: key(n),
-        mtu: MTU,
-        peers: vec![peer(
-            key(2).public_key(),
-            "100.64.0.2/32",
-            "198.18.0.2:51820",
-        )],
-        wall_clock_at_zero: Duration::from_secs(1_700_000_000),
-        rng_seed: [n; 32],
-        serve_relay: false,
-        pacing: true,
-    });
+    let to_b = peer(key(2).public_key(), "100.64.0.2/32", "198.18.0.2:51820");
+    let mut device = device(n, vec![to_b]);
     let mut packet = ipv4([100, 64, 0, n], [100, 64, 0, 2], b"hello");
     let mut out = buf();
     assert_eq!(

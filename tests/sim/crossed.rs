@@ -31,7 +31,7 @@ fn crossed_handshakes_reordered_settle_on_one_initiated_session() {
     sim.stream(B, A, Stream::new(Duration::ZERO, ms(100), 1));
     sim.run_until(secs(1));
 
-    let at_setup = describe(&sim);
+    let at_setup = sim.describe_sessions();
     let initiated =
         [winner, loser].map(|n| sim.peer(n, 1 - n).current.as_ref().map(|s| s.we_initiated));
     assert!(
@@ -93,7 +93,7 @@ fn crossing(seed: u64, jitter: Duration) -> Result<(), String> {
     sim.stream(B, A, Stream::new(Duration::ZERO, ms(100), count));
     sim.run_until(end);
     let rounds = sim.handshake_rounds(Duration::ZERO..end);
-    let context = format!("rounds {rounds:?}; {}", describe(&sim));
+    let context = format!("rounds {rounds:?}; {}", sim.describe_sessions());
 
     if rounds[0].len() < 2 {
         return Err(format!("the handshakes did not cross; {context}"));
@@ -172,7 +172,7 @@ fn crossed_handshakes_on_a_lossy_network_rekey_on_time() {
         if rekeys.len() != 4 || !on_time || !calm {
             failures.push(format!(
                 "seed {seed}: rekeys {rekeys:?}, gaps {gaps:?}; {}",
-                describe(&sim)
+                sim.describe_sessions()
             ));
         }
     }
@@ -206,7 +206,7 @@ fn a_restart_just_after_a_handshake_is_not_taken_for_a_crossing() {
             recovered.is_some_and(|t| t - restart <= deadline),
             "loser sends data: {loser_sends_data}; winner->loser recovered at {recovered:?} after \
              a restart at {restart:?}; {}",
-            describe(&sim)
+            sim.describe_sessions()
         );
     }
 }
@@ -240,7 +240,7 @@ fn a_crossing_given_up_after_an_outage_still_rekeys_on_time() {
             if !on_time || initiations.len() > 4 {
                 failures.push(format!(
                     "outage until {outage_ends:?}, seed {seed}: initiations {initiations:?}; {}",
-                    describe(&sim)
+                    sim.describe_sessions()
                 ));
             }
         }
@@ -256,22 +256,4 @@ fn winner_and_loser(sim: &Sim) -> (NodeId, NodeId) {
     } else {
         (B, A)
     }
-}
-
-/// Each side's current session, for failure messages.
-fn describe(sim: &Sim) -> String {
-    let side = |n: NodeId| {
-        let p = sim.peer(n, 1 - n);
-        let s = |s: &Option<dhtun::core::session::Session>| {
-            s.as_ref()
-                .map(|s| (s.local_index, s.remote_index, s.we_initiated))
-        };
-        format!(
-            "{n}: current (local, remote, we_initiated) {:?}, previous {:?}, next {:?}",
-            s(&p.current),
-            s(&p.previous),
-            s(&p.next)
-        )
-    };
-    format!("{}; {}", side(A), side(B))
 }

@@ -12,6 +12,25 @@ use crate::network::{NodeId, Sim};
 use crate::secs;
 
 impl Sim {
+    /// The sessions nodes 0 and 1 hold of each other (local index, remote index, whether it
+    /// initiated), for failure messages.
+    pub(crate) fn describe_sessions(&self) -> String {
+        let side = |n: NodeId| {
+            let p = self.peer(n, 1 - n);
+            let s = |s: &Option<dhtun::core::session::Session>| {
+                s.as_ref()
+                    .map(|s| (s.local_index, s.remote_index, s.we_initiated))
+            };
+            format!(
+                "{n}: current (local, remote, we_initiated) {:?}, previous {:?}, next {:?}",
+                s(&p.current),
+                s(&p.previous),
+                s(&p.next)
+            )
+        };
+        format!("{}; {}", side(0), side(1))
+    }
+
     // ---- observations -----------------------------------------------------------------------
 
     pub(crate) fn device(&self, node: NodeId) -> &Device {

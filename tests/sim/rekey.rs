@@ -260,18 +260,6 @@ fn crossed_handshakes_still_rekey_after_120_s() {
     sim.stream(B, A, Stream::new(setup, ms(100), 5900));
     sim.run_until(end);
 
-    let describe = |node| {
-        let p = sim.peer(node, 1 - node);
-        let s = |s: &Option<dhtun::core::session::Session>| {
-            s.as_ref()
-                .map(|s| (s.local_index, s.remote_index, s.we_initiated))
-        };
-        format!(
-            "{node}: current (local, remote, we_initiated) {:?}, previous {:?}",
-            s(&p.current),
-            s(&p.previous)
-        )
-    };
     let rounds = sim.handshake_rounds(Duration::ZERO..end);
     let starts: Vec<Duration> = rounds.iter().map(|r| r[0].1).collect();
     let latest = REKEY_AFTER_TIME + secs(2);
@@ -279,9 +267,8 @@ fn crossed_handshakes_still_rekey_after_120_s() {
         assert!(
             gap <= latest,
             "a session went {gap:?} without a rekey (expected at most {latest:?}); handshake \
-             rounds {rounds:?}; {}; {}",
-            describe(A),
-            describe(B)
+             rounds {rounds:?}; {}",
+            sim.describe_sessions()
         );
     }
     assert!(

@@ -20,6 +20,8 @@ use rtnetlink::packet_route::route::{
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
 
+mod policy;
+
 /// A failed netlink operation, worded for the person running the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {

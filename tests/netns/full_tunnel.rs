@@ -1,7 +1,7 @@
 //! A full tunnel: B is A's default route for both families while A reaches B itself only through
 //! its default gateway R. The internet host behind B is reached through the tunnel, dhtun's own
-//! traffic (tunnel, DHT) still leaves by R, and `down`, or a kill -9 followed by `up` and
-//! `down`, gives back A's rules and routes exactly as they were.
+//! traffic (tunnel, DHT) still leaves by R, and `down`, SIGTERM, or a kill -9 followed by `up`
+//! and `down`, gives back A's rules and routes exactly as they were.
 
 use std::process::Command;
 use std::time::Duration;
@@ -106,6 +106,26 @@ fn full_tunnel_with_discovery_gives_back_every_rule_and_route() {
         lab.fail(format!(
             "after kill -9, up and down, A's routing should be as before.\n\
              before:\n{before}\nafter:\n{after}"
+        ));
+    }
+
+    // SIGTERM cleans up as `down` does.
+    lab.start_daemon(&a.ns, &a.iface, &config);
+    lab.wait_ready(&a.iface, &a.v4);
+    wait_full_tunnel(&lab, a);
+    let pid = lab.daemon_pid(&a.iface);
+    // SAFETY: kill(2) on the pid of the daemon this test started and has not reaped.
+    unsafe {
+        libc::kill(pid as i32, libc::SIGTERM);
+    }
+    match lab.wait_daemon_exit(&a.iface, Duration::from_secs(10)) {
+        Some(status) if status.success() => {}
+        other => lab.fail(format!("after SIGTERM the daemon should exit 0: {other:?}")),
+    }
+    let after = lab.routing_state(&a.ns);
+    if after != before {
+        lab.fail(format!(
+            "after SIGTERM A's routing should be as before.\nbefore:\n{before}\nafter:\n{after}"
         ));
     }
 }

@@ -250,7 +250,7 @@ fn needs_restart(old: &Config, new: &Config) -> Option<&'static str> {
 mod tests {
     use super::*;
     use crate::core::keys::SecretKey;
-    use crate::shell::route_plan::{wanted, DhtExemption, FullTunnel, RuleMatch};
+    use crate::shell::route_plan::{wanted, DhtExemption, FullTunnel, OwnPorts, RuleMatch};
     use std::path::Path;
 
     fn config(addresses: &str, allowed_ips: &str) -> Config {
@@ -287,7 +287,10 @@ mod tests {
             &allowed_ips(new),
             new.interface.table,
             full,
-            DhtExemption::NotNeeded,
+            OwnPorts {
+                tunnel: 51820,
+                dht: DhtExemption::NotNeeded,
+            },
         );
         let (old_a, new_a) = (&old.interface.addresses, &new.interface.addresses);
         kernel_changes(old_a, new_a, &wanted, routes, rules)
@@ -335,6 +338,7 @@ mod tests {
         };
         let rules = [
             rule(RuleMatch::MainWithoutDefault),
+            rule(RuleMatch::OwnPort(51820)),
             rule(RuleMatch::Unmarked {
                 mark: 51820,
                 table: 51820,
@@ -346,11 +350,13 @@ mod tests {
                 KernelChange::AddRoute(default),
                 KernelChange::AddRule(rules[0]),
                 KernelChange::AddRule(rules[1]),
+                KernelChange::AddRule(rules[2]),
             ]
         );
         assert_eq!(
             changes(&exit, &plain, Some(full), &[default], &rules),
             [
+                KernelChange::DelRule(rules[2]),
                 KernelChange::DelRule(rules[1]),
                 KernelChange::DelRule(rules[0]),
                 KernelChange::DelRoute(default),

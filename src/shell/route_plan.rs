@@ -8,9 +8,13 @@
 //! priority):
 //! 1. `lookup main suppress_prefixlength 0`: the main table still decides, except where its
 //!    answer would be a default route, so local and more specific routes win;
-//! 2. IPv4 only: `ipproto udp sport DHT lookup main`: the DHT socket belongs to the `mainline`
-//!    crate, which neither marks it nor takes a socket from us, so its packets are picked out
-//!    by their source port instead of a mark (see [`DhtExemption`]);
+//! 2. IPv4 only: `ipproto udp sport PORT lookup main` for the tunnel socket's port and the DHT
+//!    socket's. The DHT socket belongs to the `mainline` crate, which neither marks it nor takes
+//!    a socket from us, so its packets are picked out by their source port instead of a mark
+//!    (see [`DhtExemption`]). The tunnel socket is marked, but its rule is what lets strict
+//!    reverse-path filtering (`rp_filter = 1`) accept the packets that arrive for it: the kernel
+//!    checks a source with the ports swapped, so the check of a packet to our port is a lookup
+//!    from our port, which this rule sends to the main table instead of into the tunnel;
 //! 3. `not fwmark M lookup T`: everything else that does not carry dhtun's mark uses the table.
 //!
 //! The tunnel socket (tunnel packets and reflexive pings) carries mark M, so it skips rule 3.
@@ -52,8 +56,8 @@ pub struct Rule {
 pub enum RuleMatch {
     /// `lookup main suppress_prefixlength 0`.
     MainWithoutDefault,
-    /// `ipproto udp sport PORT lookup main`: the DHT socket's packets.
-    DhtPort(u16),
+    /// `ipproto udp sport PORT lookup main`: the packets of one of dhtun's sockets.
+    OwnPort(u16),
     /// `not fwmark MARK lookup TABLE`.
     Unmarked { mark: u32, table: u32 },
 }
@@ -103,7 +107,7 @@ pub fn wanted(
     allowed: &[IpNetwork],
     table: TableSetting,
     full: Option<FullTunnel>,
-    dht: DhtExemption,
+    ports: OwnPorts,
 ) -> Wanted {
     let in_table = |table: u32| move |dest: IpNetwork| Route { dest, table };
     match table {
@@ -131,7 +135,7 @@ pub fn wanted(
                 );
                 for v6 in [false, true] {
                     if defaults.iter().any(|p| p.is_ipv6() == v6) {
-                        rules.extend(family_rules(v6, full, dht));
+                        rules.extend(family_rules(v6, full, ports));
                     }
                 }
             }
@@ -140,8 +144,15 @@ pub fn wanted(
     }
 }
 
+/// The UDP ports of dhtun's sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnPorts {
+    pub tunnel: u16,
+    pub dht: DhtExemption,
+}
+
 /// The rules of one family, in the order they must go in.
-fn family_rules(v6: bool, full: FullTunnel, dht: DhtExemption) -> Vec<Rule> {
+fn family_rules(v6: bool, full: FullTunnel, ports: OwnPorts) -> Vec<Rule> {
     let rule = |what| Rule {
         v6,
         priority: full.priority,
@@ -149,9 +160,10 @@ fn family_rules(v6: bool, full: FullTunnel, dht: DhtExemption) -> Vec<Rule> {
     };
     let mut rules = vec![rule(RuleMatch::MainWithoutDefault)];
     if !v6 {
-        match dht {
+        rules.push(rule(RuleMatch::OwnPort(ports.tunnel)));
+        match ports.dht {
             DhtExemption::Pending => return Vec::new(),
-            DhtExemption::Port(port) => rules.push(rule(RuleMatch::DhtPort(port))),
+            DhtExemption::Port(port) => rules.push(rule(RuleMatch::OwnPort(port))),
             DhtExemption::NotNeeded => {}
         }
     }
@@ -172,6 +184,8 @@ pub struct Policy {
     /// The table, mark and priority of the full tunnel, once one was needed.
     pub full: Option<FullTunnel>,
     pub dht: DhtExemption,
+    /// The tunnel socket's port.
+    pub tunnel_port: u16,
     /// The mark set on the sockets, when one is.
     pub marked: Option<u32>,
     /// A second descriptor of the tunnel socket, to mark it when a reload first needs that.
@@ -198,7 +212,9 @@ impl Policy {
         socket: std::net::UdpSocket,
         dht_enabled: bool,
     ) -> anyhow::Result<Self> {
+        let tunnel_port = socket.local_addr()?.port();
         let mut policy = Self {
+            tunnel_port,
             table,
             fwmark,
             full: None,
@@ -218,7 +234,11 @@ impl Policy {
 
     /// What the kernel should hold for these addresses and allowed prefixes.
     pub fn wanted(&self, addresses: &[IpNetwork], allowed: &[IpNetwork]) -> Wanted {
-        wanted(addresses, allowed, self.table, self.full, self.dht)
+        let ports = OwnPorts {
+            tunnel: self.tunnel_port,
+            dht: self.dht,
+        };
+        wanted(addresses, allowed, self.table, self.full, ports)
     }
 
     /// Picks the full tunnel's table, mark and priority when `allowed` first needs them, and
@@ -357,6 +377,16 @@ mod tests {
         priority: 32765,
     };
 
+    const NO_DHT: OwnPorts = OwnPorts {
+        tunnel: 51820,
+        dht: DhtExemption::NotNeeded,
+    };
+
+    const PORTS_PENDING: OwnPorts = OwnPorts {
+        tunnel: 51820,
+        dht: DhtExemption::Pending,
+    };
+
     fn routes(wanted: &Wanted) -> Vec<String> {
         wanted
             .routes
@@ -370,13 +400,7 @@ mod tests {
         let addrs = nets(&["100.64.0.1/24", "fd64::1/64"]);
         let allowed = nets(&["100.64.0.2/32", "100.65.2.0/24", "fd65::/64"]);
         assert!(!wants_full_tunnel(TableSetting::Auto, &allowed));
-        let w = wanted(
-            &addrs,
-            &allowed,
-            TableSetting::Auto,
-            None,
-            DhtExemption::Pending,
-        );
+        let w = wanted(&addrs, &allowed, TableSetting::Auto, None, PORTS_PENDING);
         assert_eq!(routes(&w), ["100.65.2.0/24 254", "fd65::/64 254"]);
         assert!(w.rules.is_empty());
     }
@@ -391,7 +415,10 @@ mod tests {
             &allowed,
             TableSetting::Auto,
             Some(FULL),
-            DhtExemption::Port(6881),
+            OwnPorts {
+                tunnel: 51820,
+                dht: DhtExemption::Port(6881),
+            },
         );
         // The /24 stays in main although the default covers it: the main table is asked first.
         assert_eq!(
@@ -411,7 +438,8 @@ mod tests {
             w.rules,
             [
                 rule(false, RuleMatch::MainWithoutDefault),
-                rule(false, RuleMatch::DhtPort(6881)),
+                rule(false, RuleMatch::OwnPort(51820)),
+                rule(false, RuleMatch::OwnPort(6881)),
                 rule(false, unmarked),
                 rule(true, RuleMatch::MainWithoutDefault),
                 rule(true, unmarked),
@@ -427,23 +455,17 @@ mod tests {
             &allowed,
             TableSetting::Auto,
             Some(FULL),
-            DhtExemption::NotNeeded,
+            NO_DHT,
         );
         assert_eq!(routes(&w), ["0.0.0.0/1 51820", "128.0.0.0/1 51820"]);
-        assert_eq!(w.rules.len(), 2, "{:?}", w.rules);
+        assert_eq!(w.rules.len(), 3, "{:?}", w.rules);
         assert!(w.rules.iter().all(|r| !r.v6));
     }
 
     #[test]
     fn ipv4_rules_wait_for_the_dht_socket() {
         let allowed = nets(&["0.0.0.0/0", "::/0"]);
-        let w = wanted(
-            &[],
-            &allowed,
-            TableSetting::Auto,
-            Some(FULL),
-            DhtExemption::Pending,
-        );
+        let w = wanted(&[], &allowed, TableSetting::Auto, Some(FULL), PORTS_PENDING);
         assert!(w.rules.iter().all(|r| r.v6));
         assert_eq!(w.rules.len(), 2);
     }
@@ -451,22 +473,10 @@ mod tests {
     #[test]
     fn off_adds_nothing_and_a_number_takes_every_route_without_rules() {
         let allowed = nets(&["0.0.0.0/0", "100.65.2.0/24"]);
-        let off = wanted(
-            &[],
-            &allowed,
-            TableSetting::Off,
-            None,
-            DhtExemption::NotNeeded,
-        );
+        let off = wanted(&[], &allowed, TableSetting::Off, None, NO_DHT);
         assert_eq!(off, Wanted::default());
         assert!(!wants_full_tunnel(TableSetting::Number(7), &allowed));
-        let numbered = wanted(
-            &[],
-            &allowed,
-            TableSetting::Number(7),
-            None,
-            DhtExemption::NotNeeded,
-        );
+        let numbered = wanted(&[], &allowed, TableSetting::Number(7), None, NO_DHT);
         assert_eq!(routes(&numbered), ["0.0.0.0/0 7"]);
         assert!(numbered.rules.is_empty());
     }

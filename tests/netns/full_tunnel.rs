@@ -22,6 +22,10 @@ fn full_tunnel_with_discovery_gives_back_every_rule_and_route() {
     }
     let (mut lab, t) = Lab::routed("ft", 51870, DefaultRoute::Static);
     let (a, b) = (&t.a, &t.b);
+    // Strict reverse-path filtering, as some distributions set it: a packet from B arriving on
+    // ul0 passes only if the way back to B leaves by ul0 too.
+    lab.sysctl(&a.ns, "net/ipv4/conf/all/rp_filter", "1");
+    lab.sysctl(&a.ns, "net/ipv4/conf/ul0/rp_filter", "1");
     let dht = format!("{ROUTER_FAR_V4}:{}", common::DHT_PORT);
     lab.start_dht_node(&t.router, &dht);
     let before = lab.routing_state(&a.ns);

@@ -253,7 +253,7 @@ fn rule_message(rule: &Rule) -> RuleMessage {
             attributes.push(RuleAttribute::SuppressPrefixLen(0));
             MAIN_TABLE
         }
-        RuleMatch::DhtPort(port) => {
+        RuleMatch::OwnPort(port) => {
             attributes.push(RuleAttribute::IpProtocol(IpProtocol::Udp));
             attributes.push(RuleAttribute::SourcePortRange(RulePortRange {
                 start: port,
@@ -282,7 +282,7 @@ fn describe(rule: &Rule) -> String {
     let family = if rule.v6 { "-6 " } else { "" };
     let what = match rule.what {
         RuleMatch::MainWithoutDefault => "lookup main suppress_prefixlength 0".to_string(),
-        RuleMatch::DhtPort(port) => format!("ipproto udp sport {port} lookup main"),
+        RuleMatch::OwnPort(port) => format!("ipproto udp sport {port} lookup main"),
         RuleMatch::Unmarked { mark, table } => format!("not fwmark {mark} lookup {table}"),
     };
     format!("{family}{}: {what}", rule.priority)

@@ -23,7 +23,8 @@ pub struct Link {
 
 /// Brings the routes and rules to what `config` wants (addresses are left alone). Start-up
 /// calls it; so can anything that re-applies the daemon's state: after the kernel dropped the
-/// routes of a link that went down, clear `link.routes` and call this.
+/// routes of a link that went down, clear `link.routes` (and `link.rules`: adding a rule or a
+/// route of dhtun's own table that is there already succeeds) and call this.
 pub async fn apply_wanted(link: &mut Link, config: &Config) -> anyhow::Result<()> {
     let allowed = allowed_ips(config);
     link.policy.prepare(&link.netlink, &allowed).await?;

@@ -27,7 +27,8 @@ pub struct OwnRule {
 }
 
 impl Netlink {
-    /// Adds `route` out of the link, in its table.
+    /// Adds `route` out of the link, in its table; Ok when it is there already (the table is
+    /// dhtun's own, so the route can only be ours).
     pub async fn add_table_route(&self, index: u32, route: Route) -> Result<(), NetlinkError> {
         let dest = masked(route.dest);
         let result = self
@@ -36,6 +37,9 @@ impl Netlink {
             .add(table_route_message(index, route))
             .execute()
             .await;
+        if result.as_ref().err().and_then(errno) == Some(libc::EEXIST) {
+            return Ok(());
+        }
         self.check(index, result, false, |link| {
             format!("adding route {dest} via {link} in table {}", route.table)
         })
@@ -59,13 +63,19 @@ impl Netlink {
         .await
     }
 
+    /// Adds `rule`; Ok when the same rule is there already, so re-applying is harmless.
     pub async fn add_rule(&self, rule: &Rule) -> Result<(), NetlinkError> {
         let mut request = self.handle.rule().add();
         *request.message_mut() = rule_message(rule);
-        request
-            .execute()
-            .await
-            .map_err(|e| classify(format!("adding rule {}", describe(rule)), e, false))
+        match request.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(classify(
+                format!("adding rule {}", describe(rule)),
+                e,
+                false,
+            )),
+        }
     }
 
     /// Removes a rule added by [`Netlink::add_rule`]; Ok when it is gone already.

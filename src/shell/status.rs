@@ -436,6 +436,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn routing_reads_as_one_line() {
+        let full = RoutingStatus {
+            table: Some(51820),
+            fwmark: Some(51820),
+            full_tunnel: true,
+            rule_priority: Some(32765),
+        };
+        assert_eq!(
+            full.to_text(),
+            "full tunnel via table 51820, fwmark 51820, rules at priority 32765"
+        );
+        let main = RoutingStatus {
+            table: Some(254),
+            ..RoutingStatus::default()
+        };
+        assert_eq!(main.to_text(), "main");
+        assert_eq!(RoutingStatus::default().to_text(), "off (no routes)");
+    }
+
+    #[test]
     fn human_units() {
         assert_eq!(ago(1), "1 second");
         assert_eq!(ago(125), "2 minutes, 5 seconds");

@@ -250,3 +250,85 @@ fn reload(lab: &Lab, a: &Node) {
         ));
     }
 }
+
+#[test]
+fn table_off_adds_nothing_and_a_table_number_takes_the_routes_without_rules() {
+    if !common::netns_available(
+        "table_off_adds_nothing_and_a_table_number_takes_the_routes_without_rules",
+    ) {
+        return;
+    }
+    let (mut lab, a, b) = Lab::pair("fn", 51878);
+    let before = lab.routing_state(&a.ns);
+    lab.up(&b, &[(&a, &[])]);
+
+    // table = N: every route in table N, no rule; the explicit mark is on the tunnel socket.
+    let keys = "table = 1234\nfwmark = 77\n";
+    start_with_keys(&mut lab, &a, &b, &["0.0.0.0/0", "100.65.2.0/24"], keys);
+    let routing = lab.status(&a.iface)["routing"].clone();
+    let expected = serde_json::json!({
+        "table": 1234, "fwmark": 77, "full_tunnel": false, "rule_priority": null
+    });
+    if routing != expected {
+        lab.fail(format!("status routing should be {expected}, is {routing}"));
+    }
+    let table = lab.ip_ok(&a.ns, &["route", "show", "table", "1234"]);
+    if !table.contains(&format!("default dev {}", a.iface)) || table.contains("100.65.2.0") {
+        lab.fail(format!(
+            "table 1234 should hold the default route alone (it covers the /24): {table:?}"
+        ));
+    }
+    let rules = lab.ip_ok(&a.ns, &["rule", "show"]);
+    if rules.contains("1234") || rules.contains("proto 215") {
+        lab.fail(format!("table = N adds no rule: {rules}"));
+    }
+    let sockets = lab.ns_exec(&a.ns, &["ss", "-u", "-a", "-n", "-e"]);
+    let sockets = String::from_utf8_lossy(&sockets.stdout).into_owned();
+    let tunnel = sockets
+        .lines()
+        .find(|l| l.contains(&format!(":{} ", a.port)))
+        .unwrap_or_else(|| lab.fail(format!("no tunnel socket in `ss`: {sockets}")));
+    if !tunnel.contains("fwmark:0x4d") {
+        lab.fail(format!(
+            "the tunnel socket should carry fwmark 77: {tunnel}"
+        ));
+    }
+    lab.must_ping(&a, &b.v4);
+    lab.stop_daemon(&a.iface);
+    assert_eq!(lab.routing_state(&a.ns), before);
+
+    // table = "off": no route at all, not even for a subnet.
+    start_with_keys(
+        &mut lab,
+        &a,
+        &b,
+        &["0.0.0.0/0", "100.65.2.0/24"],
+        "table = \"off\"\n",
+    );
+    let routing = lab.status(&a.iface)["routing"].clone();
+    if !routing["table"].is_null() || !routing["fwmark"].is_null() {
+        lab.fail(format!(
+            "with table = \"off\" status should show no table or mark: {routing}"
+        ));
+    }
+    let all = lab.ip_ok(&a.ns, &["route", "show", "table", "all", "dev", &a.iface]);
+    if all.lines().any(|l| !l.contains("proto kernel")) {
+        lab.fail(format!("table = \"off\" should add no route: {all}"));
+    }
+    lab.stop_daemon(&a.iface);
+    assert_eq!(lab.routing_state(&a.ns), before);
+}
+
+/// Starts A with B as its only peer, `allowed` added to B's allowed_ips and `keys` added to
+/// `[interface]`.
+#[track_caller]
+fn start_with_keys(lab: &mut Lab, a: &Node, b: &Node, allowed: &[&str], keys: &str) {
+    let text = lab.config_text(a, &[(b, allowed)]);
+    let Some(at) = text.find("[dht]") else {
+        lab.fail("the lab config has no [dht] section");
+    };
+    let text = format!("{}{keys}\n{}", &text[..at], &text[at..]);
+    let config = lab.write_file(&format!("{}.toml", a.iface), &text);
+    lab.start_daemon(&a.ns, &a.iface, &config);
+    lab.wait_ready(&a.iface, &a.v4);
+}

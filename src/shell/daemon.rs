@@ -262,10 +262,8 @@ async fn event_loop(
                 ControlRequest::Status => {
                     let dht = discovery.as_ref().map(Discovery::status);
                     let routing = link.policy.status(!link.rules.is_empty());
-                    let _ =
-                        command
-                            .reply
-                            .send(status_json(&path, config, listen_port, dht, routing));
+                    let json = status_json(&path, config, listen_port, dht, routing);
+                    let _ = command.reply.send(json);
                 }
                 ControlRequest::Down => return Ok(Some(command.reply)),
                 ControlRequest::Reload => {

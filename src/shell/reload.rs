@@ -366,6 +366,17 @@ mod tests {
     }
 
     #[test]
+    fn table_and_fwmark_need_a_restart() {
+        let old = config(r#""100.64.0.1/24""#, r#""0.0.0.0/0""#);
+        let mut new = old.clone();
+        new.interface.table = crate::config::TableSetting::Off;
+        assert_eq!(needs_restart(&old, &new), Some("[interface] table"));
+        let mut new = old.clone();
+        new.interface.fwmark = 7;
+        assert_eq!(needs_restart(&old, &new), Some("[interface] fwmark"));
+    }
+
+    #[test]
     fn every_change_has_an_inverse_that_takes_it_back() {
         let a = net("100.64.0.1/24");
         let rule = Rule {

@@ -98,7 +98,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (commands_tx, commands) = mpsc::channel(crate::core::limits::CONTROL_CONNECTIONS);
     let metrics_task = match config.interface.metrics_listen {
         Some(address) => match TcpListener::bind(address).await {
-            Ok(listener) => Some(metrics::spawn(listener, commands_tx.clone())),
+            Ok(listener) => {
+                let marked = std::os::fd::AsFd::as_fd(&listener)
+                    .try_clone_to_owned()
+                    .and_then(|fd| link.policy.mark_also(fd));
+                if let Err(e) = marked {
+                    tracing::warn!("metrics_listen {address}: cannot mark its socket: {e}");
+                }
+                Some(metrics::spawn(listener, commands_tx.clone()))
+            }
             Err(e) => {
                 teardown(&link).await;
                 let _ = std::fs::remove_file(&socket_path);

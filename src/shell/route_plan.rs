@@ -25,7 +25,7 @@ use crate::config::TableSetting;
 use crate::shell::netlink::{prefixes_needing_routes, Netlink};
 use ipnetwork::IpNetwork;
 use std::collections::BTreeSet;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 /// The main routing table.
 pub const MAIN_TABLE: u32 = 254;
@@ -190,6 +190,8 @@ pub struct Policy {
     pub marked: Option<u32>,
     /// A second descriptor of the tunnel socket, to mark it when a reload first needs that.
     socket: std::net::UdpSocket,
+    /// Other sockets of the daemon that carry the mark too (the metrics listener).
+    others: Vec<OwnedFd>,
 }
 
 /// What `dhtun status` shows of the policy.
@@ -225,6 +227,7 @@ impl Policy {
             },
             marked: None,
             socket,
+            others: Vec::new(),
         };
         if fwmark != 0 {
             policy.mark(fwmark)?;
@@ -280,12 +283,28 @@ impl Policy {
         }
     }
 
+    /// Marks `socket` (a second descriptor of another socket of the daemon) like the tunnel
+    /// socket, now and whenever that gets a mark: a metrics scraper beyond the default gateway
+    /// is answered outside a full tunnel, as it asked.
+    pub fn mark_also(&mut self, socket: OwnedFd) -> std::io::Result<()> {
+        if let Some(mark) = self.marked {
+            set_mark(socket.as_fd(), mark)?;
+        }
+        self.others.push(socket);
+        Ok(())
+    }
+
     fn mark(&mut self, mark: u32) -> anyhow::Result<()> {
         if self.marked == Some(mark) {
             return Ok(());
         }
-        set_mark(&self.socket, mark)
+        set_mark(self.socket.as_fd(), mark)
             .map_err(|e| anyhow::anyhow!("marking the tunnel socket with fwmark {mark}: {e}"))?;
+        for other in &self.others {
+            if let Err(e) = set_mark(other.as_fd(), mark) {
+                tracing::warn!("marking the metrics socket with fwmark {mark}: {e}");
+            }
+        }
         self.marked = Some(mark);
         Ok(())
     }
@@ -345,7 +364,7 @@ pub async fn remove_stale_rules(netlink: &Netlink) -> anyhow::Result<usize> {
 }
 
 /// SO_MARK: packets the socket sends carry `mark`. Needs CAP_NET_ADMIN.
-fn set_mark(socket: &std::net::UdpSocket, mark: u32) -> std::io::Result<()> {
+fn set_mark(socket: std::os::fd::BorrowedFd<'_>, mark: u32) -> std::io::Result<()> {
     // SAFETY: the descriptor is open for the socket's lifetime and the value's size is passed.
     let rc = unsafe {
         libc::setsockopt(

@@ -263,7 +263,7 @@ fn table_off_adds_nothing_and_a_table_number_takes_the_routes_without_rules() {
     lab.up(&b, &[(&a, &[])]);
 
     // table = N: every route in table N, no rule; the explicit mark is on the tunnel socket.
-    let keys = "table = 1234\nfwmark = 77\n";
+    let keys = "table = 1234\nfwmark = 77\nmetrics_listen = \"127.0.0.1:9586\"\n";
     start_with_keys(&mut lab, &a, &b, &["0.0.0.0/0", "100.65.2.0/24"], keys);
     let routing = lab.status(&a.iface)["routing"].clone();
     let expected = serde_json::json!({
@@ -291,6 +291,16 @@ fn table_off_adds_nothing_and_a_table_number_takes_the_routes_without_rules() {
     if !tunnel.contains("fwmark:0x4d") {
         lab.fail(format!(
             "the tunnel socket should carry fwmark 77: {tunnel}"
+        ));
+    }
+    let listeners = lab.ns_exec(&a.ns, &["ss", "-t", "-l", "-n", "-e"]);
+    let listeners = String::from_utf8_lossy(&listeners.stdout).into_owned();
+    if !listeners
+        .lines()
+        .any(|l| l.contains("127.0.0.1:9586") && l.contains("fwmark:0x4d"))
+    {
+        lab.fail(format!(
+            "the metrics listener should carry fwmark 77: {listeners}"
         ));
     }
     lab.must_ping(&a, &b.v4);

@@ -19,6 +19,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
+mod routing;
+pub use routing::TableSetting;
+
 /// Default UDP port, the same as WireGuard's so firewall rules carry over.
 pub const DEFAULT_LISTEN_PORT: u16 = 51820;
 pub const DEFAULT_INTERFACE: &str = "dhtun0";
@@ -70,6 +73,10 @@ pub struct InterfaceConfig {
     pub relay: bool,
     /// Pace peers whose loss reports show they cannot keep up (see core::pacer).
     pub pacing: bool,
+    /// Where the tunnel's routes go (`table`).
+    pub table: TableSetting,
+    /// The mark of dhtun's own sockets (`fwmark`); 0 picks one when policy routing needs it.
+    pub fwmark: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,6 +210,8 @@ struct RawInterface {
     metrics_listen: Option<Spanned<String>>,
     relay: Option<bool>,
     pacing: Option<bool>,
+    table: Option<Spanned<routing::RawTable>>,
+    fwmark: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -390,6 +399,14 @@ impl Ctx<'_> {
                 })
             })
             .transpose()?;
+        let table = match raw.table {
+            Some(table) => table
+                .get_ref()
+                .parse()
+                .map_err(|e| self.err(Some(table.span()), e))?,
+            None => TableSetting::default(),
+        };
+        let fwmark = self.bounded(raw.fwmark, "fwmark", 0..=u64::from(u32::MAX), 0)? as u32;
         Ok(InterfaceConfig {
             name,
             secret_key,
@@ -406,6 +423,8 @@ impl Ctx<'_> {
             metrics_listen,
             relay: raw.relay.unwrap_or(false),
             pacing: raw.pacing.unwrap_or(true),
+            table,
+            fwmark,
         })
     }
 

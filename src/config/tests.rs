@@ -209,3 +209,30 @@ fn bootstrap_nodes_of_the_wrong_form_are_refused_at_their_line() {
         );
     }
 }
+
+#[test]
+fn table_and_fwmark_parse_with_defaults_and_line_numbers() {
+    let base = format!("[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n");
+    let config = parse(&base).unwrap();
+    assert_eq!(config.interface.table, super::TableSetting::Auto);
+    assert_eq!(config.interface.fwmark, 0);
+    for (line, table) in [
+        ("table = \"off\"", super::TableSetting::Off),
+        ("table = 1234", super::TableSetting::Number(1234)),
+        ("table = \"auto\"", super::TableSetting::Auto),
+    ] {
+        let config = parse(&format!("{base}{line}\nfwmark = 51820\n")).unwrap();
+        assert_eq!(config.interface.table, table, "{line}");
+        assert_eq!(config.interface.fwmark, 51820);
+    }
+    let err = parse(&format!("{base}table = \"main\"\n")).unwrap_err();
+    assert!(
+        err.to_string().starts_with("/etc/dhtun/t.toml:4: table"),
+        "{err}"
+    );
+    let err = parse(&format!("{base}fwmark = 4294967296\n")).unwrap_err();
+    assert!(
+        err.to_string().contains("fwmark 4294967296 is outside"),
+        "{err}"
+    );
+}

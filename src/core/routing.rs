@@ -54,6 +54,14 @@ impl<T: Copy + PartialEq> PrefixTable<T> {
         }
     }
 
+    /// The length of the longest prefix containing `addr`, if any.
+    pub fn longest_prefix(&self, addr: IpAddr) -> Option<u8> {
+        match addr {
+            IpAddr::V4(a) => self.v4.longest_prefix(u32::from(a)),
+            IpAddr::V6(a) => self.v6.longest_prefix(u128::from(a)),
+        }
+    }
+
     /// Hot path: takes the address bytes straight from a packet header.
     pub fn lookup_v4(&self, addr: [u8; 4]) -> Option<T> {
         self.v4.lookup(u32::from_be_bytes(addr))
@@ -187,6 +195,13 @@ impl<K: Bits, T: Copy + PartialEq> Levels<K, T> {
         self.levels
             .iter()
             .find_map(|l| l.routes.get(&(addr & l.mask)).copied())
+    }
+
+    fn longest_prefix(&self, addr: K) -> Option<u8> {
+        self.levels
+            .iter()
+            .find(|l| l.routes.contains_key(&(addr & l.mask)))
+            .map(|l| l.prefix)
     }
 
     fn len(&self) -> usize {
@@ -415,5 +430,18 @@ mod tests {
         assert_eq!(table.lookup(ip("10.1.0.1")), Some(1));
         assert_eq!(table.lookup(ip("fd00::1")), None);
         assert_eq!(table.lookup(ip("192.168.0.1")), None);
+    }
+
+    #[test]
+    fn longest_prefix_is_the_length_of_the_match() {
+        let mut table = PrefixTable::new();
+        table.insert("0.0.0.0/0".parse().unwrap(), 1u8);
+        table.insert("100.65.0.0/16".parse().unwrap(), 2);
+        table.insert("fd00::/8".parse().unwrap(), 3);
+        let at = |ip: &str| table.longest_prefix(ip.parse().unwrap());
+        assert_eq!(at("100.65.1.1"), Some(16));
+        assert_eq!(at("198.18.0.1"), Some(0));
+        assert_eq!(at("fd64::1"), Some(8));
+        assert_eq!(at("2001:db8::1"), None);
     }
 }

@@ -15,15 +15,15 @@ use crate::shell::datapath::{DataPath, RingSettings, TunRead};
 use crate::shell::dht::DhtStatus;
 use crate::shell::discovery::{Discovery, Lookup};
 use crate::shell::metrics;
-use crate::shell::netlink::{prefixes_needing_routes, Netlink};
+use crate::shell::netlink::Netlink;
 use crate::shell::privileges;
-use crate::shell::reload::{reload, Link};
+use crate::shell::reload::{apply_wanted, reload, Link};
+use crate::shell::route_plan::{self, DhtExemption, Policy, PolicyStatus, MAIN_TABLE};
 use crate::shell::status::{BusyPollStatus, InterfaceStatus, ShellFacts};
 use crate::shell::timer::PreciseTimer;
 use crate::shell::tun::TunDevice;
 use crate::shell::udp::{self, ReceiveMode, UdpIo};
 use anyhow::Context as _;
-use ipnetwork::IpNetwork;
 use sd_notify::NotifyState;
 use std::io;
 use std::net::SocketAddr;
@@ -46,8 +46,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             config.path.display()
         );
     }
+    // A daemon that was killed left its policy rules behind (its routes went with its link).
+    match route_plan::remove_stale_rules(&netlink).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("removed {n} routing rules left by a dhtun daemon that is gone"),
+        Err(e) => tracing::warn!("looking for routing rules a dead dhtun daemon left: {e:#}"),
+    }
     let port = config.interface.listen_port;
     let socket = udp::bind(port).map_err(|e| port_error(e, port, &config))?;
+    let policy = Policy::new(
+        config.interface.table,
+        config.interface.fwmark,
+        socket.try_clone()?,
+        config.dht.enabled,
+    )
+    .with_context(|| format!("fwmark in {}", config.path.display()))?;
     let mut udp = UdpIo::new(UdpSocket::from_std(socket)?, config.interface.batch_size);
     if let Some(bytes) = config.interface.receive_buffer_bytes {
         size_receive_buffer(&udp, bytes);
@@ -65,8 +78,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         netlink,
         index,
         routes: Vec::new(),
+        rules: Vec::new(),
+        policy,
     };
-    if let Err(e) = configure_link(&link.netlink, index, &config, &mut link.routes).await {
+    if let Err(e) = configure_link(&mut link, &config).await {
         teardown(&link).await;
         let _ = std::fs::remove_file(control.path());
         return Err(e);
@@ -83,7 +98,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (commands_tx, commands) = mpsc::channel(crate::core::limits::CONTROL_CONNECTIONS);
     let metrics_task = match config.interface.metrics_listen {
         Some(address) => match TcpListener::bind(address).await {
-            Ok(listener) => Some(metrics::spawn(listener, commands_tx.clone())),
+            Ok(listener) => {
+                let marked = std::os::fd::AsFd::as_fd(&listener)
+                    .try_clone_to_owned()
+                    .and_then(|fd| link.policy.mark_also(fd));
+                if let Err(e) = marked {
+                    tracing::warn!("metrics_listen {address}: cannot mark its socket: {e}");
+                }
+                Some(metrics::spawn(listener, commands_tx.clone()))
+            }
             Err(e) => {
                 teardown(&link).await;
                 let _ = std::fs::remove_file(&socket_path);
@@ -113,7 +136,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
         .await
         {
-            Ok(discovery) => Some(discovery),
+            Ok(discovery) => {
+                // Now that the DHT socket's port is known, a full tunnel's IPv4 rules can go in.
+                link.policy.dht = DhtExemption::Port(discovery.dht_port());
+                if let Err(e) = apply_wanted(&mut link, &config).await {
+                    control_task.abort();
+                    teardown(&link).await;
+                    let _ = std::fs::remove_file(&socket_path);
+                    return Err(e);
+                }
+                Some(discovery)
+            }
             Err(e) => {
                 control_task.abort();
                 teardown(&link).await;
@@ -236,9 +269,9 @@ async fn event_loop(
             Event::Command(command) => match command.request {
                 ControlRequest::Status => {
                     let dht = discovery.as_ref().map(Discovery::status);
-                    let _ = command
-                        .reply
-                        .send(status_json(&path, config, listen_port, dht));
+                    let routing = link.policy.status(!link.rules.is_empty());
+                    let json = status_json(&path, config, listen_port, dht, routing);
+                    let _ = command.reply.send(json);
                 }
                 ControlRequest::Down => return Ok(Some(command.reply)),
                 ControlRequest::Reload => {
@@ -452,6 +485,7 @@ fn status_json(
     config: &Config,
     listen_port: u16,
     dht: Option<DhtStatus>,
+    routing: PolicyStatus,
 ) -> String {
     let reflector = path.reflector.as_ref();
     let [net, tun] = path.ring_occupancy();
@@ -471,36 +505,24 @@ fn status_json(
                     .unwrap_or(u64::MAX),
                 counts: path.busy_poll_stats,
             },
+            routing,
         },
         path.now(),
     );
     serde_json::to_string_pretty(&status).unwrap_or_else(|e| format!("error: {e}")) + "\n"
 }
 
-/// MTU, addresses, up, then routes: the kernel refuses routes on a link that is down, and IPv6
-/// addresses on a link whose MTU is below 1280.
-async fn configure_link(
-    netlink: &Netlink,
-    index: u32,
-    config: &Config,
-    routes: &mut Vec<IpNetwork>,
-) -> anyhow::Result<()> {
+/// MTU, addresses, up, then routes and rules: the kernel refuses routes on a link that is down,
+/// and IPv6 addresses on a link whose MTU is below 1280.
+async fn configure_link(link: &mut Link, config: &Config) -> anyhow::Result<()> {
+    let (netlink, index) = (&link.netlink, link.index);
     let mtu = u32::try_from(config.interface.mtu).context("mtu out of range")?;
     netlink.set_mtu(index, mtu).await?;
     for address in &config.interface.addresses {
         netlink.add_address(index, *address).await?;
     }
     netlink.set_up(index).await?;
-    let allowed: Vec<IpNetwork> = config
-        .peers
-        .iter()
-        .flat_map(|p| p.allowed_ips.iter().copied())
-        .collect();
-    for prefix in prefixes_needing_routes(&config.interface.addresses, &allowed) {
-        netlink.add_route(index, prefix).await?;
-        routes.push(prefix);
-    }
-    Ok(())
+    apply_wanted(link, config).await
 }
 
 /// How often the event loop checks that its interface still exists.
@@ -517,9 +539,19 @@ fn link_exists(index: u32) -> bool {
 
 async fn teardown(link: &Link) {
     let (netlink, index) = (&link.netlink, link.index);
+    // Rules first, so that no packet is steered to a table that is being emptied.
+    for rule in link.rules.iter().rev() {
+        if let Err(e) = netlink.del_rule(rule).await {
+            tracing::warn!("{e}");
+        }
+    }
     for route in &link.routes {
-        if let Err(e) = netlink.del_route(index, *route).await {
-            tracing::warn!("removing route {route}: {e}");
+        let result = match route.table {
+            MAIN_TABLE => netlink.del_route(index, route.dest).await,
+            _ => netlink.del_table_route(index, *route).await,
+        };
+        if let Err(e) = result {
+            tracing::warn!("removing route {} (table {}): {e}", route.dest, route.table);
         }
     }
     if let Err(e) = netlink.delete_link(index).await {

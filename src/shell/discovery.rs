@@ -101,6 +101,11 @@ impl Discovery {
         moved
     }
 
+    /// The DHT socket's port, which a full tunnel's rules exempt from the tunnel.
+    pub fn dht_port(&self) -> u16 {
+        self.dht.local_addr().port()
+    }
+
     /// The public IP the DHT socket's node reports (see `core::reflexive` for how it is used).
     pub fn dht_public_ip(&self) -> Option<IpAddr> {
         self.dht.public_ip()

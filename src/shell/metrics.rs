@@ -325,6 +325,7 @@ mod tests {
                     skipped: 5,
                 },
             },
+            routing: Default::default(),
             peers: vec![PeerStatus {
                 public_key: "abc=".into(),
                 endpoint: None,

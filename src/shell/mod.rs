@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod privileges;
 pub mod reload;
+pub mod route_plan;
 pub mod status;
 pub mod timer;
 pub mod tun;

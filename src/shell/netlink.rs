@@ -4,7 +4,8 @@
 //! the latter without duplicate address detection), setting its MTU, bringing
 //! it up, adding and removing the routes that point into the tunnel, listing
 //! them for cleanup checks, and deleting the link. It also decides which
-//! configured prefixes need an explicit route at all.
+//! configured prefixes need an explicit route at all. Routes in other tables
+//! and the policy rules of a full tunnel are in `policy`.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -19,6 +20,8 @@ use rtnetlink::packet_route::route::{
 };
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{LinkUnspec, RouteMessageBuilder};
+
+mod policy;
 
 /// A failed netlink operation, worded for the person running the daemon.
 #[derive(Debug, thiserror::Error)]

@@ -5,7 +5,8 @@
 
 use crate::config::{Config, ConfigError};
 use crate::core::device::Device;
-use crate::shell::netlink::{prefixes_needing_routes, Netlink};
+use crate::shell::netlink::Netlink;
+use crate::shell::route_plan::{Policy, Route, Rule, Wanted, MAIN_TABLE};
 use ipnetwork::IpNetwork;
 
 /// The kernel side of the interface the daemon manages.
@@ -13,7 +14,33 @@ pub struct Link {
     pub netlink: Netlink,
     pub index: u32,
     /// Routes we added, to remove when they are no longer wanted or when we stop.
-    pub routes: Vec<IpNetwork>,
+    pub routes: Vec<Route>,
+    /// Policy rules we added (a full tunnel), likewise.
+    pub rules: Vec<Rule>,
+    /// `table` and `fwmark` and what was picked for them.
+    pub policy: Policy,
+}
+
+/// Brings the routes and rules to what `config` wants (addresses are left alone). Start-up
+/// calls it; so can anything that re-applies the daemon's state: after the kernel dropped the
+/// routes of a link that went down, clear `link.routes` (and `link.rules`: adding a rule or a
+/// route of dhtun's own table that is there already succeeds) and call this.
+pub async fn apply_wanted(link: &mut Link, config: &Config) -> anyhow::Result<()> {
+    let allowed = allowed_ips(config);
+    link.policy.prepare(&link.netlink, &allowed).await?;
+    let wanted = link.policy.wanted(&config.interface.addresses, &allowed);
+    let addresses = &config.interface.addresses;
+    let changes = kernel_changes(addresses, addresses, &wanted, &link.routes, &link.rules);
+    apply_all(link, &changes).await
+}
+
+/// Every peer's allowed_ips, in config order.
+pub fn allowed_ips(config: &Config) -> Vec<IpNetwork> {
+    config
+        .peers
+        .iter()
+        .flat_map(|p| p.allowed_ips.iter().copied())
+        .collect()
 }
 
 /// Re-reads `config.path` and applies it; returns the line `dhtun reload` prints.
@@ -29,10 +56,24 @@ pub async fn reload(
             config.path.display()
         );
     }
-    let changes = kernel_changes(config, &new, &link.routes);
+    let allowed = allowed_ips(&new);
+    let path = config.path.display();
+    link.policy
+        .prepare(&link.netlink, &allowed)
+        .await
+        .map_err(|e| anyhow::anyhow!("{path}: {e:#}; nothing was changed"))?;
+    let wanted = link.policy.wanted(&new.interface.addresses, &allowed);
+    let (old_addresses, new_addresses) = (&config.interface.addresses, &new.interface.addresses);
+    let changes = kernel_changes(
+        old_addresses,
+        new_addresses,
+        &wanted,
+        &link.routes,
+        &link.rules,
+    );
     apply_all(link, &changes)
         .await
-        .map_err(|e| anyhow::anyhow!("{}: {e:#}", config.path.display()))?;
+        .map_err(|e| anyhow::anyhow!("{path}: {e:#}"))?;
     let summary = device.reconfigure(new.peers.clone());
     device.set_serve_relay(new.interface.relay);
     device.set_pacing(new.interface.pacing);
@@ -65,8 +106,10 @@ fn explain_permission(mut error: ConfigError) -> ConfigError {
 enum KernelChange {
     AddAddress(IpNetwork),
     DelAddress(IpNetwork),
-    AddRoute(IpNetwork),
-    DelRoute(IpNetwork),
+    AddRoute(Route),
+    DelRoute(Route),
+    AddRule(Rule),
+    DelRule(Rule),
 }
 
 impl KernelChange {
@@ -77,28 +120,36 @@ impl KernelChange {
             Self::DelAddress(a) => Self::AddAddress(a),
             Self::AddRoute(r) => Self::DelRoute(r),
             Self::DelRoute(r) => Self::AddRoute(r),
+            Self::AddRule(r) => Self::DelRule(r),
+            Self::DelRule(r) => Self::AddRule(r),
         }
     }
 }
 
-/// What moving from `old` to `new` changes in the kernel: new addresses, then gone ones, then
-/// new routes, then routes no longer wanted (`routes` are the ones the daemon added).
-fn kernel_changes(old: &Config, new: &Config, routes: &[IpNetwork]) -> Vec<KernelChange> {
-    let (old_addresses, new_addresses) = (&old.interface.addresses, &new.interface.addresses);
-    let allowed: Vec<IpNetwork> = new
-        .peers
-        .iter()
-        .flat_map(|p| p.allowed_ips.iter().copied())
-        .collect();
-    let wanted = prefixes_needing_routes(new_addresses, &allowed);
+/// What moving from `old_addresses` to `new_addresses` and to the `wanted` routes and rules
+/// changes in the kernel: new addresses, then gone ones, then new routes, new rules, rules no
+/// longer wanted and routes no longer wanted (`routes` and `rules` are the ones the daemon
+/// added). Routes go in before the rules that lead to them and out after, and rules keep the
+/// plan's order, which the kernel keeps within one priority.
+fn kernel_changes(
+    old_addresses: &[IpNetwork],
+    new_addresses: &[IpNetwork],
+    wanted: &Wanted,
+    routes: &[Route],
+    rules: &[Rule],
+) -> Vec<KernelChange> {
     let added = new_addresses.iter().filter(|a| !old_addresses.contains(a));
     let removed = old_addresses.iter().filter(|a| !new_addresses.contains(a));
-    let new_routes = wanted.iter().filter(|r| !routes.contains(r));
-    let stale_routes = routes.iter().filter(|r| !wanted.contains(r));
+    let new_routes = wanted.routes.iter().filter(|r| !routes.contains(r));
+    let stale_routes = routes.iter().filter(|r| !wanted.routes.contains(r));
+    let new_rules = wanted.rules.iter().filter(|r| !rules.contains(r));
+    let stale_rules = rules.iter().rev().filter(|r| !wanted.rules.contains(r));
     added
         .map(|a| KernelChange::AddAddress(*a))
         .chain(removed.map(|a| KernelChange::DelAddress(*a)))
         .chain(new_routes.map(|r| KernelChange::AddRoute(*r)))
+        .chain(new_rules.map(|r| KernelChange::AddRule(*r)))
+        .chain(stale_rules.map(|r| KernelChange::DelRule(*r)))
         .chain(stale_routes.map(|r| KernelChange::DelRoute(*r)))
         .collect()
 }
@@ -132,13 +183,29 @@ async fn apply(link: &mut Link, change: KernelChange) -> anyhow::Result<()> {
     match change {
         KernelChange::AddAddress(a) => link.netlink.add_address(link.index, a).await?,
         KernelChange::DelAddress(a) => link.netlink.del_address(link.index, a).await?,
-        KernelChange::AddRoute(r) => {
-            link.netlink.add_route(link.index, r).await?;
+        KernelChange::AddRoute(r) if r.table == MAIN_TABLE => {
+            link.netlink.add_route(link.index, r.dest).await?;
             link.routes.push(r);
         }
-        KernelChange::DelRoute(r) => {
-            link.netlink.del_route(link.index, r).await?;
+        KernelChange::AddRoute(r) => {
+            link.netlink.add_table_route(link.index, r).await?;
+            link.routes.push(r);
+        }
+        KernelChange::DelRoute(r) if r.table == MAIN_TABLE => {
+            link.netlink.del_route(link.index, r.dest).await?;
             link.routes.retain(|x| *x != r);
+        }
+        KernelChange::DelRoute(r) => {
+            link.netlink.del_table_route(link.index, r).await?;
+            link.routes.retain(|x| *x != r);
+        }
+        KernelChange::AddRule(r) => {
+            link.netlink.add_rule(&r).await?;
+            link.rules.push(r);
+        }
+        KernelChange::DelRule(r) => {
+            link.netlink.del_rule(&r).await?;
+            link.rules.retain(|x| *x != r);
         }
     }
     Ok(())
@@ -169,6 +236,10 @@ fn needs_restart(old: &Config, new: &Config) -> Option<&'static str> {
         Some("[interface] log_level")
     } else if o.metrics_listen != n.metrics_listen {
         Some("[interface] metrics_listen")
+    } else if o.table != n.table {
+        Some("[interface] table")
+    } else if o.fwmark != n.fwmark {
+        Some("[interface] fwmark")
     } else if old.dht != new.dht {
         Some("the [dht] section")
     } else {
@@ -180,6 +251,7 @@ fn needs_restart(old: &Config, new: &Config) -> Option<&'static str> {
 mod tests {
     use super::*;
     use crate::core::keys::SecretKey;
+    use crate::shell::route_plan::{wanted, DhtExemption, FullTunnel, OwnPorts, RuleMatch};
     use std::path::Path;
 
     fn config(addresses: &str, allowed_ips: &str) -> Config {
@@ -196,18 +268,47 @@ mod tests {
         text.parse().unwrap()
     }
 
+    fn main(text: &str) -> Route {
+        Route {
+            dest: net(text),
+            table: MAIN_TABLE,
+        }
+    }
+
+    /// The changes from `old` with `routes` and `rules` in place to `new`, planned with `full`.
+    fn changes(
+        old: &Config,
+        new: &Config,
+        full: Option<FullTunnel>,
+        routes: &[Route],
+        rules: &[Rule],
+    ) -> Vec<KernelChange> {
+        let wanted = wanted(
+            &new.interface.addresses,
+            &allowed_ips(new),
+            new.interface.table,
+            full,
+            OwnPorts {
+                tunnel: 51820,
+                dht: DhtExemption::NotNeeded,
+            },
+        );
+        let (old_a, new_a) = (&old.interface.addresses, &new.interface.addresses);
+        kernel_changes(old_a, new_a, &wanted, routes, rules)
+    }
+
     #[test]
     fn changes_add_before_they_remove_addresses_then_routes() {
         let old = config(r#""100.64.0.1/24""#, r#""100.64.0.2/32", "100.65.1.0/24""#);
         let new = config(r#""100.64.9.1/24""#, r#""100.64.9.2/32", "100.65.2.0/24""#);
-        let routes = [net("100.65.1.0/24")];
+        let routes = [main("100.65.1.0/24")];
         assert_eq!(
-            kernel_changes(&old, &new, &routes),
+            changes(&old, &new, None, &routes, &[]),
             [
                 KernelChange::AddAddress(net("100.64.9.1/24")),
                 KernelChange::DelAddress(net("100.64.0.1/24")),
-                KernelChange::AddRoute(net("100.65.2.0/24")),
-                KernelChange::DelRoute(net("100.65.1.0/24")),
+                KernelChange::AddRoute(main("100.65.2.0/24")),
+                KernelChange::DelRoute(main("100.65.1.0/24")),
             ]
         );
     }
@@ -215,17 +316,81 @@ mod tests {
     #[test]
     fn the_same_config_changes_nothing() {
         let old = config(r#""100.64.0.1/24""#, r#""100.64.0.2/32", "100.65.1.0/24""#);
-        assert_eq!(kernel_changes(&old, &old, &[net("100.65.1.0/24")]), []);
+        assert_eq!(changes(&old, &old, None, &[main("100.65.1.0/24")], &[]), []);
+    }
+
+    #[test]
+    fn a_default_route_peer_comes_and_goes_with_routes_inside_its_rules() {
+        let full = FullTunnel {
+            table: 51820,
+            fwmark: 51820,
+            priority: 32765,
+        };
+        let plain = config(r#""100.64.0.1/24""#, r#""100.64.0.2/32""#);
+        let exit = config(r#""100.64.0.1/24""#, r#""100.64.0.2/32", "0.0.0.0/0""#);
+        let default = Route {
+            dest: net("0.0.0.0/0"),
+            table: 51820,
+        };
+        let rule = |what| Rule {
+            v6: false,
+            priority: 32765,
+            what,
+        };
+        let rules = [
+            rule(RuleMatch::MainWithoutDefault),
+            rule(RuleMatch::OwnPort(51820)),
+            rule(RuleMatch::Unmarked {
+                mark: 51820,
+                table: 51820,
+            }),
+        ];
+        assert_eq!(
+            changes(&plain, &exit, Some(full), &[], &[]),
+            [
+                KernelChange::AddRoute(default),
+                KernelChange::AddRule(rules[0]),
+                KernelChange::AddRule(rules[1]),
+                KernelChange::AddRule(rules[2]),
+            ]
+        );
+        assert_eq!(
+            changes(&exit, &plain, Some(full), &[default], &rules),
+            [
+                KernelChange::DelRule(rules[2]),
+                KernelChange::DelRule(rules[1]),
+                KernelChange::DelRule(rules[0]),
+                KernelChange::DelRoute(default),
+            ]
+        );
+    }
+
+    #[test]
+    fn table_and_fwmark_need_a_restart() {
+        let old = config(r#""100.64.0.1/24""#, r#""0.0.0.0/0""#);
+        let mut new = old.clone();
+        new.interface.table = crate::config::TableSetting::Off;
+        assert_eq!(needs_restart(&old, &new), Some("[interface] table"));
+        let mut new = old.clone();
+        new.interface.fwmark = 7;
+        assert_eq!(needs_restart(&old, &new), Some("[interface] fwmark"));
     }
 
     #[test]
     fn every_change_has_an_inverse_that_takes_it_back() {
         let a = net("100.64.0.1/24");
+        let rule = Rule {
+            v6: true,
+            priority: 7,
+            what: RuleMatch::MainWithoutDefault,
+        };
         for change in [
             KernelChange::AddAddress(a),
             KernelChange::DelAddress(a),
-            KernelChange::AddRoute(a),
-            KernelChange::DelRoute(a),
+            KernelChange::AddRoute(main("100.64.0.1/24")),
+            KernelChange::DelRoute(main("100.64.0.1/24")),
+            KernelChange::AddRule(rule),
+            KernelChange::DelRule(rule),
         ] {
             assert_ne!(change.inverse(), change);
             assert_eq!(change.inverse().inverse(), change);

@@ -37,6 +37,9 @@ pub struct InterfaceStatus {
     /// Busy polling (`busy_poll_us`): its window and what its rounds found.
     #[serde(default)]
     pub busy_poll: BusyPollStatus,
+    /// Where the tunnel's routes go and the mark on dhtun's sockets (`table`, `fwmark`).
+    #[serde(default)]
+    pub routing: RoutingStatus,
     pub peers: Vec<PeerStatus>,
 }
 
@@ -46,6 +49,37 @@ pub struct BusyPollStatus {
     pub window_us: u64,
     #[serde(flatten)]
     pub counts: BusyPollStats,
+}
+
+impl RoutingStatus {
+    fn to_text(&self) -> String {
+        let table = match self.table {
+            None => "off (no routes)".to_string(),
+            Some(254) => "main".to_string(),
+            Some(table) => format!("table {table}"),
+        };
+        let mark = match self.fwmark {
+            Some(mark) => format!(", fwmark {mark}"),
+            None => String::new(),
+        };
+        match self.rule_priority {
+            Some(priority) if self.full_tunnel => {
+                format!("full tunnel via {table}{mark}, rules at priority {priority}")
+            }
+            _ => format!("{table}{mark}"),
+        }
+    }
+}
+
+/// `table` and `fwmark` as in use: the table of the tunnel's routes (254, main, unless a full
+/// tunnel or `table = N` put them elsewhere; null with `table = "off"`), the mark on dhtun's
+/// sockets (null: unmarked), and with a full tunnel the priority of its rules.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RoutingStatus {
+    pub table: Option<u32>,
+    pub fwmark: Option<u32>,
+    pub full_tunnel: bool,
+    pub rule_priority: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,6 +149,7 @@ pub struct ShellFacts<'a> {
     pub reflexive_address: Option<std::net::SocketAddr>,
     pub reflexive_port_varies: bool,
     pub busy_poll: BusyPollStatus,
+    pub routing: crate::shell::route_plan::PolicyStatus,
 }
 
 impl InterfaceStatus {
@@ -188,6 +223,12 @@ impl InterfaceStatus {
             reflexive_address: shell.reflexive_address.map(|a| a.to_string()),
             reflexive_port_varies: shell.reflexive_port_varies,
             busy_poll: shell.busy_poll,
+            routing: RoutingStatus {
+                table: shell.routing.table,
+                fwmark: shell.routing.fwmark,
+                full_tunnel: shell.routing.full_tunnel,
+                rule_priority: shell.routing.rule_priority,
+            },
             peers,
         }
     }
@@ -215,6 +256,7 @@ impl InterfaceStatus {
             );
         }
         let _ = writeln!(out, "  drops: {}", drops_text(&self.drops));
+        let _ = writeln!(out, "  routing: {}", self.routing.to_text());
         let poll = &self.busy_poll;
         if poll.window_us > 0 {
             let _ = writeln!(
@@ -392,6 +434,26 @@ fn bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routing_reads_as_one_line() {
+        let full = RoutingStatus {
+            table: Some(51820),
+            fwmark: Some(51820),
+            full_tunnel: true,
+            rule_priority: Some(32765),
+        };
+        assert_eq!(
+            full.to_text(),
+            "full tunnel via table 51820, fwmark 51820, rules at priority 32765"
+        );
+        let main = RoutingStatus {
+            table: Some(254),
+            ..RoutingStatus::default()
+        };
+        assert_eq!(main.to_text(), "main");
+        assert_eq!(RoutingStatus::default().to_text(), "off (no routes)");
+    }
 
     #[test]
     fn human_units() {

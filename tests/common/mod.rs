@@ -27,6 +27,7 @@ mod net;
 mod netns;
 mod process;
 mod procfs;
+mod routed;
 mod status;
 mod stream;
 pub mod transfer;
@@ -42,6 +43,7 @@ pub use self::{
     netns::{in_netns, is_root, loud, netns_available, netns_required},
     process::{describe, run, run_timeout, try_run_timeout, try_wait_output, wait_output},
     procfs::{netns_udp_counter, proc_memory, udp_port_bound, ProcMemory},
+    routed::{DefaultRoute, Routed, INTERNET_V4, INTERNET_V6, ROUTER_FAR_V4},
     status::drops_moved,
     stream::{ByteStream, Fnv64},
 };

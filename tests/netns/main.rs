@@ -6,11 +6,12 @@
 //!
 //! By topic: `traffic` (packets and streams through the tunnel, spoofed sources), `lifecycle`
 //! (down, reload, an underlay that goes away and comes back), `errors` (what an operator reads
-//! when something is wrong).
+//! when something is wrong), `full_tunnel` (a default route through a peer).
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod errors;
+mod full_tunnel;
 mod lifecycle;
 mod traffic;

@@ -59,7 +59,7 @@ impl Device {
         let routes = &self.routes;
         let usable = candidates
             .iter()
-            .filter(|c| routes.lookup(c.ip()).is_none());
+            .filter(|c| !tunnel_carries(routes, c.ip()));
         for (slot, address) in peer.discovery.candidates.iter_mut().zip(usable) {
             *slot = Some(*address);
         }
@@ -79,6 +79,16 @@ impl Device {
             self.want_initiation(id);
         }
     }
+}
+
+/// Whether our own packets to `ip` would travel inside the tunnel: a prefix of a peer in
+/// `routes` covers it, other than a default route or a /1 half of one. Those make a full
+/// tunnel, whose policy routing lets dhtun's own (marked) packets leave outside it.
+pub(super) fn tunnel_carries<T: Copy + PartialEq>(
+    routes: &crate::core::routing::PrefixTable<T>,
+    ip: std::net::IpAddr,
+) -> bool {
+    routes.longest_prefix(ip).is_some_and(|length| length > 1)
 }
 
 /// A peer is looked up when we cannot reach it (no address at all, or a handshake that went

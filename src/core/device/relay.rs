@@ -181,8 +181,8 @@ impl Device {
         match from {
             Path::Direct(address) => {
                 // An address the tunnel itself routes would wrap every packet again and again.
-                let looping =
-                    peer.endpoint != Some(address) && self.routes.lookup(address.ip()).is_some();
+                let looping = peer.endpoint != Some(address)
+                    && super::discovery::tunnel_carries(&self.routes, address.ip());
                 if looping {
                     return;
                 }

@@ -337,6 +337,30 @@ fn a_record_from_the_dht_makes_an_unknown_endpoint_reachable() {
 }
 
 #[test]
+fn an_exit_peers_record_is_used_unless_a_narrower_prefix_routes_it() {
+    // A is B's exit: a default route and a /1 half through A, and a subnet behind A.
+    let mut a_cfg = peer(key(1).public_key(), "100.64.0.1/32", A_ADDR);
+    a_cfg.endpoint = None;
+    for prefix in ["0.0.0.0/0", "128.0.0.0/1", "100.65.0.0/16"] {
+        a_cfg.allowed_ips.push(prefix.parse().unwrap());
+    }
+    let mut b = device(2, vec![a_cfg]);
+    let now = Duration::from_secs(1);
+    let outside: SocketAddr = "198.18.9.9:51820".parse().unwrap();
+    let behind: SocketAddr = "100.65.1.1:51820".parse().unwrap();
+    let overlay: SocketAddr = "100.64.0.1:51820".parse().unwrap();
+    b.record_found(&key(1).public_key(), 7, &[outside, behind, overlay], now);
+    // Only the default routes cover 198.18.9.9: the full tunnel's policy sends our own
+    // packets there outside the tunnel. The others would travel inside it.
+    let mut out = buf();
+    let mut targets = Vec::new();
+    while let Some(t) = b.poll_transmit(now, &mut out) {
+        targets.push(t.to);
+    }
+    assert_eq!(targets, vec![outside]);
+}
+
+#[test]
 fn a_full_record_keeps_its_public_and_reflexive_addresses() {
     use crate::core::limits::MAX_RECORD_TARGETS;
     let (_, mut b) = pair();

@@ -6,11 +6,13 @@
 //!
 //! By topic: `traffic` (packets and streams through the tunnel, spoofed sources), `lifecycle`
 //! (down, reload, an underlay that goes away and comes back), `errors` (what an operator reads
-//! when something is wrong).
+//! when something is wrong), `control` (the control socket: per namespace, privileged callers
+//! only, never silenced by idle connections).
 
 #[path = "../common/mod.rs"]
 mod common;
 
+mod control;
 mod errors;
 mod lifecycle;
 mod traffic;

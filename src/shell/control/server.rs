@@ -28,6 +28,10 @@ const REQUEST_DEADLINE: Duration = Duration::from_secs(1);
 const ANSWER_DEADLINE: Duration = Duration::from_secs(5);
 /// At shutdown, how long answers already under way (above all `down`'s) may take to go out.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(1);
+/// Connections the kernel queues before the daemon accepts them. Small, so that a newcomer
+/// waits behind few idle connections (each of which the daemon must accept before closing it),
+/// not behind the thousands the default (net.core.somaxconn) lets in.
+const LISTEN_BACKLOG: i32 = 16;
 /// A pause after a failed accept (no descriptors left, say), so the loop does not spin.
 const ACCEPT_RETRY: Duration = Duration::from_millis(10);
 
@@ -231,6 +235,10 @@ async fn serve(
 
 /// The std listener as tokio's; None (logged) when that fails.
 fn tokio_listener(listener: StdListener) -> Option<UnixListener> {
+    let backlog = nix::sys::socket::Backlog::new(LISTEN_BACKLOG);
+    if let Err(e) = backlog.and_then(|backlog| nix::sys::socket::listen(&listener, backlog)) {
+        tracing::debug!("control socket keeps its listen backlog: {e}");
+    }
     let converted = listener
         .set_nonblocking(true)
         .and_then(|()| UnixListener::from_std(listener));

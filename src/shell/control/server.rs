@@ -26,8 +26,13 @@ use tokio::task::{AbortHandle, JoinSet};
 const REQUEST_DEADLINE: Duration = Duration::from_secs(1);
 /// How long the daemon tries to hand a client its answer.
 const ANSWER_DEADLINE: Duration = Duration::from_secs(5);
-/// At shutdown, how long answers already under way (above all `down`'s) may take to go out.
+/// At shutdown, how long the daemon waits for its sockets to close, and for answers under way
+/// (above all `down`'s "stopped") to go out once it has finished.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(1);
+/// The most the serving thread waits at shutdown for connections still being answered. `down`'s
+/// is answered only after the teardown, however long that takes: it must not be cut earlier,
+/// or `dhtun down` would return before the interface is gone. The process exits soon after.
+const FINISH_DEADLINE: Duration = Duration::from_secs(60);
 /// Connections the kernel queues before the daemon accepts them. Small, so that a newcomer
 /// waits behind few idle connections (each of which the daemon must accept before closing it),
 /// not behind the thousands the default (net.core.somaxconn) lets in.
@@ -197,7 +202,7 @@ fn bind_path(interface: &str, path: PathBuf) -> anyhow::Result<(StdListener, Pat
 }
 
 /// The accept loop: admits connections until `stop`, then closes the sockets, tells `closed`,
-/// and gives answers under way DRAIN_DEADLINE to go out.
+/// and lets the answers under way go out.
 async fn serve(
     server: ControlServer,
     commands: mpsc::Sender<ControlCommand>,
@@ -344,7 +349,7 @@ impl Connections {
                 held.task.abort();
             }
         }
-        let _ = tokio::time::timeout(DRAIN_DEADLINE, async {
+        let _ = tokio::time::timeout(FINISH_DEADLINE, async {
             while self.tasks.join_next().await.is_some() {}
         })
         .await;

@@ -55,6 +55,17 @@ fn two_daemons_named_dhtun0_in_two_namespaces_each_answer_for_themselves() {
             ));
         }
     }
+    // /run/dhtun is shared by every namespace: a daemon in a named one leaves it alone.
+    for me in [&a, &b] {
+        let out = lab.ns_exec(&me.ns, &["cat", "/proc/net/unix"]);
+        if String::from_utf8_lossy(&out.stdout).contains("/run/dhtun/") {
+            lab.fail(format!(
+                "the daemon in {} listens on a path in /run/dhtun, which belongs to the \
+                 initial namespace",
+                me.ns
+            ));
+        }
+    }
     // `down` in A stops A's daemon, and B's runs on.
     let out = run_timeout(&mut a.cli(&["down", "dhtun0"]), Duration::from_secs(20));
     if !out.status.success() {

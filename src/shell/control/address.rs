@@ -126,15 +126,26 @@ fn env_run_dir() -> Option<PathBuf> {
 }
 
 /// Whether this process runs in the initial network namespace: the one of pid 1 where we may
-/// look (it takes CAP_SYS_PTRACE over pid 1), else the one with the fixed inode number of
-/// kernels from 6.18 on; None when neither tells.
+/// look (it takes the right to trace pid 1); else yes for the fixed inode number recent kernels
+/// give the initial namespace, and no for a namespace named in /run/netns (`ip netns add`);
+/// None when nothing tells.
 fn in_initial_namespace() -> Option<bool> {
     let own = std::fs::metadata("/proc/thread-self/ns/net").ok()?;
-    match std::fs::metadata("/proc/1/ns/net") {
-        Ok(init) => Some(own.st_dev() == init.st_dev() && own.st_ino() == init.st_ino()),
-        Err(_) if own.st_ino() == NET_NS_INIT_INO => Some(true),
-        Err(_) => None,
+    let same = |other: &std::fs::Metadata| {
+        own.st_dev() == other.st_dev() && own.st_ino() == other.st_ino()
+    };
+    if let Ok(init) = std::fs::metadata("/proc/1/ns/net") {
+        return Some(same(&init));
     }
+    if own.st_ino() == NET_NS_INIT_INO {
+        return Some(true);
+    }
+    let named = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|entry| std::fs::metadata(entry.path()).is_ok_and(|ns| same(&ns)));
+    named.then_some(false)
 }
 
 fn in_directory(dir: &Path) -> Vec<String> {
@@ -185,6 +196,32 @@ mod tests {
             0000000000000000: 00000002 00000000 00000000 0002 01 1006\n\
             0000000000000000: 00000002 00000000 00010000 0001 01 1007 @dhtun/lab-p2\n";
         assert_eq!(listening_abstract(table), ["dhtun0", "lab-p2"]);
+    }
+
+    #[test]
+    fn only_the_initial_network_namespace_claims_the_shared_path() {
+        if std::env::var_os("DHTUN_RUN_DIR").is_some() {
+            return;
+        }
+        // The test runs in the initial namespace (as CI does) or cannot tell: never "no".
+        assert_ne!(in_initial_namespace(), Some(false));
+        // A thread of its own in a new, unnamed network namespace (root only; skipped
+        // otherwise): it may not be able to tell, but it never takes itself for the initial one.
+        let elsewhere = std::thread::spawn(|| {
+            // SAFETY: unshare with a flag only; it moves this thread alone.
+            (unsafe { libc::unshare(libc::CLONE_NEWNET) } == 0)
+                .then(|| (in_initial_namespace(), daemon_path("dhtun0")))
+        })
+        .join()
+        .expect("namespace thread panicked");
+        if let Some((initial, path)) = elsewhere {
+            assert_ne!(
+                initial,
+                Some(true),
+                "a new namespace taken for the initial one"
+            );
+            assert!(!matches!(path, DaemonPath::Required(_)), "{path:?}");
+        }
     }
 
     #[test]

@@ -76,11 +76,6 @@ impl ControlServer {
         Ok(Self { listener, path })
     }
 
-    /// The path socket, where there is one.
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_ref().map(|(_, guard)| guard.0.as_path())
-    }
-
     /// Serves connections on a thread of its own until the returned task is stopped. Requests
     /// go to the main loop through `commands`, a bounded channel: when it is full the request
     /// is refused as busy, not queued.

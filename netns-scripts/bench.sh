@@ -316,9 +316,9 @@ use_target() {
             -e "/^listen_port *=/a busy_poll_us = ${WINDOW[$target]}" "${LAB_WORK}/${conf}.toml"
     done
     for iface in "${IFACE_A}" "${IFACE_B}"; do
-        "${DHTUN_BIN}" reload "$iface" >/dev/null || die "dhtun reload ${iface} (busy_poll_us = ${WINDOW[$target]}) failed"
+        lab_dhtun "$iface" reload "$iface" >/dev/null || die "dhtun reload ${iface} (busy_poll_us = ${WINDOW[$target]}) failed"
         # A config the sed did not change would reload fine and measure the wrong setting.
-        [[ $("${DHTUN_BIN}" status "$iface" --json | jq -r '.busy_poll.window_us') == "${WINDOW[$target]}" ]] ||
+        [[ $(lab_dhtun "$iface" status "$iface" --json | jq -r '.busy_poll.window_us') == "${WINDOW[$target]}" ]] ||
             die "dhtun ${iface} did not take busy_poll_us = ${WINDOW[$target]} on reload"
     done
     CURRENT_WINDOW=${WINDOW[$target]}
@@ -349,20 +349,20 @@ tx_dropped() { ip -n "$1" -s -j link show dev "$2" | jq -r '.[0].stats64.tx.drop
 # cpu_ticks - "idle total" jiffies of all cores from /proc/stat (idle includes iowait).
 cpu_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print $5 + $6, t; exit }' /proc/stat; }
 
-ring_full() { "${DHTUN_BIN}" status "$1" --json | jq -r '.drops.ring_full'; }
+ring_full() { lab_dhtun "$1" status "$1" --json | jq -r '.drops.ring_full'; }
 
 # peers_total IFACE FIELD - a per-peer counter of dhtun's status, summed over its peers.
 peers_total() {
     local n
-    n=$("${DHTUN_BIN}" status "$1" --json 2>/dev/null | jq -r ".peers | map(.$2 // 0) | add // 0" 2>/dev/null) || true
+    n=$(lab_dhtun "$1" status "$1" --json 2>/dev/null | jq -r ".peers | map(.$2 // 0) | add // 0" 2>/dev/null) || true
     echo "${n:-0}"
 }
 
 # drops_save IFACE FILE - keep dhtun's drop counters; drops_moved IFACE FILE - print those that
 # grew since, as "reason +n ..." (or "none"). Every reason, including any added after this script.
-drops_save() { "${DHTUN_BIN}" status "$1" --json | jq -c '.drops' >"$2"; }
+drops_save() { lab_dhtun "$1" status "$1" --json | jq -c '.drops' >"$2"; }
 drops_moved() {
-    "${DHTUN_BIN}" status "$1" --json | jq -r --slurpfile b "$2" '.drops | to_entries
+    lab_dhtun "$1" status "$1" --json | jq -r --slurpfile b "$2" '.drops | to_entries
         | map(select(.value > ($b[0][.key] // 0)) | "\(.key) +\(.value - ($b[0][.key] // 0))")
         | if length == 0 then "none" else join(" ") end'
 }

@@ -141,15 +141,15 @@ is_ours() {
     [[ ${cmdline} == *" dht-node "* && $(ip netns identify "${pid}" 2>/dev/null) == "${HUB_NS}" ]]
 }
 
-# stop_pid PIDFILE WHAT [IFACE] - stop the process of PIDFILE: `dhtun down IFACE` first when
-# given, then SIGTERM, then SIGKILL after 5 s; removes a control socket a killed daemon left.
+# stop_pid PIDFILE WHAT [PEER] - stop the process of PIDFILE: `dhtun down` of peer PEER's
+# interface first when given, then SIGTERM, then SIGKILL after 5 s.
 stop_pid() {
-    local pidfile=$1 what=$2 iface=${3:-} pid n
+    local pidfile=$1 what=$2 peer=${3:-} pid n
     [[ -r ${pidfile} ]] || return 0
     pid=$(cat "${pidfile}")
     if is_ours "${pid}"; then
-        if [[ -n ${iface} ]]; then
-            timeout 10 "${DHTUN_BIN}" down "${iface}" >/dev/null 2>&1 || true
+        if [[ -n ${peer} ]]; then
+            peer_dhtun "${peer}" 10 down "$(peer_iface "${peer}")" >/dev/null 2>&1 || true
         fi
         is_ours "${pid}" && kill -TERM "${pid}" 2>/dev/null
         for ((n = 0; n < 50; n++)); do
@@ -164,32 +164,39 @@ stop_pid() {
     rm -f "${pidfile}"
 }
 
-# socket_answers IFACE - whether a daemon answers on IFACE's control socket.
-socket_answers() { timeout 5 "${DHTUN_BIN}" status "$1" >/dev/null 2>&1; }
+# peer_dhtun PEER SECONDS ARGS... - `dhtun ARGS...` in peer PEER's namespace, where the control
+# socket of its daemon is, for at most SECONDS.
+peer_dhtun() {
+    local peer=$1 secs=$2
+    shift 2
+    timeout "${secs}" ip netns exec "$(peer_ns "${peer}")" "${DHTUN_BIN}" "$@"
+}
+
+# socket_answers PEER - whether peer PEER's daemon answers on its control socket.
+socket_answers() { peer_dhtun "$1" 5 status "$(peer_iface "$1")" >/dev/null 2>&1; }
 
 cmd_down() {
-    local i n ns pid iface
+    local i n ns pid
     set +e
     state_bin
     n=0
     [[ -r ${STATE}/peers ]] && n=$(cat "${STATE}/peers")
     # Daemons: those the state knows, then any pid file left by an `up` that crashed midway.
     for ((i = n; i >= 1; i--)); do
-        stop_pid "${STATE}/p${i}.pid" "dhtun daemon of peer ${i}" "$(peer_iface "$i")"
+        stop_pid "${STATE}/p${i}.pid" "dhtun daemon of peer ${i}" "$i"
     done
     if [[ -d ${STATE} ]]; then
         for pidf in "${STATE}"/p*.pid; do
             [[ -e ${pidf} ]] || continue
             i=${pidf##*/p}
             i=${i%.pid}
-            stop_pid "${pidf}" "dhtun daemon of peer ${i}" "$(peer_iface "$i")"
+            stop_pid "${pidf}" "dhtun daemon of peer ${i}" "$i"
         done
     fi
     # Daemons of ours that the pid files do not know (started again by hand): their interface
     # names are this lab's own, so ask each one that still answers to go down.
     for ((i = 1; i <= n; i++)); do
-        iface=$(peer_iface "$i")
-        socket_answers "${iface}" && timeout 10 "${DHTUN_BIN}" down "${iface}" >/dev/null 2>&1
+        socket_answers "$i" && peer_dhtun "$i" 10 down "$(peer_iface "$i")" >/dev/null 2>&1
     done
     stop_pid "${STATE}/hub.pid" "dht-node"
     # Namespaces: every one named like ours, whether or not the state lists it. Whatever still
@@ -201,13 +208,6 @@ cmd_down() {
         done
         ip netns del "${ns}" 2>/dev/null || warn "could not delete namespace ${ns}"
     done < <(ip netns list 2>/dev/null)
-    # Control sockets of daemons that were killed (they cannot remove their own).
-    for ((i = 1; i <= MAX_PEERS; i++)); do
-        iface=$(peer_iface "$i")
-        if [[ -S /run/dhtun/${iface}.sock ]] && ! socket_answers "${iface}"; then
-            rm -f "/run/dhtun/${iface}.sock"
-        fi
-    done
     rm -rf "${STATE}"
     log "lab '${LAB_NAME}' is down"
     return 0
@@ -241,7 +241,7 @@ peer_ready() {
         tail -n 20 "${STATE}/p${i}.log" >&2
         die "dhtun up of peer ${i} exited during start-up (log above: ${STATE}/p${i}.log)"
     }
-    socket_answers "$(peer_iface "$i")" &&
+    socket_answers "$i" &&
         ip -n "$(peer_ns "$i")" -o addr show dev "$(peer_iface "$i")" 2>/dev/null | grep -q "inet 100.64.0.${i}/"
 }
 
@@ -350,7 +350,7 @@ cmd_status() {
     n=$(lab_peers)
     state_bin
     for ((i = 1; i <= n; i++)); do
-        timeout 10 "${DHTUN_BIN}" status "$(peer_iface "$i")" || {
+        peer_dhtun "$i" 10 status "$(peer_iface "$i")" || {
             warn "peer ${i}: dhtun status failed"
             rc=1
         }

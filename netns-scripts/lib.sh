@@ -24,6 +24,7 @@ LAB_WORK=""
 LAB_NAMESPACES=()
 LAB_DAEMON_PIDS=()
 LAB_DAEMON_IFACES=()
+LAB_DAEMON_NSES=()
 LAB_DAEMON_LOGS=()
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -121,7 +122,7 @@ lab_init() {
 # lab_ns NAME-SUFFIX - the namespace name for a suffix (a or b).
 lab_ns() { printf 'dhtun-%s-%s-%s' "${LAB_TAG}" "${LAB_ID}" "$1"; }
 
-# lab_iface SUFFIX - a unique interface name (<= 15 chars; control sockets are global).
+# lab_iface SUFFIX - a unique interface name (<= 15 chars), so that logs can be told apart.
 lab_iface() { printf 'dt%s%s' "$1" "$((LAB_ID % 1000000))"; }
 
 # lab_ns_pair - create namespaces A and B joined by a veth pair with the underlay addresses.
@@ -193,13 +194,14 @@ lab_up() {
     pid=$!
     LAB_DAEMON_PIDS+=("$pid")
     LAB_DAEMON_IFACES+=("$iface")
+    LAB_DAEMON_NSES+=("$ns")
     LAB_DAEMON_LOGS+=("$logf")
     for ((i = 0; i < 100; i++)); do
         if ! kill -0 "$pid" 2>/dev/null; then
             cat "$logf" >&2 || true
             die "dhtun up for ${iface} exited during startup (log above)"
         fi
-        if "${DHTUN_BIN}" status "$iface" >/dev/null 2>&1; then
+        if lab_dhtun "$iface" status "$iface" >/dev/null 2>&1; then
             log "${iface} is up in ${ns} (pid ${pid}, log ${logf})"
             return 0
         fi
@@ -207,6 +209,21 @@ lab_up() {
     done
     cat "$logf" >&2 || true
     die "dhtun up for ${iface} did not answer status within 20 s (log above)"
+}
+
+# lab_dhtun IFACE ARGS... - `dhtun ARGS...` in the namespace of IFACE's daemon, where its
+# control socket is (each network namespace has its own).
+lab_dhtun() {
+    local iface=$1 i
+    shift
+    for ((i = ${#LAB_DAEMON_IFACES[@]} - 1; i >= 0; i--)); do
+        if [[ ${LAB_DAEMON_IFACES[i]} == "${iface}" ]]; then
+            ip netns exec "${LAB_DAEMON_NSES[i]}" "${DHTUN_BIN}" "$@"
+            return
+        fi
+    done
+    warn "no daemon of ${iface} in this lab"
+    return 1
 }
 
 # lab_start_pair [EXTRA_ALLOWED_BEHIND_B] - keys, configs and daemons for A and B.
@@ -256,7 +273,8 @@ lab_stop_all() {
         pid=${LAB_DAEMON_PIDS[i]}
         iface=${LAB_DAEMON_IFACES[i]}
         kill -0 "$pid" 2>/dev/null || continue
-        timeout 10 "${DHTUN_BIN}" down "$iface" >/dev/null 2>&1 || kill -TERM "$pid" 2>/dev/null || true
+        timeout 10 ip netns exec "${LAB_DAEMON_NSES[i]}" "${DHTUN_BIN}" down "$iface" >/dev/null 2>&1 ||
+            kill -TERM "$pid" 2>/dev/null || true
         for ((n = 0; n < 50; n++)); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
@@ -264,12 +282,12 @@ lab_stop_all() {
         if kill -0 "$pid" 2>/dev/null; then
             warn "daemon ${iface} (pid ${pid}) did not stop; killing it"
             kill -KILL "$pid" 2>/dev/null || true
-            rm -f "/run/dhtun/${iface}.sock"
         fi
         wait "$pid" 2>/dev/null || true
     done
     LAB_DAEMON_PIDS=()
     LAB_DAEMON_IFACES=()
+    LAB_DAEMON_NSES=()
 }
 
 # lab_cleanup - stop daemons, delete namespaces (and so the veth pair), remove the work dir.

@@ -232,6 +232,7 @@ spawn() {
         "${LAB_WORK}/${name}.toml" >>"${LAB_WORK}/${name}.log" 2>&1 &
     LAB_DAEMON_PIDS+=("$!")
     LAB_DAEMON_IFACES+=("$iface")
+    LAB_DAEMON_NSES+=("$(lab_ns "$name")")
     LAB_DAEMON_LOGS+=("${LAB_WORK}/${name}.log")
 }
 
@@ -239,7 +240,7 @@ spawn() {
 wait_status() {
     local i
     for ((i = 0; i < 200; i++)); do
-        "${DHTUN_BIN}" status "$(lab_iface "${1^^}")" >/dev/null 2>&1 && return 0
+        lab_dhtun "$(lab_iface "${1^^}")" status "$(lab_iface "${1^^}")" >/dev/null 2>&1 && return 0
         sleep 0.05
     done
     lab_show_logs
@@ -248,7 +249,7 @@ wait_status() {
 
 # path_of ME PEER - "direct", "relay" or "none": PEER's path in ME's status.
 path_of() {
-    "${DHTUN_BIN}" status "$(lab_iface "${1^^}")" --json |
+    lab_dhtun "$(lab_iface "${1^^}")" status "$(lab_iface "${1^^}")" --json |
         jq -r --arg k "$(lab_pubkey "$2")" '.peers[] | select(.public_key == $k) | .path // "none"'
 }
 

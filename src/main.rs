@@ -37,12 +37,14 @@ enum Command {
         /// The config file (TOML), e.g. /etc/dhtun/dhtun0.toml
         config: PathBuf,
     },
-    /// Ask the running daemon of IFACE to stop, and wait until it has cleaned up
+    /// Ask the running daemon of IFACE (in this network namespace) to stop, and wait until it
+    /// has cleaned up
     Down {
         /// The interface name ([interface] name in its config)
         iface: String,
     },
-    /// Re-read the config of the running daemon of IFACE (also on SIGHUP); a bad config is
+    /// Re-read the config of the running daemon of IFACE in this network namespace (also on
+    /// SIGHUP); a bad config is
     /// refused and the running state kept
     Reload {
         /// The interface name ([interface] name in its config)
@@ -50,7 +52,7 @@ enum Command {
     },
     /// Show the interface and its peers (all interfaces when IFACE is absent)
     Status {
-        /// The interface name; without it, every running interface
+        /// The interface name; without it, every interface running in this network namespace
         iface: Option<String>,
         /// Print JSON (an array when IFACE is absent)
         #[arg(long)]

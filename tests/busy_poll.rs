@@ -8,9 +8,8 @@
 
 mod common;
 
-use common::{describe, in_netns, run_timeout, Lab, BIN};
+use common::{describe, in_netns, run_timeout, Lab};
 use std::net::{SocketAddr, UdpSocket};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Long enough that an echo reply from the other namespace comes back within the window even
@@ -119,10 +118,7 @@ fn busy_polling_reads_packets_and_reload_turns_it_off() {
     // Turn polling off by reload: the window goes to zero and no round runs any more.
     let text = lab.config_with_interface_keys(&a, &b, "busy_poll_us = 0\n");
     lab.write_file(&format!("{}.toml", a.iface), &text);
-    let out = run_timeout(
-        Command::new(BIN).args(["reload", &a.iface]),
-        Duration::from_secs(20),
-    );
+    let out = run_timeout(&mut a.cli(&["reload", &a.iface]), Duration::from_secs(20));
     if !out.status.success() {
         lab.fail(format!(
             "reload with busy_poll_us = 0 should succeed; {}",

@@ -22,7 +22,6 @@ use dhtun::core::record::Record;
 use dhtun::core::reflexive::{Reflected, Reflector};
 use dhtun::shell::dht::{Dht, DhtOptions};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Outer ports the test NATs map to: never the inner ones, so a port in this range in the
@@ -395,7 +394,7 @@ fn nat_mapping(lab: &Lab, router: &str, node: &Node) -> u16 {
 /// `dhtun status IFACE`, the text a person reads.
 fn text_status(node: &Node) -> String {
     let out = run_timeout(
-        Command::new(common::BIN).args(["status", &node.iface]),
+        &mut node.cli(&["status", &node.iface]),
         Duration::from_secs(10),
     );
     String::from_utf8_lossy(&out.stdout).into_owned()

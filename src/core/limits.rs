@@ -401,8 +401,15 @@ pub const MIN_INITIATION_INTERVAL: Duration = Duration::from_millis(50);
 /// Bytes the control socket reads of one request: requests are single short words.
 pub const CONTROL_REQUEST_BYTES: usize = 256;
 
-/// Control connections served at once; more wait in the kernel's listen backlog.
+/// Control requests queued for the main loop at once (and metrics scrapes served at once): the
+/// main loop answers one at a time, so more would only wait; past it a request is refused busy.
 pub const CONTROL_CONNECTIONS: usize = 8;
+
+/// Control connections held at once. Each costs a task, a 256-byte request buffer and a file
+/// descriptor (about 2 KiB in all), and no operator runs 64 `dhtun` commands at once. When all
+/// are taken, the one that has waited longest for its request is closed to make room, so idle
+/// connections cannot keep `dhtun status` out; only when none is idle is a new one refused busy.
+pub const CONTROL_CLIENTS: usize = 64;
 
 /// Peer events (handshake done, endpoint changed, ...) waiting for the shell to log them. The
 /// shell drains them after every batch, so this only overflows if thousands of peers change

@@ -40,7 +40,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let control = ControlServer::bind(&name)?;
     let netlink = Netlink::open()?;
     if netlink.link_index(&name).await?.is_some() {
-        let _ = std::fs::remove_file(control.path());
         anyhow::bail!(
             "interface {name} already exists; pick another [interface] name in {} or remove that interface",
             config.path.display()
@@ -83,7 +82,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     if let Err(e) = configure_link(&mut link, &config).await {
         teardown(&link).await;
-        let _ = std::fs::remove_file(control.path());
         return Err(e);
     }
     tracing::info!(
@@ -94,7 +92,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "interface up"
     );
 
-    let socket_path = control.path().to_owned();
     let (commands_tx, commands) = mpsc::channel(crate::core::limits::CONTROL_CONNECTIONS);
     let metrics_task = match config.interface.metrics_listen {
         Some(address) => match TcpListener::bind(address).await {
@@ -109,13 +106,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
             Err(e) => {
                 teardown(&link).await;
-                let _ = std::fs::remove_file(&socket_path);
                 anyhow::bail!("metrics_listen {address} in {}: {e}", config.path.display());
             }
         },
         None => None,
     };
-    let control_task = control.spawn(commands_tx);
     tracing::info!(tun_offloads = ?tun.offloads(), udp_gso = udp.gso_enabled(), "data path ready");
     // Before the DHT node starts its thread: a dropped capability stays with threads that
     // were already running.
@@ -125,6 +120,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(false) => tracing::debug!("running without CAP_NET_ADMIN: reloads cannot change routes"),
         Err(e) => tracing::warn!("could not drop privileges: {e}"),
     }
+    // After the drop: its thread keeps only what the daemon keeps.
+    let control_task = control.spawn(commands_tx);
     let discovery = if config.dht.enabled {
         let secret = config.interface.secret_key.clone();
         match Discovery::start(
@@ -142,7 +139,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 if let Err(e) = apply_wanted(&mut link, &config).await {
                     control_task.abort();
                     teardown(&link).await;
-                    let _ = std::fs::remove_file(&socket_path);
                     return Err(e);
                 }
                 Some(discovery)
@@ -150,7 +146,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             Err(e) => {
                 control_task.abort();
                 teardown(&link).await;
-                let _ = std::fs::remove_file(&socket_path);
                 return Err(e.context("starting the DHT node ([dht] in the config)"));
             }
         }
@@ -180,7 +175,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     teardown(&link).await;
     drop(tun);
-    let _ = std::fs::remove_file(&socket_path);
     tracing::info!(interface = %name, "interface down");
     let reply = outcome?;
     if let Some(reply) = reply {

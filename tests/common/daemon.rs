@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{describe, run, try_run_timeout, Lab, Node, BIN, READY_TIMEOUT, STOP_TIMEOUT};
+use super::{cli_in, describe, run, try_run_timeout, Lab, Node, BIN, READY_TIMEOUT, STOP_TIMEOUT};
 
 /// A running `dhtun up`.
 pub struct Daemon {
@@ -168,10 +168,8 @@ impl Lab {
     /// starts a fresh daemon.
     #[track_caller]
     pub fn stop_daemon(&mut self, iface: &str) {
-        let out = try_run_timeout(
-            Command::new(BIN).args(["down", iface]),
-            Duration::from_secs(15),
-        );
+        let ns = self.daemon_mut(iface).ns.clone();
+        let out = try_run_timeout(&mut cli_in(&ns, &["down", iface]), Duration::from_secs(15));
         match out {
             Ok(o) if o.status.success() => {}
             Ok(o) => self.fail(format!("`dhtun down {iface}` failed: {}", describe(&o))),
@@ -188,6 +186,15 @@ impl Lab {
         }
         // Reaped: drop the child so cleanup does not signal a pid that may be reused.
         self.daemon_mut(iface).child = None;
+    }
+
+    /// The namespace of the newest daemon of `iface`, if this lab started one.
+    pub fn daemon_ns(&self, iface: &str) -> Option<&str> {
+        self.daemons
+            .iter()
+            .rev()
+            .find(|d| d.iface == iface)
+            .map(|d| d.ns.as_str())
     }
 
     fn daemon_mut(&mut self, iface: &str) -> &mut Daemon {

@@ -16,7 +16,7 @@ use super::{describe, run, wait_output, Daemon, BIN, STOP_TIMEOUT};
 pub struct Node {
     /// Namespace the daemon runs in.
     pub ns: String,
-    /// TUN interface name (globally unique: the control socket path is not per namespace).
+    /// TUN interface name (unique to the test, so that logs and configs can be told apart).
     pub iface: String,
     pub secret: String,
     pub public: String,
@@ -33,14 +33,28 @@ pub struct Node {
 }
 
 impl Node {
-    /// The control socket path of this node's daemon.
-    pub fn socket(&self) -> PathBuf {
-        socket_path(&self.iface)
+    /// `dhtun ARGS...` run in this node's namespace, where the CLI finds its daemon.
+    pub fn cli(&self, args: &[&str]) -> Command {
+        cli_in(&self.ns, args)
     }
 }
 
-pub fn socket_path(iface: &str) -> PathBuf {
-    PathBuf::from(format!("/run/dhtun/{iface}.sock"))
+/// `dhtun ARGS...` run in namespace `ns` (`ip netns exec`): the control socket of a daemon
+/// belongs to its network namespace, so `status`, `reload` and `down` must run there.
+pub fn cli_in(ns: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns, BIN]).args(args);
+    cmd
+}
+
+/// Whether a control socket for `iface` listens in namespace `ns` (its abstract socket, as
+/// /proc/net/unix lists it there).
+pub fn control_listening(ns: &str, iface: &str) -> bool {
+    let out = super::run(Command::new("ip").args(["netns", "exec", ns, "cat", "/proc/net/unix"]));
+    let name = format!("@dhtun/{iface}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|line| line.split_whitespace().nth(7) == Some(name.as_str()))
 }
 
 /// Everything one test created; cleaned up on drop.
@@ -291,8 +305,6 @@ impl Drop for Lab {
                     );
                     let _ = child.kill();
                     let _ = child.wait();
-                    // A killed daemon cannot remove its own control socket.
-                    let _ = fs::remove_file(socket_path(&d.iface));
                 }
             }
         }

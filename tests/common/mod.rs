@@ -38,7 +38,7 @@ pub mod transfer;
 pub use self::{
     daemon::{daemon_log_level, Daemon},
     hub::{DHT_PORT, HUB_ADDR},
-    lab::{socket_path, Helper, Lab, Node},
+    lab::{cli_in, control_listening, Helper, Lab, Node},
     net::set_int_option,
     netns::{in_netns, is_root, loud, netns_available, netns_required},
     process::{describe, run, run_timeout, try_run_timeout, try_wait_output, wait_output},

@@ -6,15 +6,22 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{describe, run_timeout, Lab, BIN};
+use super::{cli_in, describe, run_timeout, Lab, BIN};
 
 impl Lab {
-    /// `dhtun status IFACE --json`, parsed; the object for `iface`.
+    /// `dhtun status IFACE --json`, run in the namespace of `iface`'s daemon, parsed; the
+    /// object for `iface`.
     pub fn status_raw(&self, iface: &str) -> Result<Value, String> {
-        let out = run_timeout(
-            Command::new(BIN).args(["status", iface, "--json"]),
-            Duration::from_secs(10),
-        );
+        let args = ["status", iface, "--json"];
+        let mut cmd = match self.daemon_ns(iface) {
+            Some(ns) => cli_in(ns, &args),
+            None => {
+                let mut cmd = Command::new(BIN);
+                cmd.args(args);
+                cmd
+            }
+        };
+        let out = run_timeout(&mut cmd, Duration::from_secs(10));
         if !out.status.success() {
             return Err(format!(
                 "`dhtun status {iface} --json` failed: {}",

@@ -169,10 +169,9 @@ fn errors_are_one_clear_line() {
             "the pre-existing interface {iface} must survive a failed `dhtun up`, but it is gone"
         ));
     }
-    if common::socket_path(&iface).exists() {
+    if common::control_listening(ns, &iface) {
         lab.fail(format!(
-            "a failed `dhtun up` left its control socket {} behind",
-            common::socket_path(&iface).display()
+            "a failed `dhtun up` left its control socket @dhtun/{iface} listening"
         ));
     }
 }

@@ -93,7 +93,6 @@ fn full_tunnel_with_discovery_gives_back_every_rule_and_route() {
             "expected the killed daemon's rules to remain until the next up:\n{killed}"
         ));
     }
-    let _ = std::fs::remove_file(a.socket());
     lab.start_daemon(&a.ns, &a.iface, &config);
     lab.wait_ready(&a.iface, &a.v4);
     let routing = wait_full_tunnel(&lab, a);

@@ -1,11 +1,10 @@
 //! A daemon's life: `dhtun down` removes what `up` made, a reload applies changes and refuses
 //! bad configs, and the tunnel recovers when the underlay goes down, comes up or changes address.
 
-use std::process::Command;
 use std::time::Duration;
 
 use crate::common;
-use crate::common::{describe, run_timeout, Lab, BIN};
+use crate::common::{describe, run_timeout, Lab};
 
 #[test]
 fn down_removes_interface_and_routes() {
@@ -22,17 +21,14 @@ fn down_removes_interface_and_routes() {
             a.iface
         ));
     }
-    if !a.socket().exists() {
+    if !common::control_listening(&a.ns, &a.iface) {
         lab.fail(format!(
-            "control socket {} should exist while the daemon runs",
-            a.socket().display()
+            "control socket @dhtun/{} should listen in {} while the daemon runs",
+            a.iface, a.ns
         ));
     }
 
-    let out = run_timeout(
-        Command::new(BIN).args(["down", &a.iface]),
-        Duration::from_secs(20),
-    );
+    let out = run_timeout(&mut a.cli(&["down", &a.iface]), Duration::from_secs(20));
     if !out.status.success() {
         lab.fail(format!(
             "`dhtun down {}` should exit 0; {}",
@@ -72,10 +68,10 @@ fn down_removes_interface_and_routes() {
             "no route to fd64::/64 should remain after down, found {routes6:?}"
         ));
     }
-    if a.socket().exists() {
+    if common::control_listening(&a.ns, &a.iface) {
         lab.fail(format!(
-            "control socket {} should be removed after down",
-            a.socket().display()
+            "control socket @dhtun/{} should be gone after down",
+            a.iface
         ));
     }
 }
@@ -116,12 +112,7 @@ fn reload_applies_changes_and_refuses_bad_configs() {
         return;
     }
     let (mut lab, a, b) = Lab::pair("rl", 51826);
-    let reload = || {
-        run_timeout(
-            Command::new(BIN).args(["reload", &a.iface]),
-            Duration::from_secs(20),
-        )
-    };
+    let reload = || run_timeout(&mut a.cli(&["reload", &a.iface]), Duration::from_secs(20));
     lab.up_pair(&a, &b, &[], &[]);
     lab.must_ping(&a, &b.v4);
     let before = lab.status(&a.iface);

@@ -6,11 +6,14 @@
 //!
 //! By topic: `traffic` (packets and streams through the tunnel, spoofed sources), `lifecycle`
 //! (down, reload, an underlay that goes away and comes back), `errors` (what an operator reads
-//! when something is wrong), `full_tunnel` (a default route through a peer).
+//! when something is wrong), `control` (the control socket: per namespace, privileged callers
+//! only, never silenced by idle connections), `full_tunnel` (a default route
+//! through a peer).
 
 #[path = "../common/mod.rs"]
 mod common;
 
+mod control;
 mod errors;
 mod full_tunnel;
 mod lifecycle;

@@ -3,14 +3,13 @@
 //! traffic (tunnel, DHT) still leaves by R, and `down`, SIGTERM, or a kill -9 followed by `up`
 //! and `down`, gives back A's rules and routes exactly as they were.
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::common;
 use crate::common::{
-    describe, run_timeout, DefaultRoute, Lab, Node, BIN, INTERNET_V4, INTERNET_V6, ROUTER_FAR_V4,
+    describe, run_timeout, DefaultRoute, Lab, Node, INTERNET_V4, INTERNET_V6, ROUTER_FAR_V4,
 };
 
 const EVERYTHING: &[&str] = &["0.0.0.0/0", "::/0"];
@@ -237,10 +236,7 @@ fn expect_route(lab: &Lab, a: &Node, args: &[&str], expected: &str) {
 
 #[track_caller]
 fn reload(lab: &Lab, a: &Node) {
-    let out = run_timeout(
-        Command::new(BIN).args(["reload", &a.iface]),
-        Duration::from_secs(20),
-    );
+    let out = run_timeout(&mut a.cli(&["reload", &a.iface]), Duration::from_secs(20));
     if !out.status.success() || String::from_utf8_lossy(&out.stdout).contains("error") {
         lab.fail(format!(
             "`dhtun reload {}` failed: {}",

@@ -48,7 +48,7 @@ pub enum DropReason {
     /// with us (a relay only forwards, it never queues or starts handshakes for others).
     RelayNoPath,
     /// An outbound packet for a peer paced after it reported heavy loss, refused before
-    /// encryption because the peer is too far in debt (see README, Pacing).
+    /// encryption because the peer is too far in debt (see docs/design.md, Pacing).
     Paced,
 }
 

@@ -84,7 +84,7 @@ pub struct PeerStatus {
     #[serde(default)]
     pub rx_lost_packets: u64,
     pub drops: BTreeMap<String, u64>,
-    /// How fast we send to this peer after its loss reports (see README, Pacing).
+    /// How fast we send to this peer after its loss reports (see docs/design.md, Pacing).
     #[serde(default)]
     pub pacing: PacingStatus,
     /// Sequence number of the peer's DHT record we last accepted, and how long ago.

@@ -2,8 +2,9 @@
 //! UDP straight to peers, through fixed-size packet rings, so memory stays constant at any load.
 //!
 //! `core` decides everything and does no I/O; `shell` does the I/O; `config` reads the config
-//! file of the contract.
+//! file of the contract; `manual` renders the man pages.
 
 pub mod config;
 pub mod core;
+pub mod manual;
 pub mod shell;

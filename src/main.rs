@@ -1,7 +1,8 @@
-//! The `dhtun` command line, as the contract (CONTRACT.md) fixes it.
+//! The `dhtun` command line, as docs/operations.md describes it (scripts, units and tests rely
+//! on it: keep old forms working when it changes).
 
 use clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use dhtun::config::Config;
 use dhtun::core::keys::SecretKey;
 use dhtun::shell::dht_node::check_bootstrap;
@@ -15,7 +16,9 @@ use std::process::ExitCode;
 #[command(
     name = "dhtun",
     version,
-    about = "A layer-3 VPN over Noise and UDP, with peers found by public key in the Mainline DHT, in constant memory"
+    about = "A layer-3 VPN over Noise and UDP, with peers found by public key in the Mainline DHT, in constant memory",
+    after_long_help = "The config file is described in dhtun.toml(5) and docs/configuration.md; the status \
+                       fields, reload and systemd in docs/operations.md."
 )]
 struct Cli {
     /// Log level; overrides [interface] log_level, and RUST_LOG overrides both. Default: info
@@ -69,6 +72,25 @@ enum Command {
         #[arg(long, value_name = "HOST:PORT", num_args = 1.., value_parser = check_bootstrap)]
         bootstrap: Vec<String>,
     },
+    /// Print a completion script for SHELL, e.g. `dhtun completions bash >
+    /// /etc/bash_completion.d/dhtun`
+    Completions {
+        /// The shell the script is for
+        shell: CompletionShell,
+    },
+    /// Write the man pages (dhtun.8, one per subcommand, dhtun.toml.5) into DIR; for packaging
+    #[command(hide = true)]
+    Manpages {
+        /// The directory to write them into; created if missing
+        dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 fn main() -> ExitCode {
@@ -137,6 +159,26 @@ fn run(command: Command, log_level: Option<String>) -> anyhow::Result<()> {
         Command::DhtNode { listen, bootstrap } => {
             dhtun::shell::dht_node::run_dht_node(listen, &bootstrap)
         }
+        Command::Completions { shell } => {
+            let shell = match shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(
+                shell,
+                &mut visible_command(),
+                "dhtun",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Manpages { dir } => {
+            for page in dhtun::manual::write_pages(Cli::command(), &dir)? {
+                println!("{}", page.display());
+            }
+            Ok(())
+        }
     }
 }
 
@@ -176,6 +218,24 @@ fn status(iface: Option<String>, json: bool) -> anyhow::Result<()> {
         print!("{}", texts.join("\n"));
     }
     Ok(())
+}
+
+/// The command line without its hidden subcommands, which clap_complete would offer.
+fn visible_command() -> clap::Command {
+    let full = Cli::command();
+    let visible: Vec<clap::Command> = full
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .cloned()
+        .collect();
+    let mut command = clap::Command::new("dhtun")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(full.get_arguments().cloned())
+        .subcommands(visible);
+    if let Some(about) = full.get_about() {
+        command = command.about(about.clone());
+    }
+    command
 }
 
 /// A clap error as the one line the contract asks for: what was wrong and what was expected,

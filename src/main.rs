@@ -5,6 +5,7 @@ use clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
 use clap::{CommandFactory, Parser, Subcommand};
 use dhtun::config::Config;
 use dhtun::core::keys::SecretKey;
+use dhtun::onboarding::{peer_block, Endpoint};
 use dhtun::shell::dht_node::check_bootstrap;
 use dhtun::shell::{control, daemon, status::InterfaceStatus};
 use std::io::Read as _;
@@ -34,6 +35,17 @@ enum Command {
     Genkey,
     /// Read a secret key on stdin, print its public key the same way
     Pubkey,
+    /// Print the [[peer]] block another node adds to its config to reach this one: the public
+    /// key, the interface's addresses as allowed_ips, and the endpoint when given. Reads CONFIG
+    /// only; no daemon need run
+    Showpeer {
+        /// This node's config file, e.g. /etc/dhtun/dhtun0.toml
+        config: PathBuf,
+        /// Where other nodes reach this one: an IP (the port is listen_port) or IP:PORT, e.g.
+        /// 203.0.113.7; without it they find this node in the DHT by its public key
+        #[arg(long, value_name = "IP[:PORT]")]
+        endpoint: Option<Endpoint>,
+    },
     /// Bring up the interface CONFIG describes; runs in the foreground until SIGINT/SIGTERM,
     /// then removes its routes and interface
     Up {
@@ -137,6 +149,14 @@ fn run(command: Command, log_level: Option<String>) -> anyhow::Result<()> {
             let key = SecretKey::from_base64(&text)
                 .map_err(|e| anyhow::anyhow!("the secret key on stdin is {e}"))?;
             println!("{}", key.public_key().to_base64());
+            Ok(())
+        }
+        Command::Showpeer { config, endpoint } => {
+            let config = Config::load(&config)?;
+            print!(
+                "{}",
+                peer_block(&config, endpoint).map_err(|e| anyhow::anyhow!(e))?
+            );
             Ok(())
         }
         Command::Up { config } => {

@@ -9,6 +9,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_dhtun");
 const SUBCOMMANDS: &[&str] = &[
     "genkey",
     "pubkey",
+    "showpeer",
     "up",
     "down",
     "reload",
@@ -70,6 +71,54 @@ fn manpages_has_a_page_per_subcommand_and_the_config_file() {
     let config = std::fs::read_to_string(dir.join("dhtun.toml.5")).expect("dhtun.toml.5 written");
     assert!(config.contains(".TH DHTUN.TOML 5"));
     assert!(config.contains("\\fBprivate_key_file\\fR"));
+}
+
+#[test]
+fn showpeer_prints_the_block_another_node_pastes() {
+    let dir = temp_dir("showpeer");
+    let key = dhtun(&["genkey"]).stdout;
+    std::fs::write(dir.join("a.key"), &key).unwrap();
+    let public = {
+        let mut child = Command::new(BIN)
+            .arg("pubkey")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), &key).unwrap();
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    };
+    let config = dir.join("a.toml");
+    std::fs::write(
+        &config,
+        "[interface]\nprivate_key_file = \"a.key\"\naddress = [\"100.64.0.1/24\", \"fd64::1/64\"]\n",
+    )
+    .unwrap();
+    let out = dhtun(&[
+        "showpeer",
+        config.to_str().unwrap(),
+        "--endpoint",
+        "198.18.0.1",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let block = String::from_utf8(out.stdout).unwrap();
+    assert!(block.contains("[[peer]]\n"), "{block}");
+    assert!(
+        block.contains(&format!("public_key = \"{}\"", public.trim())),
+        "{block}"
+    );
+    assert!(
+        block.contains("allowed_ips = [\"100.64.0.1/32\", \"fd64::1/128\"]"),
+        "{block}"
+    );
+    assert!(block.contains("endpoint = \"198.18.0.1:51820\""), "{block}");
+
+    // A config that does not load is the usual one-line error naming the file.
+    let out = dhtun(&["showpeer", dir.join("missing.toml").to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("missing.toml"), "{err}");
 }
 
 fn dhtun(args: &[&str]) -> Output {

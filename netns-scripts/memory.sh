@@ -3,7 +3,7 @@
 # namespaces: for each profile, bring up a fresh pair, read VmRSS once the tunnel carries a ping
 # (idle), flood both ways with UDP (iperf3 -u -b 0 --bidir) for a few seconds, so that both rings
 # of each daemon fill and wrap, and read VmRSS and VmHWM of both daemons again. Prints one
-# Markdown table, the one README.md shows under "Memory".
+# Markdown table, the one docs/performance.md shows under "Memory".
 #
 #   sudo bash netns-scripts/memory.sh [--no-build] [--secs N]
 #

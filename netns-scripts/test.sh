@@ -11,8 +11,9 @@ source "${here}/lib.sh"
 usage() {
     cat <<EOF
 usage: bash netns-scripts/test.sh   (as root; without root the namespace tests are skipped)
-  runs cargo fmt --check, cargo clippy -D warnings, every test, the systemd unit checks and a
-  few seconds of each fuzz target (DHTUN_FUZZ_SECONDS, default 5; 0 skips them)
+  runs cargo fmt --check, cargo clippy -D warnings, every test, the systemd unit checks, the
+  Debian package check and a few seconds of each fuzz target (DHTUN_FUZZ_SECONDS, default 5; 0
+  skips them)
 EOF
 }
 no_arguments "$@"
@@ -61,6 +62,11 @@ fi
 if ((root)); then
     step "systemd units: systemd-analyze verify and security (netns-scripts/verify-units.sh)"
     bash netns-scripts/verify-units.sh
+
+    # The Debian package, from the debug build the tests just made: dpkg -i, dhtun --version,
+    # man -w, systemd-analyze verify on the installed units, dpkg -P, nothing left.
+    step "Debian package: build, install, check, purge (netns-scripts/package.sh --debug --check)"
+    bash netns-scripts/package.sh --debug --check
 fi
 
 # A few seconds of every fuzz target (fuzz/README.md); installs cargo-fuzz when missing and

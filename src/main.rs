@@ -1,9 +1,11 @@
-//! The `dhtun` command line, as the contract (CONTRACT.md) fixes it.
+//! The `dhtun` command line, as docs/operations.md describes it (scripts, units and tests rely
+//! on it: keep old forms working when it changes).
 
 use clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use dhtun::config::Config;
 use dhtun::core::keys::SecretKey;
+use dhtun::onboarding::{peer_block, Endpoint};
 use dhtun::shell::dht_node::check_bootstrap;
 use dhtun::shell::{control, daemon, status::InterfaceStatus};
 use std::io::Read as _;
@@ -15,7 +17,9 @@ use std::process::ExitCode;
 #[command(
     name = "dhtun",
     version,
-    about = "A layer-3 VPN over Noise and UDP, with peers found by public key in the Mainline DHT, in constant memory"
+    about = "A layer-3 VPN over Noise and UDP, with peers found by public key in the Mainline DHT, in constant memory",
+    after_long_help = "The config file is described in dhtun.toml(5) and docs/configuration.md; the status \
+                       fields, reload and systemd in docs/operations.md."
 )]
 struct Cli {
     /// Log level; overrides [interface] log_level, and RUST_LOG overrides both. Default: info
@@ -31,6 +35,17 @@ enum Command {
     Genkey,
     /// Read a secret key on stdin, print its public key the same way
     Pubkey,
+    /// Print the [[peer]] block another node adds to its config to reach this one: the public
+    /// key, the interface's addresses as allowed_ips, and the endpoint when given. Reads CONFIG
+    /// only; no daemon need run
+    Showpeer {
+        /// This node's config file, e.g. /etc/dhtun/dhtun0.toml
+        config: PathBuf,
+        /// Where other nodes reach this one: an IP (the port is listen_port) or IP:PORT, e.g.
+        /// 203.0.113.7; without it they find this node in the DHT by its public key
+        #[arg(long, value_name = "IP[:PORT]")]
+        endpoint: Option<Endpoint>,
+    },
     /// Bring up the interface CONFIG describes; runs in the foreground until SIGINT/SIGTERM,
     /// then removes its routes and interface
     Up {
@@ -71,6 +86,25 @@ enum Command {
         #[arg(long, value_name = "HOST:PORT", num_args = 1.., value_parser = check_bootstrap)]
         bootstrap: Vec<String>,
     },
+    /// Print a completion script for SHELL, e.g. `dhtun completions bash >
+    /// /etc/bash_completion.d/dhtun`
+    Completions {
+        /// The shell the script is for
+        shell: CompletionShell,
+    },
+    /// Write the man pages (dhtun.8, one per subcommand, dhtun.toml.5) into DIR; for packaging
+    #[command(hide = true)]
+    Manpages {
+        /// The directory to write them into; created if missing
+        dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 fn main() -> ExitCode {
@@ -119,6 +153,14 @@ fn run(command: Command, log_level: Option<String>) -> anyhow::Result<()> {
             println!("{}", key.public_key().to_base64());
             Ok(())
         }
+        Command::Showpeer { config, endpoint } => {
+            let config = Config::load(&config)?;
+            print!(
+                "{}",
+                peer_block(&config, endpoint).map_err(|e| anyhow::anyhow!(e))?
+            );
+            Ok(())
+        }
         Command::Up { config } => {
             let config = Config::load(&config)?;
             init_logging(log_level.as_deref().unwrap_or(&config.interface.log_level));
@@ -138,6 +180,26 @@ fn run(command: Command, log_level: Option<String>) -> anyhow::Result<()> {
         Command::Status { iface, json } => status(iface, json),
         Command::DhtNode { listen, bootstrap } => {
             dhtun::shell::dht_node::run_dht_node(listen, &bootstrap)
+        }
+        Command::Completions { shell } => {
+            let shell = match shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(
+                shell,
+                &mut visible_command(),
+                "dhtun",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Manpages { dir } => {
+            for page in dhtun::manual::write_pages(Cli::command(), &dir)? {
+                println!("{}", page.display());
+            }
+            Ok(())
         }
     }
 }
@@ -178,6 +240,24 @@ fn status(iface: Option<String>, json: bool) -> anyhow::Result<()> {
         print!("{}", texts.join("\n"));
     }
     Ok(())
+}
+
+/// The command line without its hidden subcommands, which clap_complete would offer.
+fn visible_command() -> clap::Command {
+    let full = Cli::command();
+    let visible: Vec<clap::Command> = full
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .cloned()
+        .collect();
+    let mut command = clap::Command::new("dhtun")
+        .version(env!("CARGO_PKG_VERSION"))
+        .args(full.get_arguments().cloned())
+        .subcommands(visible);
+    if let Some(about) = full.get_about() {
+        command = command.about(about.clone());
+    }
+    command
 }
 
 /// A clap error as the one line the contract asks for: what was wrong and what was expected,

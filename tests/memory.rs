@@ -84,7 +84,7 @@ impl Watch {
     }
 }
 
-/// The README's small-device profile: fewer and smaller rings, one receive buffer per batch.
+/// The small-device profile of docs/performance.md: fewer and smaller rings, one receive buffer per batch.
 const SMALL_DEVICE: &str = "ring_slots = 64\nring_bytes = 65536\nbatch_size = 8\n";
 
 #[test]

@@ -10,7 +10,7 @@
 //! - a peer moves to another NAT (new public address) with its daemon running: traffic resumes,
 //!   and the path is direct again, to the new NAT.
 //!
-//! Time from `dhtun up` to the first reply is printed for each case; the README's figures come
+//! Time from `dhtun up` to the first reply is printed for each case; the figures of docs/nat.md come
 //! from netns-scripts/nat-bench.sh (release build), not from these debug-build runs. No timing
 //! is asserted beyond bounded waits.
 //!

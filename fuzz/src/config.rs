@@ -8,7 +8,7 @@
 //! Checks, besides never panicking: every error carries the path it was given, displays as
 //! `PATH: message` or `PATH:LINE: message` on one line with a message that is not empty, and
 //! its line is within the text; an accepted config
-//! keeps the path and obeys the rules the README states (interface name, MTU and ring-size
+//! keeps the path and obeys the rules docs/configuration.md states (interface name, MTU and ring-size
 //! ranges, at least one address, allowed_ips with host bits cleared, no prefix given twice, no
 //! peer listed twice or with the interface's own key, keepalive within 1..=65535 s).
 

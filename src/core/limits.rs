@@ -129,8 +129,8 @@ pub const MIN_RECEIVE_BUFFER_BYTES: usize = 32 * 1024;
 pub const MAX_RECEIVE_BUFFER_BYTES: usize = 64 * 1024 * 1024;
 
 /// Default `busy_poll_us`: 0, off. Polling spends CPU after every burst of traffic and keeps
-/// the CPU from sleeping; a VPN should not do that unasked on a laptop. See README, Busy
-/// polling.
+/// the CPU from sleeping; a VPN should not do that unasked on a laptop. See Busy polling in
+/// docs/performance.md.
 pub const DEFAULT_BUSY_POLL_US: u64 = 0;
 
 /// Largest `busy_poll_us` accepted: past a millisecond the wait being avoided (a 30-40 µs

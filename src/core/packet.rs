@@ -44,6 +44,25 @@ pub fn parse(buf: &[u8]) -> Result<InnerHeader, InnerError> {
     }
 }
 
+/// A destination on the link itself, which a tunnel between hosts does not carry: IPv6
+/// link-local unicast (fe80::/10) or multicast of interface or link scope (ffx1::, ffx2::), and
+/// IPv4 multicast for the local network (224.0.0.0/24). The kernel sends such packets (router
+/// solicitations to ff02::2) on any fresh interface with an IPv6 link-local address.
+pub fn is_link_scoped(destination: IpAddr) -> bool {
+    match destination {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            (a, b, c) == (224, 0, 0)
+        }
+        IpAddr::V6(v6) => {
+            let [first, second, ..] = v6.octets();
+            let link_local = first == 0xfe && second & 0xc0 == 0x80;
+            let link_multicast = first == 0xff && matches!(second & 0x0f, 1 | 2);
+            link_local || link_multicast
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,6 +77,31 @@ mod tests {
         p[12..16].copy_from_slice(&src);
         p[16..20].copy_from_slice(&dst);
         p
+    }
+
+    #[test]
+    fn link_scope_covers_the_link_and_nothing_beyond() {
+        let scoped = |s: &str| is_link_scoped(s.parse().unwrap());
+        for on_link in [
+            "fe80::1",
+            "febf::1",
+            "ff02::2",
+            "ff12::1:3",
+            "ff01::1",
+            "224.0.0.1",
+        ] {
+            assert!(scoped(on_link), "{on_link}");
+        }
+        for beyond in [
+            "fec0::1",
+            "fd64::1",
+            "ff05::2",
+            "ff0e::1",
+            "224.0.1.1",
+            "100.64.0.2",
+        ] {
+            assert!(!scoped(beyond), "{beyond}");
+        }
     }
 
     #[test]

@@ -48,12 +48,16 @@ pub enum DropReason {
     /// with us (a relay only forwards, it never queues or starts handshakes for others).
     RelayNoPath,
     /// An outbound packet for a peer paced after it reported heavy loss, refused before
-    /// encryption because the peer is too far in debt (see README, Pacing).
+    /// encryption because the peer is too far in debt (see docs/design.md, Pacing).
     Paced,
+    /// An outbound packet for the link itself (an IPv6 link-local or link-scope multicast
+    /// destination, or IPv4 224.0.0.0/24), which a tunnel between hosts does not carry: above
+    /// all the router solicitations the kernel sends to ff02::2 on a fresh interface.
+    LinkLocal,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 20] = [
+    pub const ALL: [DropReason; 21] = [
         DropReason::RingFull,
         DropReason::Replay,
         DropReason::UnknownPeer,
@@ -74,6 +78,7 @@ impl DropReason {
         DropReason::RelayRefused,
         DropReason::RelayNoPath,
         DropReason::Paced,
+        DropReason::LinkLocal,
     ];
 
     /// The status key for this reason.
@@ -99,6 +104,7 @@ impl DropReason {
             DropReason::RelayRefused => "relay_refused",
             DropReason::RelayNoPath => "relay_no_path",
             DropReason::Paced => "paced",
+            DropReason::LinkLocal => "link_local",
         }
     }
 

@@ -118,7 +118,7 @@ pub struct PeerStatus {
     #[serde(default)]
     pub rx_lost_packets: u64,
     pub drops: BTreeMap<String, u64>,
-    /// How fast we send to this peer after its loss reports (see README, Pacing).
+    /// How fast we send to this peer after its loss reports (see docs/design.md, Pacing).
     #[serde(default)]
     pub pacing: PacingStatus,
     /// Sequence number of the peer's DHT record we last accepted, and how long ago.
@@ -256,6 +256,15 @@ impl InterfaceStatus {
             );
         }
         let _ = writeln!(out, "  drops: {}", drops_text(&self.drops));
+        // Not a fault: the kernel's own router solicitations on the link, which no tunnel
+        // carries. Shown apart so that a fresh interface reads "drops: none".
+        if let Some(&n) = self.drops.get(LINK_LOCAL).filter(|&&n| n > 0) {
+            let _ = writeln!(
+                out,
+                "  link-local packets not carried: {n} (the kernel's router solicitations \
+                 and the like)"
+            );
+        }
         let _ = writeln!(out, "  routing: {}", self.routing.to_text());
         let poll = &self.busy_poll;
         if poll.window_us > 0 {
@@ -390,10 +399,13 @@ impl InterfaceStatus {
     }
 }
 
+/// The drop key the text status shows on a line of its own.
+const LINK_LOCAL: &str = "link_local";
+
 fn drops_text(drops: &BTreeMap<String, u64>) -> String {
     let nonzero: Vec<String> = drops
         .iter()
-        .filter(|(_, &v)| v > 0)
+        .filter(|(k, &v)| v > 0 && k.as_str() != LINK_LOCAL)
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
     if nonzero.is_empty() {
@@ -462,5 +474,16 @@ mod tests {
         assert_eq!(ago(3661), "1 hour, 1 minute");
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(1536), "1.50 KiB");
+    }
+
+    #[test]
+    fn link_local_packets_are_not_listed_as_drops() {
+        let drops: BTreeMap<String, u64> = [("link_local", 2), ("no_route", 0), ("replay", 1)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        assert_eq!(drops_text(&drops), "replay 1");
+        let fresh: BTreeMap<String, u64> = [("link_local".to_string(), 1)].into();
+        assert_eq!(drops_text(&fresh), "none");
     }
 }

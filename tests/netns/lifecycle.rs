@@ -268,3 +268,34 @@ fn underlay_down_up_and_address_change_recover() {
         lab.fail(format!("B should reach A at its new address: {e}"));
     }
 }
+
+#[test]
+fn the_kernels_own_packets_on_a_fresh_link_are_not_no_route() {
+    // Linux sends ICMPv6 router solicitations (fe80::x to ff02::2) on every fresh interface
+    // with an IPv6 link-local address. They were counted as `no_route`, so every new interface
+    // showed a drop; they are link-scoped and counted apart, as `link_local`.
+    if !common::netns_available("the_kernels_own_packets_on_a_fresh_link_are_not_no_route") {
+        return;
+    }
+    let (mut lab, a, b) = Lab::pair("lk", 51835);
+    lab.up_pair(&a, &b, &[], &[]);
+    lab.must_ping(&a, &b.v4);
+    lab.must_ping(&a, &b.v6);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status = lab.status(&a.iface);
+        if lab.drop_counter(&status, "link_local") > 0 || std::time::Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let link_local = lab.drop_counter(&status, "link_local");
+    let no_route = lab.drop_counter(&status, "no_route");
+    if no_route != 0 || link_local == 0 {
+        lab.fail(format!(
+            "after start and pings, expected no_route 0 and the kernel's router solicitations \
+             in link_local; got no_route {no_route}, link_local {link_local}: {}",
+            status["drops"]
+        ));
+    }
+}

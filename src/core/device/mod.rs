@@ -415,6 +415,9 @@ impl Device {
             return Err(DropReason::TooLarge);
         }
         let header = packet::parse(&buf[..len]).map_err(|_| DropReason::Malformed)?;
+        if packet::is_link_scoped(header.destination) {
+            return Err(DropReason::LinkLocal);
+        }
         let id = self
             .routes
             .lookup(header.destination)

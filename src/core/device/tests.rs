@@ -225,6 +225,50 @@ fn no_route_and_oversize_are_dropped_and_counted() {
     assert_eq!(a.drops().get(DropReason::TooLarge), 1);
 }
 
+/// What Linux sends on a fresh interface: an ICMPv6 router solicitation, fe80::1 to ff02::2.
+fn router_solicitation() -> Vec<u8> {
+    let mut p = buf();
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&8u16.to_be_bytes());
+    p[6] = 58;
+    p[7] = 255;
+    p[8..24].copy_from_slice(&"fe80::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    p[24..40].copy_from_slice(&"ff02::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    p[40] = 133;
+    p
+}
+
+#[test]
+fn link_scoped_packets_are_counted_apart_and_never_cross() {
+    let now = Duration::ZERO;
+    let mut out = buf();
+    // The demo's `drops: no_route 1`: the kernel's router solicitation on a fresh link.
+    let (mut a, _) = pair();
+    assert_eq!(
+        a.handle_tun_packet(&mut router_solicitation(), 48, now, &mut out),
+        TunAction::Drop(DropReason::LinkLocal)
+    );
+    assert_eq!(a.drops().get(DropReason::NoRoute), 0);
+    assert_eq!(a.drops().get(DropReason::LinkLocal), 1);
+    // Not even to a peer that takes every address: the link is not the tunnel.
+    let mut everything = device(1, vec![peer(key(2).public_key(), "::/0", B_ADDR)]);
+    assert_eq!(
+        everything.handle_tun_packet(&mut router_solicitation(), 48, now, &mut out),
+        TunAction::Drop(DropReason::LinkLocal)
+    );
+    // mDNS to 224.0.0.251 is link-scoped too; a global address without a peer is no_route.
+    let mut mdns = ipv4([100, 64, 0, 1], [224, 0, 0, 251], b"mdns");
+    assert_eq!(
+        a.handle_tun_packet(&mut mdns, 24, now, &mut out),
+        TunAction::Drop(DropReason::LinkLocal)
+    );
+    let mut global = ipv4([100, 64, 0, 1], [224, 0, 1, 1], b"ntp");
+    assert_eq!(
+        a.handle_tun_packet(&mut global, 23, now, &mut out),
+        TunAction::Drop(DropReason::NoRoute)
+    );
+}
+
 #[test]
 fn staging_queue_drops_the_newest_when_full() {
     let (mut a, _) = pair();

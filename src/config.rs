@@ -5,9 +5,9 @@ use crate::core::keys::{PresharedKey, PublicKey, SecretKey};
 use crate::core::limits::{
     DEFAULT_BATCH_SIZE, DEFAULT_BUSY_POLL_US, DEFAULT_MTU, DEFAULT_RING_BYTES,
     DEFAULT_RING_MAX_DELAY, DEFAULT_RING_SLOTS, MAX_ALLOWED_IPS, MAX_BATCH_SIZE, MAX_BUSY_POLL_US,
-    MAX_MTU, MAX_PEERS, MAX_RECEIVE_BUFFER_BYTES, MAX_RING_BYTES, MAX_RING_MAX_DELAY_MS,
-    MAX_RING_SLOTS, MIN_BATCH_SIZE, MIN_MTU, MIN_RECEIVE_BUFFER_BYTES, MIN_RING_BYTES,
-    MIN_RING_SLOTS,
+    MAX_CONFIG_FILE_BYTES, MAX_KEY_FILE_BYTES, MAX_MTU, MAX_PEERS, MAX_RECEIVE_BUFFER_BYTES,
+    MAX_RING_BYTES, MAX_RING_MAX_DELAY_MS, MAX_RING_SLOTS, MIN_BATCH_SIZE, MIN_MTU,
+    MIN_RECEIVE_BUFFER_BYTES, MIN_RING_BYTES, MIN_RING_SLOTS,
 };
 use crate::core::peer::PeerConfig;
 use crate::shell::netlink::masked;
@@ -87,11 +87,12 @@ pub struct DhtConfig {
 impl Config {
     /// Reads and validates the config at `path`, including the key files it names.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            path: path.to_owned(),
-            line: None,
-            message: format!("cannot read config: {e}"),
-        })?;
+        let text =
+            files::read_regular_file(path, MAX_CONFIG_FILE_BYTES).map_err(|e| ConfigError {
+                path: path.to_owned(),
+                line: None,
+                message: format!("cannot read config: {e}"),
+            })?;
         Self::parse(path, &text)
     }
 
@@ -507,7 +508,7 @@ impl Ctx<'_> {
                 path = dir.join(path);
             }
         }
-        std::fs::read_to_string(&path)
+        files::read_regular_file(&path, MAX_KEY_FILE_BYTES)
             .map_err(|e| self.err(Some(file.span()), format!("{key} {}: {e}", path.display())))
     }
 }
@@ -555,6 +556,8 @@ fn one_line(message: &str) -> String {
         lines.join("; ")
     }
 }
+
+mod files;
 
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,6 @@
 
 use clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
 use clap::{Parser, Subcommand};
-use dhtun::config::Config;
 use dhtun::core::keys::SecretKey;
 use dhtun::shell::dht_node::check_bootstrap;
 use dhtun::shell::{control, daemon, status::InterfaceStatus};
@@ -118,7 +117,7 @@ fn run(command: Command, log_level: Option<String>) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Up { config } => {
-            let config = Config::load(&config)?;
+            let config = dhtun::shell::config_read::load(&config)?;
             init_logging(log_level.as_deref().unwrap_or(&config.interface.log_level));
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

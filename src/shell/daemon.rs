@@ -7,9 +7,11 @@
 //! before any crypto is spent on it.
 
 use crate::config::Config;
+use crate::config::ConfigError;
 use crate::core::device::{Device, DeviceConfig, PeerEvent};
 use crate::core::limits::{EVENT_LOOP_YIELD_INTERVAL, TIMER_TICK};
 use crate::core::reflexive::Reflector;
+use crate::shell::config_read::{Asker, ConfigReader};
 use crate::shell::control::{ControlCommand, ControlRequest, ControlServer};
 use crate::shell::datapath::{DataPath, RingSettings, TunRead};
 use crate::shell::dht::DhtStatus;
@@ -169,6 +171,8 @@ enum Event<'a> {
     UdpWritable,
     PauseOver,
     Lookup(Lookup),
+    /// A config read for a reload ended (see shell::config_read).
+    ConfigRead(Box<(Result<Config, ConfigError>, Asker)>),
 }
 
 async fn event_loop(
@@ -205,6 +209,7 @@ async fn event_loop(
     let mut link_checked_at = Instant::now();
     // Since when the loop has handled one event after another with more still waiting.
     let mut busy_since: Option<Instant> = None;
+    let mut config_reader = ConfigReader::default();
     loop {
         let mut more_waiting = false;
         let network_backlog = path.has_network_backlog();
@@ -226,13 +231,21 @@ async fn event_loop(
             ready = udp.writable(), if network_backlog => { ready?; Event::UdpWritable }
             ready = tun.writable(), if tun_backlog => Event::TunWritable(ready?),
             Some(lookup) = next_lookup(&mut discovery) => Event::Lookup(lookup),
+            read = config_reader.finished() => Event::ConfigRead(Box::new(read)),
         };
         match event {
             Event::Stop => return Ok(None),
-            Event::Hangup => match reload(config, link, &mut path.device).await {
-                Ok(done) => tracing::info!("SIGHUP: {done}"),
-                Err(e) => tracing::warn!("SIGHUP: reload refused, running config kept: {e:#}"),
-            },
+            // The files are read on a thread; the reload is applied when that read ends.
+            Event::Hangup => {
+                if let Err((asker, e)) = config_reader.start(&config.path, Asker::Signal) {
+                    answer_reload(asker, Err(anyhow::anyhow!(e)));
+                }
+            }
+            Event::ConfigRead(read) => {
+                let (read, asker) = *read;
+                let outcome = reload(config, link, &mut path.device, read).await;
+                answer_reload(asker, outcome);
+            }
             Event::Command(command) => match command.request {
                 ControlRequest::Status => {
                     let dht = discovery.as_ref().map(Discovery::status);
@@ -242,17 +255,10 @@ async fn event_loop(
                 }
                 ControlRequest::Down => return Ok(Some(command.reply)),
                 ControlRequest::Reload => {
-                    let answer = match reload(config, link, &mut path.device).await {
-                        Ok(done) => {
-                            tracing::info!("{done}");
-                            format!("{done}\n")
-                        }
-                        Err(e) => {
-                            tracing::warn!("reload refused, running config kept: {e:#}");
-                            format!("error: {}\n", format!("{e:#}").replace('\n', " "))
-                        }
-                    };
-                    let _ = command.reply.send(answer);
+                    let asker = Asker::Control(command.reply);
+                    if let Err((asker, e)) = config_reader.start(&config.path, asker) {
+                        answer_reload(asker, Err(anyhow::anyhow!(e)));
+                    }
                 }
             },
             Event::Tick => {
@@ -339,6 +345,27 @@ async fn event_loop(
         } else {
             busy_since = None;
         }
+    }
+}
+
+/// Logs how a reload went and tells whoever asked for it.
+fn answer_reload(asker: Asker, outcome: anyhow::Result<String>) {
+    let source = match asker {
+        Asker::Signal => "SIGHUP: ",
+        Asker::Control(_) => "",
+    };
+    let answer = match outcome {
+        Ok(done) => {
+            tracing::info!("{source}{done}");
+            format!("{done}\n")
+        }
+        Err(e) => {
+            tracing::warn!("{source}reload refused, running config kept: {e:#}");
+            format!("error: {}\n", format!("{e:#}").replace('\n', " "))
+        }
+    };
+    if let Asker::Control(reply) = asker {
+        let _ = reply.send(answer);
     }
 }
 

@@ -16,13 +16,15 @@ pub struct Link {
     pub routes: Vec<IpNetwork>,
 }
 
-/// Re-reads `config.path` and applies it; returns the line `dhtun reload` prints.
+/// Applies `new`, the config read again from `config.path` (see shell::config_read); returns
+/// the line `dhtun reload` prints.
 pub async fn reload(
     config: &mut Config,
     link: &mut Link,
     device: &mut Device,
+    new: Result<Config, ConfigError>,
 ) -> anyhow::Result<String> {
-    let new = Config::load(&config.path).map_err(explain_permission)?;
+    let new = new.map_err(explain_permission)?;
     if let Some(what) = needs_restart(config, &new) {
         anyhow::bail!(
             "{}: changing {what} needs a restart (dhtun down, then up); nothing was changed",

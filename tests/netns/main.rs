@@ -6,11 +6,12 @@
 //!
 //! By topic: `traffic` (packets and streams through the tunnel, spoofed sources), `lifecycle`
 //! (down, reload, an underlay that goes away and comes back), `errors` (what an operator reads
-//! when something is wrong).
+//! when something is wrong), `files` (config and key files that are FIFOs or devices).
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod errors;
+mod files;
 mod lifecycle;
 mod traffic;

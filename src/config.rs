@@ -22,8 +22,6 @@ use toml::Spanned;
 /// Default UDP port, the same as WireGuard's so firewall rules carry over.
 pub const DEFAULT_LISTEN_PORT: u16 = 51820;
 pub const DEFAULT_INTERFACE: &str = "dhtun0";
-/// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
-const MAX_IFNAME: usize = 15;
 
 /// A config error, displayed as `FILE:LINE: message` (or `FILE: message` without a line).
 #[derive(Debug, thiserror::Error)]
@@ -262,20 +260,8 @@ impl Ctx<'_> {
     fn interface(&self, raw: RawInterface) -> Result<InterfaceConfig, ConfigError> {
         let name = match raw.name {
             Some(name) => {
-                let valid = !name.get_ref().is_empty()
-                    && name.get_ref().len() <= MAX_IFNAME
-                    && name
-                        .get_ref()
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-                if !valid {
-                    return Err(self.err(
-                        Some(name.span()),
-                        format!(
-                            "interface name {:?}: use 1 to {MAX_IFNAME} letters, digits, '-', '_' or '.'",
-                            name.get_ref()
-                        ),
-                    ));
+                if let Some(problem) = checks::interface_name_problem(name.get_ref()) {
+                    return Err(self.err(Some(name.span()), problem));
                 }
                 name.into_inner()
             }
@@ -421,12 +407,19 @@ impl Ctx<'_> {
         let endpoint = raw
             .endpoint
             .map(|e| {
-                e.get_ref().parse::<SocketAddr>().map_err(|_| {
+                let endpoint = e.get_ref().parse::<SocketAddr>().map_err(|_| {
                     self.err(
                         Some(e.span()),
                         format!("endpoint {:?}: expected IP:PORT, e.g. 198.18.0.2:51820 or [fd00::2]:51820", e.get_ref()),
                     )
-                })
+                })?;
+                match checks::endpoint_problem(endpoint) {
+                    Some(problem) => Err(self.err(
+                        Some(e.span()),
+                        format!("endpoint {:?}: {problem}", e.get_ref()),
+                    )),
+                    None => Ok(endpoint),
+                }
             })
             .transpose()?;
         let preshared_key = match (raw.preshared_key, raw.preshared_key_file) {
@@ -557,6 +550,7 @@ fn one_line(message: &str) -> String {
     }
 }
 
+mod checks;
 mod files;
 
 #[cfg(test)]

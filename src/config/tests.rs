@@ -209,3 +209,31 @@ fn bootstrap_nodes_of_the_wrong_form_are_refused_at_their_line() {
         );
     }
 }
+
+#[test]
+fn endpoints_and_interface_names_the_kernel_refuses_are_errors_at_their_line() {
+    let peer = peer_key();
+    for (endpoint, said) in [
+        ("198.18.0.9:0", "port 0"),
+        ("0.0.0.0:51820", "unspecified"),
+        ("224.0.0.1:51820", "multicast"),
+        ("255.255.255.255:51820", "broadcast"),
+        ("[fe80::2]:51820", "link-local"),
+    ] {
+        let text = format!(
+            "[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n\n\
+             [[peer]]\npublic_key = \"{peer}\"\nendpoint = \"{endpoint}\"\n"
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.line, Some(7), "{endpoint}: {e}");
+        assert!(e.message.contains(said), "{endpoint}: {e}");
+    }
+    for name in [".", ".."] {
+        let text = format!(
+            "[interface]\nname = \"{name}\"\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n"
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.line, Some(2), "{name}: {e}");
+        assert!(e.message.contains("interface name"), "{name}: {e}");
+    }
+}

@@ -552,6 +552,7 @@ fn one_line(message: &str) -> String {
 
 mod checks;
 mod files;
+pub use files::read_under_way_for;
 
 #[cfg(test)]
 mod tests;

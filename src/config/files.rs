@@ -6,15 +6,49 @@
 //! The type is checked on the path first, so that opening cannot block or touch a device, and
 //! again on the open descriptor (with O_NONBLOCK, so that a file swapped for a FIFO in between
 //! cannot block the open either): what is read is what was checked.
+//!
+//! A regular file can still hang on a stuck network mount. Reads are made on a thread that is
+//! not the data path's, and `read_under_way_for` tells that thread's watcher how long the read
+//! under way has taken, so it can give up on I/O without timing the parsing around it.
 
 use std::fs::Metadata;
 use std::io::{self, Read as _};
 use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// How long the file read under way in this process has taken so far; None when none is. The
+/// daemon reads one config at a time (shell::config_read), so one slot is enough.
+pub fn read_under_way_for() -> Option<Duration> {
+    match READ_STARTED_MS.load(Ordering::Relaxed) {
+        0 => None,
+        started => Some(Duration::from_millis(
+            elapsed_ms().saturating_sub(started - 1),
+        )),
+    }
+}
+
+/// When the read under way started, in ms since EPOCH plus one; 0 when none is.
+static READ_STARTED_MS: AtomicU64 = AtomicU64::new(0);
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+fn elapsed_ms() -> u64 {
+    let epoch = EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+}
 
 /// The text of the regular file at `path`, refused when it is anything else or larger than
 /// `max_bytes`.
 pub(crate) fn read_regular_file(path: &Path, max_bytes: u64) -> io::Result<String> {
+    READ_STARTED_MS.store(elapsed_ms() + 1, Ordering::Relaxed);
+    let text = read_checked(path, max_bytes);
+    READ_STARTED_MS.store(0, Ordering::Relaxed);
+    text
+}
+
+fn read_checked(path: &Path, max_bytes: u64) -> io::Result<String> {
     check(&std::fs::metadata(path)?, max_bytes)?;
     let file = std::fs::OpenOptions::new()
         .read(true)

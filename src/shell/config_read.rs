@@ -1,19 +1,23 @@
 //! Reading the config file, and the key files it names, away from the event loop. A file system
 //! that hangs (a stuck network mount, a FUSE daemon) could otherwise stop every packet for as
-//! long as it hangs; here a read runs on a thread of its own and is given READ_TIMEOUT. One read
+//! long as it hangs; here a config is read and parsed on a thread of its own, and a file read
+//! that takes over READ_TIMEOUT is given up on (parsing a large config is not timed). One read
 //! runs at a time: one that has not returned blocks the next, so a stuck mount costs one thread,
 //! not one per reload.
 
-use crate::config::{Config, ConfigError};
+use crate::config::{read_under_way_for, Config, ConfigError};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// How long a config and its key files may take to read. Local files take microseconds; this
+/// How long one read of a config or key file may take. Local files take microseconds; this
 /// leaves a slow network mount its chance and still answers `dhtun reload` well within the
 /// client's wait.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often the thread's read is looked at while it runs.
+const WATCH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Reads the config at `path` for `dhtun up`, on a thread, waiting at most READ_TIMEOUT.
 pub fn load(path: &Path) -> anyhow::Result<Config> {
@@ -22,9 +26,12 @@ pub fn load(path: &Path) -> anyhow::Result<Config> {
     spawn(move || {
         let _ = tx.send(Config::load(&owned));
     })?;
-    match rx.recv_timeout(READ_TIMEOUT) {
-        Ok(loaded) => Ok(loaded?),
-        Err(_) => Err(timed_out(path).into()),
+    loop {
+        match rx.recv_timeout(WATCH_INTERVAL) {
+            Ok(loaded) => return Ok(loaded?),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !read_is_stuck() => {}
+            Err(_) => return Err(timed_out(path).into()),
+        }
     }
 }
 
@@ -45,7 +52,6 @@ pub struct ConfigReader {
 struct Pending {
     path: PathBuf,
     result: oneshot::Receiver<Result<Config, ConfigError>>,
-    deadline: tokio::time::Instant,
     thread: JoinHandle<()>,
     asker: Asker,
 }
@@ -80,7 +86,6 @@ impl ConfigReader {
         self.pending = Some(Pending {
             path: path.to_owned(),
             result,
-            deadline: tokio::time::Instant::now() + READ_TIMEOUT,
             thread,
             asker,
         });
@@ -93,18 +98,24 @@ impl ConfigReader {
         let Some(pending) = self.pending.as_mut() else {
             return std::future::pending().await;
         };
-        let outcome = tokio::time::timeout_at(pending.deadline, &mut pending.result).await;
+        let outcome = loop {
+            match tokio::time::timeout(WATCH_INTERVAL, &mut pending.result).await {
+                Ok(answer) => break Some(answer),
+                Err(_) if read_is_stuck() => break None,
+                Err(_) => {}
+            }
+        };
         let Some(pending) = self.pending.take() else {
             return std::future::pending().await;
         };
         let loaded = match outcome {
-            Ok(Ok(loaded)) => loaded,
-            Ok(Err(_)) => Err(ConfigError {
+            Some(Ok(loaded)) => loaded,
+            Some(Err(_)) => Err(ConfigError {
                 path: pending.path.clone(),
                 line: None,
                 message: "the thread reading the config ended without an answer".into(),
             }),
-            Err(_) => {
+            None => {
                 let error = timed_out(&pending.path);
                 self.stuck = Some((pending.path, pending.thread));
                 Err(error)
@@ -112,6 +123,10 @@ impl ConfigReader {
         };
         (loaded, pending.asker)
     }
+}
+
+fn read_is_stuck() -> bool {
+    read_under_way_for().is_some_and(|took| took > READ_TIMEOUT)
 }
 
 fn spawn(read: impl FnOnce() + Send + 'static) -> anyhow::Result<JoinHandle<()>> {
@@ -126,7 +141,7 @@ fn timed_out(path: &Path) -> ConfigError {
         path: path.to_owned(),
         line: None,
         message: format!(
-            "reading the config and its key files took over {} s (a stuck file system?)",
+            "reading the config or a key file took over {} s (a stuck file system?)",
             READ_TIMEOUT.as_secs()
         ),
     }

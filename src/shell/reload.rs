@@ -7,6 +7,7 @@ use crate::config::{Config, ConfigError};
 use crate::core::device::Device;
 use crate::shell::netlink::{prefixes_needing_routes, Netlink};
 use ipnetwork::IpNetwork;
+use std::collections::HashSet;
 
 /// The kernel side of the interface the daemon manages.
 pub struct Link {
@@ -95,8 +96,11 @@ fn kernel_changes(old: &Config, new: &Config, routes: &[IpNetwork]) -> Vec<Kerne
     let wanted = prefixes_needing_routes(new_addresses, &allowed);
     let added = new_addresses.iter().filter(|a| !old_addresses.contains(a));
     let removed = old_addresses.iter().filter(|a| !new_addresses.contains(a));
-    let new_routes = wanted.iter().filter(|r| !routes.contains(r));
-    let stale_routes = routes.iter().filter(|r| !wanted.contains(r));
+    // Sets: with tens of thousands of routes, a search of the list per route took seconds.
+    let (held, wanted_set): (HashSet<_>, HashSet<_>) =
+        (routes.iter().collect(), wanted.iter().collect());
+    let new_routes = wanted.iter().filter(|r| !held.contains(r));
+    let stale_routes = routes.iter().filter(|r| !wanted_set.contains(r));
     added
         .map(|a| KernelChange::AddAddress(*a))
         .chain(removed.map(|a| KernelChange::DelAddress(*a)))

@@ -147,7 +147,10 @@ impl Config {
                 if seen_prefixes.len() > MAX_ALLOWED_IPS {
                     return Err(ctx.err(
                         Some(key_span),
-                        format!("more than {MAX_ALLOWED_IPS} allowed_ips in all"),
+                        format!(
+                            "more than {MAX_ALLOWED_IPS} allowed_ips in all (the most one \
+                             interface supports)"
+                        ),
                     ));
                 }
             }

@@ -328,6 +328,11 @@ pub const MAX_CONFIG_FILE_BYTES: u64 = 8 << 20;
 /// 44 base64 characters; a page is ample for it and its line ending, and no more is read.
 pub const MAX_KEY_FILE_BYTES: u64 = 4096;
 
+/// Route requests waiting for the kernel's answer at once when `up` adds routes and when it
+/// removes them. One at a time, 65,536 routes cost a round trip each; the answers to 64 (an
+/// error quotes its request: well under 200 bytes each) fit the netlink socket's buffer easily.
+pub const ROUTE_REQUESTS_IN_FLIGHT: usize = 64;
+
 /// Sessions a peer holds at once: previous (for packets still in flight), current, and next
 /// (a responder's session waiting for its first packet to confirm it).
 pub const SESSIONS_PER_PEER: usize = 3;

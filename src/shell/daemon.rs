@@ -9,7 +9,7 @@
 use crate::config::Config;
 use crate::config::ConfigError;
 use crate::core::device::{Device, DeviceConfig, PeerEvent};
-use crate::core::limits::{EVENT_LOOP_YIELD_INTERVAL, TIMER_TICK};
+use crate::core::limits::{EVENT_LOOP_YIELD_INTERVAL, ROUTE_REQUESTS_IN_FLIGHT, TIMER_TICK};
 use crate::core::reflexive::Reflector;
 use crate::shell::config_read::{Asker, ConfigReader};
 use crate::shell::control::{ControlCommand, ControlRequest, ControlServer};
@@ -25,8 +25,10 @@ use crate::shell::timer::PreciseTimer;
 use crate::shell::tun::TunDevice;
 use crate::shell::udp::{self, ReceiveMode, UdpIo};
 use anyhow::Context as _;
+use futures::StreamExt as _;
 use ipnetwork::IpNetwork;
 use sd_notify::NotifyState;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -501,7 +503,9 @@ fn status_json(
         },
         path.now(),
     );
-    serde_json::to_string_pretty(&status).unwrap_or_else(|e| format!("error: {e}")) + "\n"
+    // Compact: the client parses it and prints it (pretty with --json); at 65,536 allowed_ips
+    // the indentation alone would be a third of the bytes.
+    serde_json::to_string(&status).unwrap_or_else(|e| format!("error: {e}")) + "\n"
 }
 
 /// MTU, addresses, up, then routes: the kernel refuses routes on a link that is down, and IPv6
@@ -523,11 +527,28 @@ async fn configure_link(
         .iter()
         .flat_map(|p| p.allowed_ips.iter().copied())
         .collect();
-    for prefix in prefixes_needing_routes(&config.interface.addresses, &allowed) {
-        netlink.add_route(index, prefix).await?;
-        routes.push(prefix);
+    let wanted = prefixes_needing_routes(&config.interface.addresses, &allowed);
+    let added = futures::stream::iter(wanted)
+        .map(|prefix| async move { (prefix, netlink.add_route(index, prefix).await) });
+    let mut first_error = None;
+    for (prefix, result) in in_flight(added).await {
+        match result {
+            Ok(()) => routes.push(prefix),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
     }
-    Ok(())
+    first_error.map_or(Ok(()), |e| Err(e.into()))
+}
+
+/// Runs `requests` with up to ROUTE_REQUESTS_IN_FLIGHT of them waiting for the kernel at once:
+/// one round trip at a time, tens of thousands of routes took seconds to add and remove.
+async fn in_flight<T>(requests: impl futures::Stream<Item = impl Future<Output = T>>) -> Vec<T> {
+    requests
+        .buffer_unordered(ROUTE_REQUESTS_IN_FLIGHT)
+        .collect()
+        .await
 }
 
 /// How often the event loop checks that its interface still exists.
@@ -544,13 +565,18 @@ fn link_exists(index: u32) -> bool {
 
 async fn teardown(link: &Link) {
     let (netlink, index) = (&link.netlink, link.index);
-    for route in &link.routes {
-        if let Err(e) = netlink.del_route(index, *route).await {
+    // The kernel removes every route through a link with the link, in one request; removing
+    // 65,536 routes one by one first kept `down` busy for seconds.
+    match netlink.delete_link(index).await {
+        Ok(()) => return,
+        Err(e) => tracing::warn!("removing the interface: {e}"),
+    }
+    let removed = futures::stream::iter(&link.routes)
+        .map(|&route| async move { (route, netlink.del_route(index, route).await) });
+    for (route, result) in in_flight(removed).await {
+        if let Err(e) = result {
             tracing::warn!("removing route {route}: {e}");
         }
-    }
-    if let Err(e) = netlink.delete_link(index).await {
-        tracing::warn!("removing the interface: {e}");
     }
 }
 

@@ -6,7 +6,7 @@
 //!
 //! By topic: `traffic` (packets and streams through the tunnel, spoofed sources), `lifecycle`
 //! (down, reload, an underlay that goes away and comes back), `errors` (what an operator reads
-//! when something is wrong), `files` (config and key files that are FIFOs or devices).
+//! when something is wrong), `files` (config and key files that are FIFOs or devices), `scale` (the most allowed_ips).
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -14,4 +14,5 @@ mod common;
 mod errors;
 mod files;
 mod lifecycle;
+mod scale;
 mod traffic;

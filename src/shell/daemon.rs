@@ -6,8 +6,7 @@
 //! front of a write that can block; when one is full, the newest packet is dropped and counted
 //! before any crypto is spent on it.
 
-use crate::config::Config;
-use crate::config::ConfigError;
+use crate::config::{Config, ConfigError};
 use crate::core::device::{Device, DeviceConfig, PeerEvent};
 use crate::core::limits::{EVENT_LOOP_YIELD_INTERVAL, ROUTE_REQUESTS_IN_FLIGHT, TIMER_TICK};
 use crate::core::reflexive::Reflector;

@@ -5,9 +5,9 @@ use crate::core::keys::{PresharedKey, PublicKey, SecretKey};
 use crate::core::limits::{
     DEFAULT_BATCH_SIZE, DEFAULT_BUSY_POLL_US, DEFAULT_MTU, DEFAULT_RING_BYTES,
     DEFAULT_RING_MAX_DELAY, DEFAULT_RING_SLOTS, MAX_ALLOWED_IPS, MAX_BATCH_SIZE, MAX_BUSY_POLL_US,
-    MAX_MTU, MAX_PEERS, MAX_RECEIVE_BUFFER_BYTES, MAX_RING_BYTES, MAX_RING_MAX_DELAY_MS,
-    MAX_RING_SLOTS, MIN_BATCH_SIZE, MIN_MTU, MIN_RECEIVE_BUFFER_BYTES, MIN_RING_BYTES,
-    MIN_RING_SLOTS,
+    MAX_CONFIG_FILE_BYTES, MAX_KEY_FILE_BYTES, MAX_MTU, MAX_PEERS, MAX_RECEIVE_BUFFER_BYTES,
+    MAX_RING_BYTES, MAX_RING_MAX_DELAY_MS, MAX_RING_SLOTS, MIN_BATCH_SIZE, MIN_MTU,
+    MIN_RECEIVE_BUFFER_BYTES, MIN_RING_BYTES, MIN_RING_SLOTS,
 };
 use crate::core::peer::PeerConfig;
 use crate::shell::netlink::masked;
@@ -25,8 +25,6 @@ pub use routing::TableSetting;
 /// Default UDP port, the same as WireGuard's so firewall rules carry over.
 pub const DEFAULT_LISTEN_PORT: u16 = 51820;
 pub const DEFAULT_INTERFACE: &str = "dhtun0";
-/// Linux interface names are at most 15 bytes (IFNAMSIZ - 1).
-const MAX_IFNAME: usize = 15;
 
 /// A config error, displayed as `FILE:LINE: message` (or `FILE: message` without a line).
 #[derive(Debug, thiserror::Error)]
@@ -94,11 +92,12 @@ pub struct DhtConfig {
 impl Config {
     /// Reads and validates the config at `path`, including the key files it names.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            path: path.to_owned(),
-            line: None,
-            message: format!("cannot read config: {e}"),
-        })?;
+        let text =
+            files::read_regular_file(path, MAX_CONFIG_FILE_BYTES).map_err(|e| ConfigError {
+                path: path.to_owned(),
+                line: None,
+                message: format!("cannot read config: {e}"),
+            })?;
         Self::parse(path, &text)
     }
 
@@ -155,7 +154,10 @@ impl Config {
                 if seen_prefixes.len() > MAX_ALLOWED_IPS {
                     return Err(ctx.err(
                         Some(key_span),
-                        format!("more than {MAX_ALLOWED_IPS} allowed_ips in all"),
+                        format!(
+                            "more than {MAX_ALLOWED_IPS} allowed_ips in all (the most one \
+                             interface supports)"
+                        ),
                     ));
                 }
             }
@@ -270,20 +272,8 @@ impl Ctx<'_> {
     fn interface(&self, raw: RawInterface) -> Result<InterfaceConfig, ConfigError> {
         let name = match raw.name {
             Some(name) => {
-                let valid = !name.get_ref().is_empty()
-                    && name.get_ref().len() <= MAX_IFNAME
-                    && name
-                        .get_ref()
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-                if !valid {
-                    return Err(self.err(
-                        Some(name.span()),
-                        format!(
-                            "interface name {:?}: use 1 to {MAX_IFNAME} letters, digits, '-', '_' or '.'",
-                            name.get_ref()
-                        ),
-                    ));
+                if let Some(problem) = checks::interface_name_problem(name.get_ref()) {
+                    return Err(self.err(Some(name.span()), problem));
                 }
                 name.into_inner()
             }
@@ -439,12 +429,19 @@ impl Ctx<'_> {
         let endpoint = raw
             .endpoint
             .map(|e| {
-                e.get_ref().parse::<SocketAddr>().map_err(|_| {
+                let endpoint = e.get_ref().parse::<SocketAddr>().map_err(|_| {
                     self.err(
                         Some(e.span()),
                         format!("endpoint {:?}: expected IP:PORT, e.g. 198.18.0.2:51820 or [fd00::2]:51820", e.get_ref()),
                     )
-                })
+                })?;
+                match checks::endpoint_problem(endpoint) {
+                    Some(problem) => Err(self.err(
+                        Some(e.span()),
+                        format!("endpoint {:?}: {problem}", e.get_ref()),
+                    )),
+                    None => Ok(endpoint),
+                }
             })
             .transpose()?;
         let preshared_key = match (raw.preshared_key, raw.preshared_key_file) {
@@ -526,7 +523,7 @@ impl Ctx<'_> {
                 path = dir.join(path);
             }
         }
-        std::fs::read_to_string(&path)
+        files::read_regular_file(&path, MAX_KEY_FILE_BYTES)
             .map_err(|e| self.err(Some(file.span()), format!("{key} {}: {e}", path.display())))
     }
 }
@@ -574,6 +571,10 @@ fn one_line(message: &str) -> String {
         lines.join("; ")
     }
 }
+
+mod checks;
+mod files;
+pub use files::read_under_way_for;
 
 #[cfg(test)]
 mod tests;

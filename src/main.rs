@@ -3,7 +3,6 @@
 
 use clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand;
 use clap::{CommandFactory, Parser, Subcommand};
-use dhtun::config::Config;
 use dhtun::core::keys::SecretKey;
 use dhtun::onboarding::{peer_block, Endpoint};
 use dhtun::shell::dht_node::check_bootstrap;
@@ -154,7 +153,7 @@ fn run(command: Command, log_level: Option<String>) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Showpeer { config, endpoint } => {
-            let config = Config::load(&config)?;
+            let config = dhtun::shell::config_read::load(&config)?;
             print!(
                 "{}",
                 peer_block(&config, endpoint).map_err(|e| anyhow::anyhow!(e))?
@@ -162,7 +161,7 @@ fn run(command: Command, log_level: Option<String>) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Up { config } => {
-            let config = Config::load(&config)?;
+            let config = dhtun::shell::config_read::load(&config)?;
             init_logging(log_level.as_deref().unwrap_or(&config.interface.log_level));
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

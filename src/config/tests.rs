@@ -236,3 +236,70 @@ fn table_and_fwmark_parse_with_defaults_and_line_numbers() {
         "{err}"
     );
 }
+
+#[test]
+fn endpoints_and_interface_names_the_kernel_refuses_are_errors_at_their_line() {
+    let peer = peer_key();
+    for (endpoint, said) in [
+        ("198.18.0.9:0", "port 0"),
+        ("0.0.0.0:51820", "unspecified"),
+        ("224.0.0.1:51820", "multicast"),
+        ("255.255.255.255:51820", "broadcast"),
+        ("[fe80::2]:51820", "link-local"),
+    ] {
+        let text = format!(
+            "[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n\n\
+             [[peer]]\npublic_key = \"{peer}\"\nendpoint = \"{endpoint}\"\n"
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.line, Some(7), "{endpoint}: {e}");
+        assert!(e.message.contains(said), "{endpoint}: {e}");
+    }
+    for name in [".", ".."] {
+        let text = format!(
+            "[interface]\nname = \"{name}\"\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n"
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.line, Some(2), "{name}: {e}");
+        assert!(e.message.contains("interface name"), "{name}: {e}");
+    }
+}
+
+#[test]
+fn one_prefix_more_than_supported_is_refused_at_its_peer() {
+    let prefixes = |from: usize, count: usize| -> String {
+        (from..from + count)
+            .map(|i| {
+                format!(
+                    "\"100.{}.{}.{}/32\"",
+                    96 + (i >> 16),
+                    (i >> 8) & 255,
+                    i & 255
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let second = SecretKey::from_seed([3; 32]).public_key().to_base64();
+    let text = |second_count: usize| {
+        format!(
+            "[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n\n\
+             [[peer]]\npublic_key = \"{}\"\nallowed_ips = [{}]\n\n\
+             [[peer]]\npublic_key = \"{second}\"\nallowed_ips = [{}]\n",
+            peer_key(),
+            prefixes(0, 60_000),
+            prefixes(60_000, second_count)
+        )
+    };
+    let most = parse(&text(MAX_ALLOWED_IPS - 60_000)).unwrap();
+    let total: usize = most.peers.iter().map(|p| p.allowed_ips.len()).sum();
+    assert_eq!(total, MAX_ALLOWED_IPS);
+    let e = parse(&text(MAX_ALLOWED_IPS - 60_000 + 1)).unwrap_err();
+    assert_eq!(e.line, Some(10), "{e}");
+    assert!(
+        e.to_string().ends_with(
+            "t.toml:10: more than 65536 allowed_ips in all (the most one interface supports)"
+        ),
+        "{e}"
+    );
+}

@@ -318,6 +318,21 @@ pub const MAX_PEERS: usize = 1024;
 /// Most `allowed_ips` prefixes over all peers: the routing table is sized from config only.
 pub const MAX_ALLOWED_IPS: usize = 65536;
 
+/// Largest config file read. The largest config there can be, MAX_PEERS peers with
+/// MAX_ALLOWED_IPS prefixes in all, written longhand one prefix per line (an IPv6 /128 in full is
+/// 52 bytes with quotes, comma and indent), is about 3.5 MiB; 8 MiB leaves as much again for
+/// comments. Anything larger is not a config, and reading it would cost its size in memory.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 8 << 20;
+
+/// Largest key file read (`private_key_file`, `preshared_key_file`): a key file is one line of
+/// 44 base64 characters; a page is ample for it and its line ending, and no more is read.
+pub const MAX_KEY_FILE_BYTES: u64 = 4096;
+
+/// Route requests waiting for the kernel's answer at once when `up` adds routes and when it
+/// removes them. One at a time, 65,536 routes cost a round trip each; the answers to 64 (an
+/// error quotes its request: well under 200 bytes each) fit the netlink socket's buffer easily.
+pub const ROUTE_REQUESTS_IN_FLIGHT: usize = 64;
+
 /// Sessions a peer holds at once: previous (for packets still in flight), current, and next
 /// (a responder's session waiting for its first packet to confirm it).
 pub const SESSIONS_PER_PEER: usize = 3;

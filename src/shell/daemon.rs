@@ -6,10 +6,11 @@
 //! front of a write that can block; when one is full, the newest packet is dropped and counted
 //! before any crypto is spent on it.
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::core::device::{Device, DeviceConfig, PeerEvent};
 use crate::core::limits::{EVENT_LOOP_YIELD_INTERVAL, TIMER_TICK};
 use crate::core::reflexive::Reflector;
+use crate::shell::config_read::{Asker, ConfigReader};
 use crate::shell::control::{ControlCommand, ControlRequest, ControlServer};
 use crate::shell::datapath::{DataPath, RingSettings, TunRead};
 use crate::shell::dht::DhtStatus;
@@ -24,6 +25,7 @@ use crate::shell::timer::PreciseTimer;
 use crate::shell::tun::TunDevice;
 use crate::shell::udp::{self, ReceiveMode, UdpIo};
 use anyhow::Context as _;
+use futures::StreamExt as _;
 use sd_notify::NotifyState;
 use std::io;
 use std::net::SocketAddr;
@@ -196,6 +198,8 @@ enum Event<'a> {
     UdpWritable,
     PauseOver,
     Lookup(Lookup),
+    /// A config read for a reload ended (see shell::config_read).
+    ConfigRead(Box<(Result<Config, ConfigError>, Asker)>),
 }
 
 async fn event_loop(
@@ -232,6 +236,7 @@ async fn event_loop(
     let mut link_checked_at = Instant::now();
     // Since when the loop has handled one event after another with more still waiting.
     let mut busy_since: Option<Instant> = None;
+    let mut config_reader = ConfigReader::default();
     loop {
         let mut more_waiting = false;
         let network_backlog = path.has_network_backlog();
@@ -253,13 +258,21 @@ async fn event_loop(
             ready = udp.writable(), if network_backlog => { ready?; Event::UdpWritable }
             ready = tun.writable(), if tun_backlog => Event::TunWritable(ready?),
             Some(lookup) = next_lookup(&mut discovery) => Event::Lookup(lookup),
+            read = config_reader.finished() => Event::ConfigRead(Box::new(read)),
         };
         match event {
             Event::Stop => return Ok(None),
-            Event::Hangup => match reload(config, link, &mut path.device).await {
-                Ok(done) => tracing::info!("SIGHUP: {done}"),
-                Err(e) => tracing::warn!("SIGHUP: reload refused, running config kept: {e:#}"),
-            },
+            // The files are read on a thread; the reload is applied when that read ends.
+            Event::Hangup => {
+                if let Err((asker, e)) = config_reader.start(&config.path, Asker::Signal) {
+                    answer_reload(asker, Err(anyhow::anyhow!(e)));
+                }
+            }
+            Event::ConfigRead(read) => {
+                let (read, asker) = *read;
+                let outcome = reload(config, link, &mut path.device, read).await;
+                answer_reload(asker, outcome);
+            }
             Event::Command(command) => match command.request {
                 ControlRequest::Status => {
                     let dht = discovery.as_ref().map(Discovery::status);
@@ -269,17 +282,10 @@ async fn event_loop(
                 }
                 ControlRequest::Down => return Ok(Some(command.reply)),
                 ControlRequest::Reload => {
-                    let answer = match reload(config, link, &mut path.device).await {
-                        Ok(done) => {
-                            tracing::info!("{done}");
-                            format!("{done}\n")
-                        }
-                        Err(e) => {
-                            tracing::warn!("reload refused, running config kept: {e:#}");
-                            format!("error: {}\n", format!("{e:#}").replace('\n', " "))
-                        }
-                    };
-                    let _ = command.reply.send(answer);
+                    let asker = Asker::Control(command.reply);
+                    if let Err((asker, e)) = config_reader.start(&config.path, asker) {
+                        answer_reload(asker, Err(anyhow::anyhow!(e)));
+                    }
                 }
             },
             Event::Tick => {
@@ -366,6 +372,27 @@ async fn event_loop(
         } else {
             busy_since = None;
         }
+    }
+}
+
+/// Logs how a reload went and tells whoever asked for it.
+fn answer_reload(asker: Asker, outcome: anyhow::Result<String>) {
+    let source = match asker {
+        Asker::Signal => "SIGHUP: ",
+        Asker::Control(_) => "",
+    };
+    let answer = match outcome {
+        Ok(done) => {
+            tracing::info!("{source}{done}");
+            format!("{done}\n")
+        }
+        Err(e) => {
+            tracing::warn!("{source}reload refused, running config kept: {e:#}");
+            format!("error: {}\n", format!("{e:#}").replace('\n', " "))
+        }
+    };
+    if let Asker::Control(reply) = asker {
+        let _ = reply.send(answer);
     }
 }
 
@@ -503,7 +530,9 @@ fn status_json(
         },
         path.now(),
     );
-    serde_json::to_string_pretty(&status).unwrap_or_else(|e| format!("error: {e}")) + "\n"
+    // Compact: the client parses it and prints it (pretty with --json); at 65,536 allowed_ips
+    // the indentation alone would be a third of the bytes.
+    serde_json::to_string(&status).unwrap_or_else(|e| format!("error: {e}")) + "\n"
 }
 
 /// MTU, addresses, up, then routes and rules: the kernel refuses routes on a link that is down,
@@ -539,17 +568,23 @@ async fn teardown(link: &Link) {
             tracing::warn!("{e}");
         }
     }
-    for route in &link.routes {
+    // The kernel removes every route through a link with the link, in one request, whatever
+    // its table; removing 65,536 routes one by one first kept `down` busy for seconds.
+    match netlink.delete_link(index).await {
+        Ok(()) => return,
+        Err(e) => tracing::warn!("removing the interface: {e}"),
+    }
+    let removed = futures::stream::iter(&link.routes).map(|&route| async move {
         let result = match route.table {
             MAIN_TABLE => netlink.del_route(index, route.dest).await,
-            _ => netlink.del_table_route(index, *route).await,
+            _ => netlink.del_table_route(index, route).await,
         };
+        (route, result)
+    });
+    for (route, result) in crate::shell::reload::in_flight(removed).await {
         if let Err(e) = result {
             tracing::warn!("removing route {} (table {}): {e}", route.dest, route.table);
         }
-    }
-    if let Err(e) = netlink.delete_link(index).await {
-        tracing::warn!("removing the interface: {e}");
     }
 }
 

@@ -2,6 +2,7 @@
 //! moves bytes and time into the core and carries out what the core answers; it makes no
 //! protocol decisions of its own.
 
+pub mod config_read;
 pub mod control;
 pub mod daemon;
 pub mod datapath;

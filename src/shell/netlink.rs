@@ -310,22 +310,7 @@ pub fn prefixes_needing_routes(
     interface_addrs: &[IpNetwork],
     prefixes: &[IpNetwork],
 ) -> Vec<IpNetwork> {
-    let candidates: Vec<IpNetwork> = prefixes
-        .iter()
-        .map(|&prefix| masked(prefix))
-        .filter(|&prefix| !interface_addrs.iter().any(|&addr| covers(addr, prefix)))
-        .collect();
-    candidates
-        .iter()
-        .enumerate()
-        .filter(|&(i, &prefix)| {
-            !candidates
-                .iter()
-                .enumerate()
-                .any(|(j, &other)| j != i && covers(other, prefix) && (other != prefix || j < i))
-        })
-        .map(|(_, &prefix)| prefix)
-        .collect()
+    prefixes::needing_routes(interface_addrs, prefixes)
 }
 
 /// IFNAMSIZ: the longest link name is one byte shorter, for the NUL.
@@ -432,6 +417,8 @@ fn route_out_of(route: &RouteMessage, family: AddressFamily, index: u32) -> Opti
         .ok()
         .map(masked)
 }
+
+mod prefixes;
 
 #[cfg(test)]
 mod tests {

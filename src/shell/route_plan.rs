@@ -38,7 +38,7 @@ pub const RULE_PROTOCOL: u8 = 0xd7;
 const MAIN_RULE_PRIORITY: u32 = 32766;
 
 /// A route out of the tunnel interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Route {
     pub dest: IpNetwork,
     pub table: u32,

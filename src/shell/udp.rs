@@ -284,11 +284,13 @@ impl UdpIo {
                     outcome.would_block = true;
                     return outcome;
                 }
-                Err(e) if self.gso && gso_refused(&e) => {
-                    tracing::info!(
-                        "the kernel refused UDP GSO ({e}); sending datagrams one by one"
-                    );
-                    self.gso = false;
+                Err(e) if self.send_counts[0] > 1 && gso_refused(&e) => {
+                    // A train the kernel would not take. Its destination may be the cause (one
+                    // bad peer's address must not cost every other peer its trains), so only
+                    // that destination gets single datagrams; a send error that is not about
+                    // the train then fails its single datagram alone and is dropped below.
+                    let to = ring.front().and_then(|(_, to)| to);
+                    self.refused_gso(to, now, &e);
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) && self.send_counts[0] > 1 => {
                     // A GSO train whose segments exceed the path MTU (an underlay below
@@ -310,6 +312,27 @@ impl UdpIo {
             }
         }
         outcome
+    }
+
+    /// Remembers, and says once per destination, that the kernel refused a GSO train to `to`
+    /// for a reason other than its size: `to` gets no trains for a while.
+    fn refused_gso(&mut self, to: Option<SocketAddr>, now: Instant, e: &io::Error) {
+        let Some(to) = to else {
+            // Trains always have a destination; should one not, no train is safe.
+            self.gso_max_segment = 0;
+            return;
+        };
+        // A limit below every datagram's size: each goes alone.
+        match self.gso_path_limits.refused(to, 1, now) {
+            Refusal::NewPath => tracing::info!(
+                "the kernel refused a UDP GSO train to {to} ({e}); sending to it one datagram \
+                 at a time for {} s",
+                crate::core::limits::GSO_LIMIT_LIFETIME.as_secs()
+            ),
+            Refusal::KnownPath => {
+                tracing::debug!("the kernel refused a UDP GSO train to {to} again ({e})")
+            }
+        }
     }
 
     /// Remembers, and says once per path, that `to` refused a train of `size`-byte datagrams.

@@ -8,13 +8,16 @@
 //! (down, reload, an underlay that goes away and comes back), `errors` (what an operator reads
 //! when something is wrong), `control` (the control socket: per namespace, privileged callers
 //! only, never silenced by idle connections), `full_tunnel` (a default route
-//! through a peer).
+//! through a peer), `files` (config and key files that are FIFOs or devices), `scale` (the
+//! most allowed_ips).
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod control;
 mod errors;
+mod files;
 mod full_tunnel;
 mod lifecycle;
+mod scale;
 mod traffic;

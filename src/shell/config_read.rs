@@ -146,3 +146,30 @@ fn timed_out(path: &Path) -> ConfigError {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn one_read_at_a_time_and_its_outcome_goes_to_its_asker() {
+        let path = Path::new("/nonexistent/dhtun-config-read-test.toml");
+        let mut reader = ConfigReader::default();
+        assert!(reader.start(path, Asker::Signal).is_ok());
+        let (reply, _answer) = oneshot::channel();
+        match reader.start(path, Asker::Control(reply)) {
+            Err((Asker::Control(_), message)) => {
+                assert!(message.contains("already under way"), "{message}")
+            }
+            _ => panic!("a second read while one is under way must be refused to its asker"),
+        }
+        let (read, asker) = reader.finished().await;
+        assert!(matches!(asker, Asker::Signal));
+        let error = read.expect_err("a missing file is an error");
+        assert!(error.message.contains("cannot read config"), "{error}");
+        assert!(
+            reader.start(path, Asker::Signal).is_ok(),
+            "the next read may start"
+        );
+    }
+}

@@ -236,3 +236,35 @@ fn up_measured(ns: &str, config: &Path, timeout: Duration) -> Result<UpRun, Stri
         peak_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
     })
 }
+
+#[test]
+fn sighup_reads_the_config_off_the_event_loop_and_applies_it() {
+    if !common::netns_available("sighup_reads_the_config_off_the_event_loop_and_applies_it") {
+        return;
+    }
+    let (mut lab, a, b) = Lab::pair("fh", 51855);
+    lab.up_pair(&a, &b, &[], &[]);
+    let text = lab.config_text(&a, &[(&b, &["100.65.8.0/24"])]);
+    lab.write_file(&format!("{}.toml", a.iface), &text);
+    let pid = lab.daemon_pid(&a.iface);
+    // SAFETY: kill with a pid of our own child and a signal number.
+    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGHUP) } != 0 {
+        lab.fail(format!(
+            "kill -HUP {pid}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    lab.wait_until(
+        "the route of the reloaded config",
+        Duration::from_secs(10),
+        || {
+            let routes = lab.ip_ok(&a.ns, &["route", "show", "100.65.8.0/24"]);
+            if routes.contains(&a.iface) {
+                Ok(())
+            } else {
+                Err(format!("no route yet: {routes:?}"))
+            }
+        },
+    );
+    lab.must_ping(&a, &b.v4);
+}

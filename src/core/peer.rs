@@ -8,6 +8,7 @@ use crate::core::limits::{
     ring_slot_bytes, MAX_INITIATION_TARGETS, MAX_RECORD_TARGETS, STAGED_PACKETS_PER_PEER,
 };
 use crate::core::pacer::Pacer;
+use crate::core::ratelimit::PeerBucket;
 use crate::core::ring::PacketRing;
 use crate::core::session::Session;
 use crate::core::stats::{DropCounters, TrafficCounters};
@@ -144,6 +145,8 @@ pub struct Peer {
     pub loss_meter: LossMeter,
     /// A loss report waiting for `poll_transmit`; a newer one replaces it.
     pub pending_report: Option<LossReport>,
+    /// Rate limit of initiations from this peer's current endpoint (see `ratelimit`).
+    pub initiation_bucket: PeerBucket,
 }
 
 /// A peer's DHT record as we last saw it, and when we asked.
@@ -195,6 +198,7 @@ impl Peer {
             pacer: Pacer::default(),
             loss_meter: LossMeter::default(),
             pending_report: None,
+            initiation_bucket: PeerBucket::default(),
         }
     }
 

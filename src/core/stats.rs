@@ -50,10 +50,16 @@ pub enum DropReason {
     /// An outbound packet for a peer paced after it reported heavy loss, refused before
     /// encryption because the peer is too far in debt (see README, Pacing).
     Paced,
+    /// An initiation refused because the handshake work of all sources together is over its
+    /// budget (`limits::HANDSHAKE_OPS_PER_SECOND`); known peers' share is kept for them.
+    HandshakeBudget,
+    /// An initiation that would have been answered with a cookie reply, dropped because the
+    /// replies to all sources together are over their budget.
+    CookieBudget,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 20] = [
+    pub const ALL: [DropReason; 22] = [
         DropReason::RingFull,
         DropReason::Replay,
         DropReason::UnknownPeer,
@@ -74,6 +80,8 @@ impl DropReason {
         DropReason::RelayRefused,
         DropReason::RelayNoPath,
         DropReason::Paced,
+        DropReason::HandshakeBudget,
+        DropReason::CookieBudget,
     ];
 
     /// The status key for this reason.
@@ -99,6 +107,8 @@ impl DropReason {
             DropReason::RelayRefused => "relay_refused",
             DropReason::RelayNoPath => "relay_no_path",
             DropReason::Paced => "paced",
+            DropReason::HandshakeBudget => "handshake_budget",
+            DropReason::CookieBudget => "cookie_budget",
         }
     }
 

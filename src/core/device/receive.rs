@@ -11,11 +11,12 @@ use crate::core::limits::{
 };
 use crate::core::packet;
 use crate::core::peer::{Path, Peer, PeerId, SessionSlot};
-use crate::core::ratelimit::Source;
+use crate::core::ratelimit::{RateLimiter, Source};
 use crate::core::session::{ReceiveError, Session};
 use crate::core::stats::DropReason;
 use crate::core::wire::{self, Initiation, Response, Transport};
 use core::time::Duration;
+use std::net::SocketAddr;
 
 impl Device {
     pub(super) fn on_initiation(
@@ -49,6 +50,14 @@ impl Device {
             (Path::Relay(relay), _) => return Err((DropReason::RelayRefused, Some(relay))),
         };
         let under_load = self.limiter.note_initiation(now);
+        // Work for the peers we know, where we know them to be, is served first: it may spend
+        // the reserve of the budgets that a flood from anywhere else cannot touch. A relayed
+        // initiation came inside a session with one of our peers, naming another.
+        let known = match from {
+            Path::Direct(address) => self.peer_at(address),
+            Path::Relay(_) => None,
+        };
+        let priority = known.is_some() || matches!(from, Path::Relay(_));
         if let (true, Path::Direct(address)) = (under_load, from) {
             if self.cookies.needs_rotation(now) {
                 let fresh = self.seed();
@@ -58,11 +67,26 @@ impl Device {
                 .cookies
                 .mac2_valid(address, message.mac2_input(), message.mac2())
             {
+                if !self.cookie_budget.take(1, priority, now) {
+                    return Err((DropReason::CookieBudget, None));
+                }
                 return self.send_cookie(address, message, out);
             }
         }
-        if !self.limiter.allow(source, now) {
+        // A known peer's address has a bucket of its own: in the hashed table, a flood from
+        // thousands of addresses would share (and drain) it.
+        let allowed = match known.and_then(|id| self.peers.get_mut(id)) {
+            Some(peer) => RateLimiter::allow_peer(&mut peer.initiation_bucket, now),
+            None => self.limiter.allow(source, now),
+        };
+        if !allowed {
             return Err((DropReason::RateLimited, None));
+        }
+        if !self
+            .handshake_budget
+            .take(handshake::RECEIVE_INITIATION_OPS, priority, now)
+        {
+            return Err((DropReason::HandshakeBudget, None));
         }
         let seed = self.seed();
         let received =
@@ -97,6 +121,8 @@ impl Device {
             .get_mut(..wire::RESPONSE_LEN)
             .and_then(|s| s.try_into().ok())
             .ok_or((DropReason::TooLarge, Some(id)))?;
+        // Already authenticated as our peer's: the rest of the work is charged, never refused.
+        self.handshake_budget.charge(handshake::RESPOND_OPS, now);
         let keys = received
             .respond(
                 &peer.config.public_key,
@@ -144,6 +170,12 @@ impl Device {
             to: transmit.to,
             len: transmit.len,
         })
+    }
+
+    /// The peer whose current endpoint is `address`, if any. A scan of the peer list: it runs
+    /// only for initiations whose mac1 is valid, and the list is as long as the config.
+    pub(super) fn peer_at(&self, address: SocketAddr) -> Option<PeerId> {
+        self.peers.iter().position(|p| p.endpoint == Some(address))
     }
 
     /// The peer holding session or handshake index `local_index`.

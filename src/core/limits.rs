@@ -353,7 +353,21 @@ pub const REKEY_TIMEOUT_JITTER: Duration = Duration::from_millis(333);
 /// answering ours only if it restarted: once its session is this old and the peer has sent
 /// nothing on ours since, it is believed, so such a restart costs our traffic to it at most
 /// this long (plus the time to its next packet, a keepalive at least).
+/// (This window is for an initiation that came through a relay; see CROSSED_DIRECT_WINDOW.)
 pub const CROSSED_HANDSHAKE_WINDOW: Duration = REKEY_TIMEOUT;
+
+/// The crossing window for an initiation that came straight from the peer. It left before the
+/// peer saw ours, so it arrives before the peer's response to ours, give or take the network's
+/// jitter: half a second covers the jitter of any path a session survives on. A restarted
+/// peer needs longer than that to start again and send a new initiation after answering ours,
+/// so its new session is believed at once, not after a whole retry interval (5.1 s of
+/// silence toward a restarted peer, issue 26).
+pub const CROSSED_DIRECT_WINDOW: Duration = Duration::from_millis(500);
+
+/// A transport packet for an unknown session from a peer's endpoint (one of us restarted)
+/// starts a handshake with that peer at most this often: the handshake retries by itself
+/// after that, and a forged packet must not cost more than one initiation per retry interval.
+pub const UNKNOWN_SESSION_HANDSHAKE_INTERVAL: Duration = REKEY_TIMEOUT;
 
 /// Give up on a handshake (and drop staged packets) after trying this long.
 pub const REKEY_ATTEMPT_TIME: Duration = Duration::from_secs(90);

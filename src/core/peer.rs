@@ -147,6 +147,12 @@ pub struct Peer {
     pub pending_report: Option<LossReport>,
     /// Rate limit of initiations from this peer's current endpoint (see `ratelimit`).
     pub initiation_bucket: PeerBucket,
+    /// When a transport packet for a session we do not hold, from this peer's endpoint, last
+    /// started a handshake (see `Device::on_unknown_session`).
+    pub unknown_session_handshake_at: Option<Duration>,
+    /// The initiation `next` answers came through a relay (it may be a late copy of one sent
+    /// directly, so a crossing is judged over a longer window).
+    pub next_relayed: bool,
 }
 
 /// A peer's DHT record as we last saw it, and when we asked.
@@ -199,6 +205,8 @@ impl Peer {
             loss_meter: LossMeter::default(),
             pending_report: None,
             initiation_bucket: PeerBucket::default(),
+            unknown_session_handshake_at: None,
+            next_relayed: false,
         }
     }
 

@@ -5,12 +5,13 @@
 //! Without root they print SKIPPED and pass, unless DHTUN_REQUIRE_NETNS=1 (CI), where they fail.
 //!
 //! By topic: `traffic` (packets and streams through the tunnel, spoofed sources), `lifecycle`
-//! (down, reload, an underlay that goes away and comes back), `errors` (what an operator reads
-//! when something is wrong).
+//! (down, reload, an underlay that goes away and comes back), `restart` (a peer killed and
+//! started again), `errors` (what an operator reads when something is wrong).
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod errors;
 mod lifecycle;
+mod restart;
 mod traffic;

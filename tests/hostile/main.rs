@@ -15,6 +15,7 @@ mod common;
 #[path = "../hostile_support/mod.rs"]
 mod hostile_support;
 
+mod budget;
 mod flood;
 mod forgery;
 mod replay;

@@ -14,10 +14,11 @@ use crate::shell::control::{ControlCommand, ControlRequest, ControlServer};
 use crate::shell::datapath::{DataPath, RingSettings, TunRead};
 use crate::shell::dht::DhtStatus;
 use crate::shell::discovery::{Discovery, Lookup};
+use crate::shell::linkwatch::{next_came_up, LinkWatch};
 use crate::shell::metrics;
 use crate::shell::netlink::{prefixes_needing_routes, Netlink};
 use crate::shell::privileges;
-use crate::shell::reload::{reload, Link};
+use crate::shell::reload::{reload, restore, Link};
 use crate::shell::status::{BusyPollStatus, InterfaceStatus, ShellFacts};
 use crate::shell::timer::PreciseTimer;
 use crate::shell::tun::TunDevice;
@@ -169,6 +170,7 @@ enum Event<'a> {
     UdpWritable,
     PauseOver,
     Lookup(Lookup),
+    LinkUp,
 }
 
 async fn event_loop(
@@ -203,6 +205,9 @@ async fn event_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let pause_timer = PreciseTimer::new().context("creating the pacing timer (timerfd)")?;
     let mut link_checked_at = Instant::now();
+    let mut link_watch = LinkWatch::start(link.index)
+        .inspect_err(|e| tracing::warn!("not watching the interface for down and up: {e}"))
+        .ok();
     // Since when the loop has handled one event after another with more still waiting.
     let mut busy_since: Option<Instant> = None;
     loop {
@@ -226,6 +231,7 @@ async fn event_loop(
             ready = udp.writable(), if network_backlog => { ready?; Event::UdpWritable }
             ready = tun.writable(), if tun_backlog => Event::TunWritable(ready?),
             Some(lookup) = next_lookup(&mut discovery) => Event::Lookup(lookup),
+            Some(()) = next_came_up(&mut link_watch) => Event::LinkUp,
         };
         match event {
             Event::Stop => return Ok(None),
@@ -284,6 +290,14 @@ async fn event_loop(
                 }
                 path.drain_reflector();
             }
+            Event::LinkUp => match restore(config, link).await {
+                Ok(made) => {
+                    tracing::info!("interface came back up: restored {made} addresses and routes")
+                }
+                Err(e) => tracing::warn!(
+                    "interface came back up; restoring its addresses and routes failed: {e:#}"
+                ),
+            },
             Event::Lookup(lookup) => {
                 if let Some(discovery) = discovery.as_mut() {
                     let now = path.now();

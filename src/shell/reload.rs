@@ -47,6 +47,37 @@ pub async fn reload(
     ))
 }
 
+/// Puts back what the kernel dropped when the interface went down and came up again: its IPv6
+/// addresses and every route through it. The change plan of a reload, from an interface with
+/// none of the config's addresses and routes to the config; what is still there (the IPv4
+/// addresses) stays as it is. Returns how many changes were made.
+pub async fn restore(config: &Config, link: &mut Link) -> anyhow::Result<usize> {
+    let mut bare = config.clone();
+    bare.interface.addresses.clear();
+    link.routes.clear();
+    let mut made = 0;
+    for change in kernel_changes(&bare, config, &link.routes) {
+        match apply(link, change).await {
+            Ok(()) => made += 1,
+            Err(e) if already_there(&e) => {
+                if let KernelChange::AddRoute(route) = change {
+                    link.routes.push(route);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(made)
+}
+
+/// Whether a failed change found what it was to add already in place.
+fn already_there(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<crate::shell::netlink::NetlinkError>()
+        .and_then(|e| e.raw_os_error())
+        == Some(libc::EEXIST)
+}
+
 /// A config or key file root cannot read after start-up: the daemon dropped root's override
 /// of file permissions (CAP_DAC_OVERRIDE) once it was up, so say what to change.
 fn explain_permission(mut error: ConfigError) -> ConfigError {

@@ -13,5 +13,6 @@ mod common;
 
 mod errors;
 mod lifecycle;
+mod linkflap;
 mod restart;
 mod traffic;

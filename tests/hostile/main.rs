@@ -8,7 +8,8 @@
 //! Same policy as tests/netns/: without root, a loud SKIPPED; with DHTUN_REQUIRE_NETNS=1, a
 //! failure instead.
 //!
-//! By attack: `replay`, `flood`, `forgery`; the status deltas they share are here.
+//! By attack: `replay`, `flood`, `budget` (floods from thousands of addresses), `forgery`; the
+//! status deltas they share are here.
 
 #[path = "../common/mod.rs"]
 mod common;

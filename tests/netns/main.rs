@@ -6,7 +6,8 @@
 //!
 //! By topic: `traffic` (packets and streams through the tunnel, spoofed sources), `lifecycle`
 //! (down, reload, an underlay that goes away and comes back), `restart` (a peer killed and
-//! started again), `errors` (what an operator reads when something is wrong).
+//! started again), `linkflap` (the interface taken down and up), `errors` (what an operator
+//! reads when something is wrong).
 
 #[path = "../common/mod.rs"]
 mod common;

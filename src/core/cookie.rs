@@ -86,7 +86,7 @@ impl CookieMaker {
         }
     }
 
-    fn cookie_for(&self, from: SocketAddr) -> [u8; MAC_BYTES] {
+    pub(crate) fn cookie_for(&self, from: SocketAddr) -> [u8; MAC_BYTES] {
         let mut mac = keyed_mac(&self.secret);
         match from {
             SocketAddr::V4(v4) => mac.update(&v4.ip().octets()),

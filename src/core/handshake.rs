@@ -113,6 +113,11 @@ pub fn initiate(
     Ok(PendingInitiation { state, inputs })
 }
 
+/// Curve25519 operations `receive_initiation` costs once mac1 passes (es and ss), and that
+/// `ReceivedInitiation::respond` costs on top (a new ephemeral key, ee and se).
+pub const RECEIVE_INITIATION_OPS: u32 = 2;
+pub const RESPOND_OPS: u32 = 3;
+
 /// Checks mac1 and decrypts an initiation addressed to us. Costs two Curve25519 operations once
 /// mac1 passes, so callers rate-limit before calling.
 pub fn receive_initiation(

@@ -368,7 +368,21 @@ pub const REKEY_TIMEOUT_JITTER: Duration = Duration::from_millis(333);
 /// answering ours only if it restarted: once its session is this old and the peer has sent
 /// nothing on ours since, it is believed, so such a restart costs our traffic to it at most
 /// this long (plus the time to its next packet, a keepalive at least).
+/// (This window is for an initiation that came through a relay; see CROSSED_DIRECT_WINDOW.)
 pub const CROSSED_HANDSHAKE_WINDOW: Duration = REKEY_TIMEOUT;
+
+/// The crossing window for an initiation that came straight from the peer. It left before the
+/// peer saw ours, so it arrives before the peer's response to ours, give or take the network's
+/// jitter: half a second covers the jitter of any path a session survives on. A restarted
+/// peer needs longer than that to start again and send a new initiation after answering ours,
+/// so its new session is believed at once, not after a whole retry interval (5.1 s of
+/// silence toward a restarted peer, issue 26).
+pub const CROSSED_DIRECT_WINDOW: Duration = Duration::from_millis(500);
+
+/// A transport packet for an unknown session from a peer's endpoint (one of us restarted)
+/// starts a handshake with that peer at most this often: the handshake retries by itself
+/// after that, and a forged packet must not cost more than one initiation per retry interval.
+pub const UNKNOWN_SESSION_HANDSHAKE_INTERVAL: Duration = REKEY_TIMEOUT;
 
 /// Give up on a handshake (and drop staged packets) after trying this long.
 pub const REKEY_ATTEMPT_TIME: Duration = Duration::from_secs(90);
@@ -404,6 +418,36 @@ pub const INITIATION_BURST_PER_SOURCE: u32 = 5;
 /// Buckets of the per-source rate limiter. Sources hash (with a secret key) into this fixed
 /// table, so it never grows with the number of senders; colliding senders share a bucket.
 pub const RATE_LIMIT_BUCKETS: usize = 4096;
+
+/// Curve25519 operations per second that initiations from the network may cost us, from every
+/// source together. Per-source limits cannot bound a flood from thousands of addresses (each
+/// with a valid cookie): 12,000 attempts a second took 94% of the daemon's thread, about 40 µs
+/// an operation. 1,000 a second is about 4% of a core at that cost, and still answers 200
+/// handshakes a second (five operations each): a session lasts two minutes, so that is the
+/// steady load of 24,000 peers, or hundreds of peers reconnecting within seconds.
+pub const HANDSHAKE_OPS_PER_SECOND: u32 = 1_000;
+
+/// Curve25519 operations the handshake budget may save up: half a second's worth, so peers
+/// that all reconnect at once (a restart of ours) are answered in one go.
+pub const HANDSHAKE_OPS_BURST: u32 = 500;
+
+/// The part of the saved-up budget that only known peers may spend (initiations from a
+/// configured peer's current endpoint, or through its relay): 50 handshakes. A flood from
+/// other addresses drains the budget to here and no further, so our peers are served first.
+pub const HANDSHAKE_OPS_RESERVE: u32 = 250;
+
+/// Cookie replies per second, to every source together. A reply costs a MAC, an encryption
+/// and a send; a flood with a valid mac1 from 50 addresses got one per datagram (2.8 million
+/// in 15 s) and slowed a transfer beside it 20-fold. A sender needs one reply per two minutes
+/// (the cookie's lifetime), so 1,000 a second serves 120,000 senders, at about 1% of a core.
+pub const COOKIE_REPLIES_PER_SECOND: u32 = 1_000;
+
+/// Cookie replies saved up (one second's worth), and the part only known peers' current
+/// endpoints may have (half), as for the handshake budget.
+pub const COOKIE_REPLIES_BURST: u32 = 1_000;
+pub const COOKIE_REPLIES_RESERVE: u32 = 500;
+const _: () = assert!(HANDSHAKE_OPS_RESERVE < HANDSHAKE_OPS_BURST);
+const _: () = assert!(COOKIE_REPLIES_RESERVE < COOKIE_REPLIES_BURST);
 
 /// Minimum gap between two initiations we accept from one peer: a replayed or flooded burst
 /// of valid initiations costs at most one handshake per this interval.

@@ -8,6 +8,7 @@ use crate::core::limits::{
     ring_slot_bytes, MAX_INITIATION_TARGETS, MAX_RECORD_TARGETS, STAGED_PACKETS_PER_PEER,
 };
 use crate::core::pacer::Pacer;
+use crate::core::ratelimit::PeerBucket;
 use crate::core::ring::PacketRing;
 use crate::core::session::Session;
 use crate::core::stats::{DropCounters, TrafficCounters};
@@ -144,6 +145,14 @@ pub struct Peer {
     pub loss_meter: LossMeter,
     /// A loss report waiting for `poll_transmit`; a newer one replaces it.
     pub pending_report: Option<LossReport>,
+    /// Rate limit of initiations from this peer's current endpoint (see `ratelimit`).
+    pub initiation_bucket: PeerBucket,
+    /// When a transport packet for a session we do not hold, from this peer's endpoint, last
+    /// started a handshake (see `Device::on_unknown_session`).
+    pub unknown_session_handshake_at: Option<Duration>,
+    /// The initiation `next` answers came through a relay (it may be a late copy of one sent
+    /// directly, so a crossing is judged over a longer window).
+    pub next_relayed: bool,
 }
 
 /// A peer's DHT record as we last saw it, and when we asked.
@@ -195,6 +204,9 @@ impl Peer {
             pacer: Pacer::default(),
             loss_meter: LossMeter::default(),
             pending_report: None,
+            initiation_bucket: PeerBucket::default(),
+            unknown_session_handshake_at: None,
+            next_relayed: false,
         }
     }
 

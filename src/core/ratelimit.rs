@@ -1,7 +1,8 @@
 //! Limits on handshake work: a token bucket per source (an address, or a relay that passes
 //! initiations on), in a fixed table that never grows with the number of senders, and a
 //! one-second load estimate that tells the device when to demand cookies before doing any
-//! Curve25519 work.
+//! Curve25519 work; and `Budget`, one bucket shared by every source, for what per-source
+//! limits cannot bound: many sources at once.
 
 use crate::core::limits::{
     INITIATIONS_PER_SECOND_PER_SOURCE, INITIATION_BURST_PER_SOURCE, RATE_LIMIT_BUCKETS,
@@ -45,6 +46,93 @@ struct Bucket {
     used: bool,
 }
 
+impl Bucket {
+    /// Refills at `per_second` tokens a second up to `capacity` (both in thousandths; a bucket
+    /// never used starts full), then takes `cost` if that leaves at least `keep`.
+    fn take_keeping(
+        &mut self,
+        cost: u64,
+        keep: u64,
+        capacity: u64,
+        per_second: u64,
+        now: Duration,
+    ) -> bool {
+        if !self.used {
+            *self = Bucket {
+                milli_tokens: capacity,
+                refilled_at: now,
+                used: true,
+            };
+        }
+        let elapsed_ms = now
+            .saturating_sub(self.refilled_at)
+            .as_millis()
+            .min(u128::from(u32::MAX)) as u64;
+        self.milli_tokens = (self.milli_tokens + elapsed_ms * per_second).min(capacity);
+        // Time only moves forward: an older `now` must not move the refill point back.
+        self.refilled_at = self.refilled_at.max(now);
+        if self.milli_tokens >= cost.saturating_add(keep) {
+            self.milli_tokens -= cost;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn take(&mut self, cost: u64, capacity: u64, per_second: u64, now: Duration) -> bool {
+        self.take_keeping(cost, 0, capacity, per_second, now)
+    }
+}
+
+/// A known peer's own initiation bucket (see `RateLimiter::allow_peer`).
+#[derive(Clone, Copy, Default)]
+pub struct PeerBucket(Bucket);
+
+/// Work per second that all sources together may cause, as a token bucket. A part of it, the
+/// reserve, only `priority` takers may spend: the peers we know, arriving from where we know
+/// them to be. A flood from any number of other sources drains the bucket down to the reserve
+/// and no further, so the known peers' work is always served first.
+pub struct Budget {
+    bucket: Bucket,
+    per_second: u64,
+    capacity: u64,
+    reserve: u64,
+}
+
+impl Budget {
+    /// `per_second` units of work a second, `burst` saved up at most, of which `reserve` only
+    /// priority takers may spend. Starts full.
+    pub fn new(per_second: u32, burst: u32, reserve: u32) -> Self {
+        Self {
+            bucket: Bucket::default(),
+            per_second: u64::from(per_second),
+            capacity: u64::from(burst) * MILLI,
+            reserve: u64::from(reserve.min(burst)) * MILLI,
+        }
+    }
+
+    /// Takes `cost` units if there are enough for this taker; says whether it did.
+    pub fn take(&mut self, cost: u32, priority: bool, now: Duration) -> bool {
+        let keep = if priority { 0 } else { self.reserve };
+        self.bucket.take_keeping(
+            u64::from(cost) * MILLI,
+            keep,
+            self.capacity,
+            self.per_second,
+            now,
+        )
+    }
+
+    /// Charges `cost` units for work that must go on (it was already begun): takes what there
+    /// is, down to nothing.
+    pub fn charge(&mut self, cost: u32, now: Duration) {
+        let cost = u64::from(cost) * MILLI;
+        if !self.bucket.take(cost, self.capacity, self.per_second, now) {
+            self.bucket.milli_tokens = 0;
+        }
+    }
+}
+
 impl RateLimiter {
     pub fn new(key: [u8; 16]) -> Self {
         Self {
@@ -77,28 +165,25 @@ impl RateLimiter {
     /// Whether `source` may have one more initiation processed now; takes a token if so.
     pub fn allow(&mut self, source: Source, now: Duration) -> bool {
         let index = self.bucket_of(source);
-        let bucket = &mut self.buckets[index];
         let capacity = u64::from(INITIATION_BURST_PER_SOURCE) * MILLI;
-        if !bucket.used {
-            *bucket = Bucket {
-                milli_tokens: capacity,
-                refilled_at: now,
-                used: true,
-            };
-        }
-        let elapsed_ms = now
-            .saturating_sub(bucket.refilled_at)
-            .as_millis()
-            .min(u128::from(u32::MAX)) as u64;
-        let refill = elapsed_ms * u64::from(INITIATIONS_PER_SECOND_PER_SOURCE);
-        bucket.milli_tokens = (bucket.milli_tokens + refill).min(capacity);
-        bucket.refilled_at = now;
-        if bucket.milli_tokens >= MILLI {
-            bucket.milli_tokens -= MILLI;
-            true
-        } else {
-            false
-        }
+        self.buckets[index].take(
+            MILLI,
+            capacity,
+            u64::from(INITIATIONS_PER_SECOND_PER_SOURCE),
+            now,
+        )
+    }
+
+    /// Whether a known peer may have one more initiation processed now, from `bucket`, its own
+    /// bucket: a known peer's address must not share a hashed bucket that a flood drains.
+    pub fn allow_peer(bucket: &mut PeerBucket, now: Duration) -> bool {
+        let capacity = u64::from(INITIATION_BURST_PER_SOURCE) * MILLI;
+        bucket.0.take(
+            MILLI,
+            capacity,
+            u64::from(INITIATIONS_PER_SECOND_PER_SOURCE),
+            now,
+        )
     }
 
     fn bucket_of(&self, source: Source) -> usize {
@@ -177,6 +262,76 @@ mod tests {
             sender: [8; 32],
         };
         assert!(limiter.allow(other, now));
+    }
+
+    #[test]
+    fn a_budget_keeps_its_reserve_for_priority_takers() {
+        let mut budget = Budget::new(100, 20, 10);
+        let t = Duration::from_secs(3);
+        // Others get the burst less the reserve, and no more.
+        let others = (0..100).filter(|_| budget.take(1, false, t)).count();
+        assert_eq!(others, 10);
+        // The reserve is still there for a priority taker.
+        let priority = (0..100).filter(|_| budget.take(1, true, t)).count();
+        assert_eq!(priority, 10);
+        // 100 ms later, 10 units are back: a priority taker gets them first...
+        let later = t + Duration::from_millis(100);
+        assert!(budget.take(5, true, later));
+        // ...and others get nothing while the bucket is below the reserve.
+        assert!(!budget.take(1, false, later));
+        // A second later the bucket is full again (20), and others get their 10 once more.
+        let full = later + SECOND;
+        let others = (0..100).filter(|_| budget.take(1, false, full)).count();
+        assert_eq!(others, 10);
+    }
+
+    #[test]
+    fn a_budget_holds_any_number_of_sources_to_its_rate() {
+        // The naive model: a flood from many sources, each taking one unit every millisecond,
+        // for ten seconds gets at most the rate times the time plus the burst.
+        let (rate, burst, reserve) = (500u32, 100u32, 50u32);
+        let mut budget = Budget::new(rate, burst, reserve);
+        let start = Duration::from_secs(1);
+        let mut taken = 0u64;
+        for ms in 0..10_000u64 {
+            let now = start + Duration::from_millis(ms);
+            for _ in 0..7 {
+                taken += u64::from(budget.take(1, false, now));
+            }
+        }
+        let bound = u64::from(rate) * 10 + u64::from(burst - reserve);
+        assert!(taken <= bound, "took {taken}, bound {bound}");
+        // And the rate is actually used, not starved by the bookkeeping.
+        assert!(
+            taken >= u64::from(rate) * 10 - u64::from(rate) / 10,
+            "took only {taken}"
+        );
+    }
+
+    #[test]
+    fn charged_work_can_empty_a_budget_but_not_overdraw_it() {
+        let mut budget = Budget::new(10, 10, 0);
+        let t = Duration::from_secs(1);
+        budget.charge(25, t);
+        assert!(!budget.take(1, true, t));
+        // Emptied, not in debt: the next unit arrives after a tenth of a second.
+        assert!(budget.take(1, true, t + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn a_known_peer_has_its_own_bucket() {
+        let mut limiter = RateLimiter::new([1; 16]);
+        let now = Duration::from_secs(10);
+        // Every hashed bucket drained by a many-source flood.
+        for i in 0..(RATE_LIMIT_BUCKETS as u32 * 4) {
+            let address = std::net::Ipv4Addr::from(0xc612_0000 + i);
+            while limiter.allow(Source::Address(address.into()), now) {}
+        }
+        let mut bucket = PeerBucket::default();
+        let allowed = (0..100)
+            .filter(|_| RateLimiter::allow_peer(&mut bucket, now))
+            .count();
+        assert_eq!(allowed, INITIATION_BURST_PER_SOURCE as usize);
     }
 
     #[test]

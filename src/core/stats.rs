@@ -54,10 +54,16 @@ pub enum DropReason {
     /// destination, or IPv4 224.0.0.0/24), which a tunnel between hosts does not carry: above
     /// all the router solicitations the kernel sends to ff02::2 on a fresh interface.
     LinkLocal,
+    /// An initiation refused because the handshake work of all sources together is over its
+    /// budget (`limits::HANDSHAKE_OPS_PER_SECOND`); known peers' share is kept for them.
+    HandshakeBudget,
+    /// An initiation that would have been answered with a cookie reply, dropped because the
+    /// replies to all sources together are over their budget.
+    CookieBudget,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 21] = [
+    pub const ALL: [DropReason; 23] = [
         DropReason::RingFull,
         DropReason::Replay,
         DropReason::UnknownPeer,
@@ -79,6 +85,8 @@ impl DropReason {
         DropReason::RelayNoPath,
         DropReason::Paced,
         DropReason::LinkLocal,
+        DropReason::HandshakeBudget,
+        DropReason::CookieBudget,
     ];
 
     /// The status key for this reason.
@@ -105,6 +113,8 @@ impl DropReason {
             DropReason::RelayNoPath => "relay_no_path",
             DropReason::Paced => "paced",
             DropReason::LinkLocal => "link_local",
+            DropReason::HandshakeBudget => "handshake_budget",
+            DropReason::CookieBudget => "cookie_budget",
         }
     }
 

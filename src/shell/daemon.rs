@@ -15,10 +15,11 @@ use crate::shell::control::{ControlCommand, ControlRequest, ControlServer};
 use crate::shell::datapath::{DataPath, RingSettings, TunRead};
 use crate::shell::dht::DhtStatus;
 use crate::shell::discovery::{Discovery, Lookup};
+use crate::shell::linkwatch::{next_came_up, LinkWatch};
 use crate::shell::metrics;
 use crate::shell::netlink::Netlink;
 use crate::shell::privileges;
-use crate::shell::reload::{apply_wanted, reload, Link};
+use crate::shell::reload::{apply_wanted, reload, restore, Link};
 use crate::shell::route_plan::{self, DhtExemption, Policy, PolicyStatus, MAIN_TABLE};
 use crate::shell::status::{BusyPollStatus, InterfaceStatus, ShellFacts};
 use crate::shell::timer::PreciseTimer;
@@ -200,6 +201,7 @@ enum Event<'a> {
     Lookup(Lookup),
     /// A config read for a reload ended (see shell::config_read).
     ConfigRead(Box<(Result<Config, ConfigError>, Asker)>),
+    LinkUp,
 }
 
 async fn event_loop(
@@ -234,6 +236,9 @@ async fn event_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let pause_timer = PreciseTimer::new().context("creating the pacing timer (timerfd)")?;
     let mut link_checked_at = Instant::now();
+    let mut link_watch = LinkWatch::start(link.index)
+        .inspect_err(|e| tracing::warn!("not watching the interface for down and up: {e}"))
+        .ok();
     // Since when the loop has handled one event after another with more still waiting.
     let mut busy_since: Option<Instant> = None;
     let mut config_reader = ConfigReader::default();
@@ -259,6 +264,7 @@ async fn event_loop(
             ready = tun.writable(), if tun_backlog => Event::TunWritable(ready?),
             Some(lookup) = next_lookup(&mut discovery) => Event::Lookup(lookup),
             read = config_reader.finished() => Event::ConfigRead(Box::new(read)),
+            Some(()) = next_came_up(&mut link_watch) => Event::LinkUp,
         };
         match event {
             Event::Stop => return Ok(None),
@@ -317,6 +323,14 @@ async fn event_loop(
                 }
                 path.drain_reflector();
             }
+            Event::LinkUp => match restore(config, link).await {
+                Ok(made) => {
+                    tracing::info!("interface came back up: restored {made} addresses and routes")
+                }
+                Err(e) => tracing::warn!(
+                    "interface came back up; restoring its addresses and routes failed: {e:#}"
+                ),
+            },
             Event::Lookup(lookup) => {
                 if let Some(discovery) = discovery.as_mut() {
                     let now = path.now();

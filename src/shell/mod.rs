@@ -9,6 +9,7 @@ pub mod datapath;
 pub mod dht;
 pub mod dht_node;
 pub mod discovery;
+pub mod linkwatch;
 pub mod metrics;
 pub mod netlink;
 pub mod privileges;

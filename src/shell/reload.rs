@@ -93,6 +93,39 @@ pub async fn reload(
     ))
 }
 
+/// Puts back what the kernel dropped when the interface went down and came up again: its IPv6
+/// addresses and every route through it. The change plan of a reload, from an interface with
+/// none of the config's addresses and routes to the config; what is still there (the IPv4
+/// addresses) stays as it is. Returns how many changes were made.
+pub async fn restore(config: &Config, link: &mut Link) -> anyhow::Result<usize> {
+    // Routes go with the link, whatever their table; policy rules do not, so those we hold stay.
+    link.routes.clear();
+    let allowed = allowed_ips(config);
+    let wanted = link.policy.wanted(&config.interface.addresses, &allowed);
+    let addresses = &config.interface.addresses;
+    let mut made = 0;
+    for change in kernel_changes(&[], addresses, &wanted, &link.routes, &link.rules) {
+        match apply(link, change).await {
+            Ok(()) => made += 1,
+            Err(e) if already_there(&e) => match change {
+                KernelChange::AddRoute(route) => link.routes.push(route),
+                KernelChange::AddRule(rule) => link.rules.push(rule),
+                _ => {}
+            },
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(made)
+}
+
+/// Whether a failed change found what it was to add already in place.
+fn already_there(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<crate::shell::netlink::NetlinkError>()
+        .and_then(|e| e.raw_os_error())
+        == Some(libc::EEXIST)
+}
+
 /// A config or key file root cannot read after start-up: the daemon dropped root's override
 /// of file permissions (CAP_DAC_OVERRIDE) once it was up, so say what to change.
 fn explain_permission(mut error: ConfigError) -> ConfigError {

@@ -8,13 +8,15 @@
 //! Same policy as tests/netns/: without root, a loud SKIPPED; with DHTUN_REQUIRE_NETNS=1, a
 //! failure instead.
 //!
-//! By attack: `replay`, `flood`, `forgery`; the status deltas they share are here.
+//! By attack: `replay`, `flood`, `budget` (floods from thousands of addresses), `forgery`; the
+//! status deltas they share are here.
 
 #[path = "../common/mod.rs"]
 mod common;
 #[path = "../hostile_support/mod.rs"]
 mod hostile_support;
 
+mod budget;
 mod flood;
 mod forgery;
 mod replay;

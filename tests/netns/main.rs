@@ -5,7 +5,8 @@
 //! Without root they print SKIPPED and pass, unless DHTUN_REQUIRE_NETNS=1 (CI), where they fail.
 //!
 //! By topic: `traffic` (packets and streams through the tunnel, spoofed sources), `lifecycle`
-//! (down, reload, an underlay that goes away and comes back), `errors` (what an operator reads
+//! (down, reload, an underlay that goes away and comes back), `restart` (a peer killed and started
+//! again), `linkflap` (the interface taken down and up), `errors` (what an operator reads
 //! when something is wrong), `control` (the control socket: per namespace, privileged callers
 //! only, never silenced by idle connections), `full_tunnel` (a default route
 //! through a peer), `files` (config and key files that are FIFOs or devices), `scale` (the
@@ -19,5 +20,7 @@ mod errors;
 mod files;
 mod full_tunnel;
 mod lifecycle;
+mod linkflap;
+mod restart;
 mod scale;
 mod traffic;

@@ -8,9 +8,10 @@
 //! number; every packet a node's TUN "reads" is checked byte for byte against what was sent, so
 //! the tests can count losses, duplicates and forgeries exactly.
 //!
-//! Layout: the scenarios by topic (`delivery`, `handshake`, `crossed`, `relay`, `rekey`), then
-//! the harness (`network`: the nodes, the network between them and the event loop; `observe`:
-//! what the tests read back from a run), then packet and key helpers (`packets`).
+//! Layout: the scenarios by topic (`delivery`, `handshake`, `crossed`, `relay`, `rekey`,
+//! `restart`), then the harness (`network`: the nodes, the network between them and the event
+//! loop; `observe`: what the tests read back from a run), then packet and key helpers
+//! (`packets`).
 
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ mod observe;
 mod packets;
 mod rekey;
 mod relay;
+mod restart;
 
 const A: NodeId = 0;
 const B: NodeId = 1;

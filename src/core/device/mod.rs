@@ -9,12 +9,13 @@ use crate::core::cookie::CookieMaker;
 use crate::core::handshake::Mac1Key;
 use crate::core::keys::{PublicKey, SecretKey};
 use crate::core::limits::{
-    ring_slot_bytes, EVENT_QUEUE, PACE_GATE_MAX, PACE_GATE_SHARED, REKEY_TIMEOUT,
-    SESSIONS_PER_PEER, TRANSPORT_OVERHEAD,
+    ring_slot_bytes, COOKIE_REPLIES_BURST, COOKIE_REPLIES_PER_SECOND, COOKIE_REPLIES_RESERVE,
+    EVENT_QUEUE, HANDSHAKE_OPS_BURST, HANDSHAKE_OPS_PER_SECOND, HANDSHAKE_OPS_RESERVE,
+    PACE_GATE_MAX, PACE_GATE_SHARED, REKEY_TIMEOUT, SESSIONS_PER_PEER, TRANSPORT_OVERHEAD,
 };
 use crate::core::packet;
 use crate::core::peer::{Path, Peer, PeerConfig, PeerId};
-use crate::core::ratelimit::RateLimiter;
+use crate::core::ratelimit::{Budget, RateLimiter};
 use crate::core::routing::PrefixTable;
 use crate::core::session::SendError;
 use crate::core::stats::{DropCounters, DropReason};
@@ -32,6 +33,8 @@ mod reconfigure;
 mod relay;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_budget;
 #[cfg(test)]
 mod tests_relay;
 #[cfg(test)]
@@ -143,6 +146,9 @@ pub struct Device {
     /// Peer events not yet taken by the shell; bounded, newest dropped when full.
     events: VecDeque<PeerEvent>,
     limiter: RateLimiter,
+    /// Curve25519 work and cookie replies that initiations from all sources may cost.
+    handshake_budget: Budget,
+    cookie_budget: Budget,
     cookies: CookieMaker,
     serve_relay: bool,
     pacing: bool,
@@ -207,6 +213,16 @@ impl Device {
             drops: DropCounters::default(),
             events: VecDeque::with_capacity(EVENT_QUEUE),
             limiter,
+            handshake_budget: Budget::new(
+                HANDSHAKE_OPS_PER_SECOND,
+                HANDSHAKE_OPS_BURST,
+                HANDSHAKE_OPS_RESERVE,
+            ),
+            cookie_budget: Budget::new(
+                COOKIE_REPLIES_PER_SECOND,
+                COOKIE_REPLIES_BURST,
+                COOKIE_REPLIES_RESERVE,
+            ),
             cookies,
             serve_relay: config.serve_relay,
             pacing: config.pacing,

@@ -6,16 +6,17 @@ use crate::core::envelope;
 use crate::core::feedback::{self, LossReport};
 use crate::core::handshake;
 use crate::core::limits::{
-    CROSSED_HANDSHAKE_WINDOW, KEEPALIVE_TIMEOUT, MIN_INITIATION_INTERVAL, REJECT_AFTER_TIME,
-    REKEY_TIMEOUT,
+    CROSSED_DIRECT_WINDOW, CROSSED_HANDSHAKE_WINDOW, KEEPALIVE_TIMEOUT, MIN_INITIATION_INTERVAL,
+    REJECT_AFTER_TIME, REKEY_TIMEOUT, UNKNOWN_SESSION_HANDSHAKE_INTERVAL,
 };
 use crate::core::packet;
 use crate::core::peer::{Path, Peer, PeerId, SessionSlot};
-use crate::core::ratelimit::Source;
+use crate::core::ratelimit::{RateLimiter, Source};
 use crate::core::session::{ReceiveError, Session};
 use crate::core::stats::DropReason;
 use crate::core::wire::{self, Initiation, Response, Transport};
 use core::time::Duration;
+use std::net::SocketAddr;
 
 impl Device {
     pub(super) fn on_initiation(
@@ -49,6 +50,14 @@ impl Device {
             (Path::Relay(relay), _) => return Err((DropReason::RelayRefused, Some(relay))),
         };
         let under_load = self.limiter.note_initiation(now);
+        // Work for the peers we know, where we know them to be, is served first: it may spend
+        // the reserve of the budgets that a flood from anywhere else cannot touch. A relayed
+        // initiation came inside a session with one of our peers, naming another.
+        let known = match from {
+            Path::Direct(address) => self.peer_at(address),
+            Path::Relay(_) => None,
+        };
+        let priority = known.is_some() || matches!(from, Path::Relay(_));
         if let (true, Path::Direct(address)) = (under_load, from) {
             if self.cookies.needs_rotation(now) {
                 let fresh = self.seed();
@@ -58,11 +67,26 @@ impl Device {
                 .cookies
                 .mac2_valid(address, message.mac2_input(), message.mac2())
             {
+                if !self.cookie_budget.take(1, priority, now) {
+                    return Err((DropReason::CookieBudget, None));
+                }
                 return self.send_cookie(address, message, out);
             }
         }
-        if !self.limiter.allow(source, now) {
+        // A known peer's address has a bucket of its own: in the hashed table, a flood from
+        // thousands of addresses would share (and drain) it.
+        let allowed = match known.and_then(|id| self.peers.get_mut(id)) {
+            Some(peer) => RateLimiter::allow_peer(&mut peer.initiation_bucket, now),
+            None => self.limiter.allow(source, now),
+        };
+        if !allowed {
             return Err((DropReason::RateLimited, None));
+        }
+        if !self
+            .handshake_budget
+            .take(handshake::RECEIVE_INITIATION_OPS, priority, now)
+        {
+            return Err((DropReason::HandshakeBudget, None));
         }
         let seed = self.seed();
         let received =
@@ -97,6 +121,8 @@ impl Device {
             .get_mut(..wire::RESPONSE_LEN)
             .and_then(|s| s.try_into().ok())
             .ok_or((DropReason::TooLarge, Some(id)))?;
+        // Already authenticated as our peer's: the rest of the work is charged, never refused.
+        self.handshake_budget.charge(handshake::RESPOND_OPS, now);
         let keys = received
             .respond(
                 &peer.config.public_key,
@@ -109,6 +135,7 @@ impl Device {
         peer.last_initiation_at = Some(now);
         peer.last_handshake_at = Some(now);
         let session = Session::new(local_index, remote_index, keys, now, false);
+        peer.next_relayed = matches!(from, Path::Relay(_));
         // The answered session this one replaces may be the one the peer sends on after
         // crossed handshakes (we kept ours current): it takes `previous` if the peer sent on it
         // more lately than on that one, so its packets in flight still decrypt. One that never
@@ -144,6 +171,42 @@ impl Device {
             to: transmit.to,
             len: transmit.len,
         })
+    }
+
+    /// The peer whose current endpoint is `address`, if any. A scan of the peer list: it runs
+    /// only for initiations whose mac1 is valid, and the list is as long as the config.
+    pub(super) fn peer_at(&self, address: SocketAddr) -> Option<PeerId> {
+        self.peers.iter().position(|p| p.endpoint == Some(address))
+    }
+
+    /// A transport packet for a session we do not hold came straight from a peer's current
+    /// endpoint: one of us restarted and lost the session the peer still sends on (we, if we
+    /// hold no session with it; else it). Waiting for its silence timer costs 15 s; a handshake
+    /// now costs a round trip. Nothing else changes, and at most one handshake starts this way
+    /// per UNKNOWN_SESSION_HANDSHAKE_INTERVAL, so a forged packet costs one initiation at most.
+    /// A peer we heard from lately on the current session is left alone: packets still in
+    /// flight on a session a rekey retired say nothing.
+    fn on_unknown_session(&mut self, from: Path, now: Duration) {
+        let Path::Direct(address) = from else {
+            return;
+        };
+        let Some(id) = self.peer_at(address) else {
+            return;
+        };
+        let peer = &mut self.peers[id];
+        let heard_lately = peer
+            .current
+            .as_ref()
+            .and_then(|s| s.last_received_at)
+            .is_some_and(|t| now.saturating_sub(t) < REKEY_TIMEOUT);
+        let too_soon = peer
+            .unknown_session_handshake_at
+            .is_some_and(|t| now.saturating_sub(t) < UNKNOWN_SESSION_HANDSHAKE_INTERVAL);
+        if peer.handshake.is_some() || heard_lately || too_soon {
+            return;
+        }
+        peer.unknown_session_handshake_at = Some(now);
+        self.want_initiation(id);
     }
 
     /// The peer holding session or handshake index `local_index`.
@@ -217,7 +280,13 @@ impl Device {
     ) -> Result<NetworkAction, (DropReason, Option<PeerId>)> {
         let local_index = message.receiver();
         let own_x25519 = self.own_x25519;
-        let (id, peer) = self.peer_by_index(local_index)?;
+        let (id, peer) = match self.peer_by_index(local_index) {
+            Ok(found) => found,
+            Err(unknown) => {
+                self.on_unknown_session(from, now);
+                return Err(unknown);
+            }
+        };
         let slot = peer
             .slot_of(local_index)
             .ok_or((DropReason::UnknownPeer, Some(id)))?;
@@ -260,15 +329,22 @@ impl Device {
         // (jitter decides that). A clearly newer one is the peer's next handshake, not a
         // crossing, and replaces ours as any confirmed session does. So does one the peer kept
         // sending on for a window without a packet on ours since: it restarted and lost ours.
+        // A crossing initiation that came directly arrives within the network's jitter of
+        // our handshake; one through a relay may be a late copy.
         let own_key_wins = own_x25519 < *peer.config.public_key.x25519_bytes();
+        let window = if peer.next_relayed {
+            CROSSED_HANDSHAKE_WINDOW
+        } else {
+            CROSSED_DIRECT_WINDOW
+        };
         let (won_crossing, peer_sends_on_ours) = match (&peer.current, &peer.next) {
             (Some(current), Some(next)) => (
                 own_key_wins
                     && current.we_initiated
                     && current.is_usable(now)
-                    && next.established_at < current.established_at + CROSSED_HANDSHAKE_WINDOW
-                    && current.established_at < next.established_at + CROSSED_HANDSHAKE_WINDOW,
-                next.age(now) < CROSSED_HANDSHAKE_WINDOW
+                    && next.established_at < current.established_at + window
+                    && current.established_at < next.established_at + window,
+                next.age(now) < window
                     || current
                         .last_received_at
                         .is_some_and(|t| t >= next.established_at),

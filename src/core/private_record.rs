@@ -1,0 +1,360 @@
+//! Private DHT records: the record of [`crate::core::record`], sealed so that only the members
+//! of one network (the holders of a shared [`NetworkSecret`]) can find it or read it.
+//!
+//! For each peer and each period of [`PRIVATE_PERIOD`], every member derives from the secret,
+//! the peer's public key and the period number (keyed BLAKE2b, one label per output):
+//! - the seed of a fresh Ed25519 key, the *slot key*, that the BEP 44 item is signed by and
+//!   stored under (no salt): its public key and target say nothing about the peer's identity,
+//!   and those of two periods are unrelated without the secret;
+//! - an XChaCha20-Poly1305 key that seals the item's value.
+//!
+//! Inside the ciphertext the peer signs, with its real identity, the slot key, its identity key,
+//! the period, the item's sequence number and the record: every member can write any member's
+//! slot (they all derive its key), but none can make the others accept addresses in another
+//! member's name, nor move an old record to a newer sequence or another period.
+//!
+//! Value layout (integers little-endian):
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 24 | nonce, random per publish |
+//! | 24 | n + 16 | ciphertext and tag of the inner part, associated data: the slot public key |
+//!
+//! Inner part: version (1 byte, 1), period (8), sequence (8, equal to the item's), Ed25519
+//! signature by the identity (64) over [`SIGNED_LABEL`] ‖ slot public key ‖ identity key ‖
+//! period ‖ sequence ‖ record, then the record as `core::record` encodes it. 121 bytes of
+//! overhead: the largest record (313 bytes) makes a 434-byte value, inside BEP 44's 1,000.
+//!
+//! Periods do not start at the same instant for every peer: each peer's boundaries are shifted
+//! by an offset derived from the secret and its key, so the members of a network do not all
+//! republish at once, and the boundary does not tell the DHT which keys belong to one network.
+
+use crate::core::keys::{PublicKey, SecretKey, KEY_BYTES};
+use crate::core::limits::MAX_RECORD_BYTES;
+use crate::core::record::{Record, RecordError, MAX_ENCODED_BYTES};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use blake2::digest::consts::U32;
+use blake2::digest::Mac;
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use core::fmt;
+use core::time::Duration;
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+
+/// How long one slot key and sealing key serve. The nodes storing a slot can link the publishes
+/// of one period (same key; they also see the publisher's IP), never two periods, so shorter is
+/// more private; but each boundary costs a publish under two periods for `PERIOD_OVERLAP` on
+/// either side, and a lookup of both. Six hours: a host that moves is linked for at most a few
+/// hours, and the double publishing costs one period in six (about 4 extra publishes a period
+/// at the 30-minute republish interval).
+pub const PRIVATE_PERIOD: Duration = Duration::from_secs(6 * 3600);
+
+/// How close to a period boundary a publisher writes, and a lookup reads, both periods. Covers
+/// clock skew between members of up to this much (NTP keeps hosts within a second; a VM or a
+/// host without NTP drifts minutes, rarely more) and a publisher that was down at the boundary.
+pub const PERIOD_OVERLAP: Duration = Duration::from_secs(30 * 60);
+
+/// Prefix of what the identity signs inside the ciphertext: no other dhtun signature (the BEP 44
+/// items of public mode sign a bencoded `salt`/`seq`/`v`) can be taken for one of these.
+pub const SIGNED_LABEL: &[u8] = b"dhtun private record v1\0";
+
+/// Version of the inner part.
+pub const PRIVATE_VERSION: u8 = 1;
+
+/// Bytes a sealed value adds to the record it carries.
+pub const PRIVATE_OVERHEAD: usize = NONCE_BYTES + TAG_BYTES + INNER_HEADER_BYTES;
+
+/// The largest sealed value, which must fit in a DHT item.
+pub const MAX_PRIVATE_BYTES: usize = PRIVATE_OVERHEAD + MAX_ENCODED_BYTES;
+const _: () = assert!(MAX_PRIVATE_BYTES <= MAX_RECORD_BYTES);
+
+/// The secret the members of one private network share: 32 bytes, base64 on one line, as
+/// `dhtun genkey` prints them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NetworkSecret([u8; KEY_BYTES]);
+
+/// The keys of one peer's slot in one period.
+#[derive(Clone)]
+pub struct PeriodKeys {
+    peer: PublicKey,
+    period: u64,
+    slot: SigningKey,
+    slot_public: [u8; KEY_BYTES],
+    seal: [u8; KEY_BYTES],
+}
+
+/// Why a sealed value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrivateError {
+    #[error("sealed record is {0} bytes, more than the {MAX_RECORD_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("sealed record is too short")]
+    Truncated,
+    /// Not sealed with this network's key for this slot: another network's record, or junk
+    /// from someone holding the slot key but not the secret (nobody should).
+    #[error("sealed record does not decrypt with this network's key")]
+    Undecryptable,
+    #[error("sealed record version {0}, expected {PRIVATE_VERSION}")]
+    Version(u8),
+    /// Sealed for this slot but signed for another period: a member replaying an old record.
+    #[error("sealed record is for period {got}, expected {expected}")]
+    WrongPeriod { got: u64, expected: u64 },
+    /// Signed for another sequence than the item's: a member re-wrapping an old record.
+    #[error("sealed record was signed for sequence {inner}, the item has {outer}")]
+    Replayed { inner: i64, outer: i64 },
+    /// Not signed by the peer's identity: a member writing in another member's name.
+    #[error("sealed record is not signed by the peer")]
+    Forged,
+    /// Signed by the peer, but the record inside is not one this version reads.
+    #[error("sealed record: {0}")]
+    Record(RecordError),
+}
+
+impl NetworkSecret {
+    pub fn from_bytes(bytes: [u8; KEY_BYTES]) -> Self {
+        Self(bytes)
+    }
+
+    /// Parses the base64 form (one line of a secret file); refuses anything but 32 bytes.
+    pub fn from_base64(text: &str) -> Result<Self, crate::core::keys::KeyError> {
+        let bytes = BASE64
+            .decode(text.trim())
+            .map_err(|_| crate::core::keys::KeyError::Base64)?;
+        let bytes: [u8; KEY_BYTES] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| crate::core::keys::KeyError::Length(bytes.len()))?;
+        Ok(Self(bytes))
+    }
+
+    /// The periods of `peer`'s slot in use at `unix_time` (time since the Unix epoch): the
+    /// current one, and the neighbour one when within `PERIOD_OVERLAP` of a boundary. The
+    /// publisher writes each of them and a lookup reads each of them.
+    pub fn periods(&self, peer: &PublicKey, unix_time: Duration) -> Periods {
+        let period = PRIVATE_PERIOD.as_secs();
+        let overlap = PERIOD_OVERLAP.as_secs();
+        let shifted = unix_time.as_secs().saturating_add(self.offset(peer));
+        let current = shifted / period;
+        let into = shifted % period;
+        let neighbour = if into < overlap {
+            current.checked_sub(1)
+        } else if period - into <= overlap {
+            current.checked_add(1)
+        } else {
+            None
+        };
+        Periods { current, neighbour }
+    }
+
+    /// The keys of `peer`'s slot in `period`.
+    pub fn keys(&self, peer: &PublicKey, period: u64) -> PeriodKeys {
+        let slot = SigningKey::from_bytes(&self.derive(LABEL_SLOT, peer, period));
+        PeriodKeys {
+            peer: *peer,
+            period,
+            slot_public: slot.verifying_key().to_bytes(),
+            slot,
+            seal: self.derive(LABEL_SEAL, peer, period),
+        }
+    }
+
+    /// How far `peer`'s period boundaries are shifted, in seconds, below one period.
+    fn offset(&self, peer: &PublicKey) -> u64 {
+        let bytes = self.derive(LABEL_OFFSET, peer, 0);
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&bytes[..8]);
+        u64::from_le_bytes(first) % PRIVATE_PERIOD.as_secs()
+    }
+
+    /// BLAKE2b keyed with the secret, personalised with `label`, over the peer's key and the
+    /// period.
+    fn derive(&self, label: &[u8], peer: &PublicKey, period: u64) -> [u8; KEY_BYTES] {
+        // A 32-byte key and a label of at most 16 bytes are always accepted.
+        let Ok(mut mac) =
+            blake2::Blake2bMac::<U32>::new_with_salt_and_personal(&self.0, &[], label)
+        else {
+            unreachable!("BLAKE2b takes a 32-byte key and a 16-byte personalisation")
+        };
+        mac.update(peer.ed25519_bytes());
+        mac.update(&period.to_le_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
+impl fmt::Debug for NetworkSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NetworkSecret(..)")
+    }
+}
+
+/// The one or two periods in use at an instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Periods {
+    pub current: u64,
+    /// The previous period just after a boundary, the next one just before.
+    pub neighbour: Option<u64>,
+}
+
+impl Periods {
+    pub fn iter(self) -> impl Iterator<Item = u64> {
+        core::iter::once(self.current).chain(self.neighbour)
+    }
+}
+
+impl PeriodKeys {
+    pub fn period(&self) -> u64 {
+        self.period
+    }
+
+    pub fn peer(&self) -> &PublicKey {
+        &self.peer
+    }
+
+    /// The public key the item is signed by and stored under.
+    pub fn slot_public(&self) -> &[u8; KEY_BYTES] {
+        &self.slot_public
+    }
+
+    /// The key that signs the BEP 44 item.
+    pub fn slot_signing_key(&self) -> SigningKey {
+        self.slot.clone()
+    }
+
+    /// Seals `record` as the item of sequence `seq`, signed by `identity`, which must be the
+    /// peer these keys are for: any other identity makes a value every member refuses as
+    /// forged. `nonce` must be random (the shell draws it).
+    pub fn seal(
+        &self,
+        identity: &SecretKey,
+        seq: i64,
+        record: &Record,
+        nonce: [u8; NONCE_BYTES],
+    ) -> Result<Vec<u8>, RecordError> {
+        let record = record.encode()?;
+        let signature = identity
+            .signing_key()
+            .sign(&self.signed_message(seq, &record));
+        let mut inner = Vec::with_capacity(INNER_HEADER_BYTES + record.len());
+        inner.push(PRIVATE_VERSION);
+        inner.extend_from_slice(&self.period.to_le_bytes());
+        inner.extend_from_slice(&seq.to_le_bytes());
+        inner.extend_from_slice(&signature.to_bytes());
+        inner.extend_from_slice(&record);
+        Ok(self.seal_inner(inner, nonce))
+    }
+
+    /// Seals arbitrary inner bytes: what a member could write into any slot. For tests and the
+    /// fuzz target, which need values that decrypt but are wrong inside.
+    pub fn seal_inner(&self, mut inner: Vec<u8>, nonce: [u8; NONCE_BYTES]) -> Vec<u8> {
+        let cipher = XChaCha20Poly1305::new((&self.seal).into());
+        // Encrypting in memory cannot fail below the cipher's 256 GiB message limit.
+        let tag = cipher
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), &self.slot_public, &mut inner)
+            .unwrap_or_default();
+        let mut value = Vec::with_capacity(NONCE_BYTES + inner.len() + TAG_BYTES);
+        value.extend_from_slice(&nonce);
+        value.extend_from_slice(&inner);
+        value.extend_from_slice(&tag);
+        value
+    }
+
+    /// Opens the value of an item of sequence `seq` found in this slot: the record, if it was
+    /// sealed with this network's key, for this period and sequence, and signed by the peer.
+    /// No input panics; the work is bounded by `MAX_RECORD_BYTES`.
+    pub fn open(&self, seq: i64, value: &[u8]) -> Result<Record, PrivateError> {
+        if value.len() > MAX_RECORD_BYTES {
+            return Err(PrivateError::TooLarge(value.len()));
+        }
+        if value.len() < NONCE_BYTES + TAG_BYTES + INNER_HEADER_BYTES {
+            return Err(PrivateError::Truncated);
+        }
+        let (nonce, rest) = value.split_at(NONCE_BYTES);
+        let (ciphertext, tag) = rest.split_at(rest.len() - TAG_BYTES);
+        let mut inner = ciphertext.to_vec();
+        XChaCha20Poly1305::new((&self.seal).into())
+            .decrypt_in_place_detached(
+                XNonce::from_slice(nonce),
+                &self.slot_public,
+                &mut inner,
+                Tag::from_slice(tag),
+            )
+            .map_err(|_| PrivateError::Undecryptable)?;
+        self.read_inner(seq, &inner)
+    }
+
+    /// Checks the decrypted inner part, in the order that names what went wrong.
+    fn read_inner(&self, seq: i64, inner: &[u8]) -> Result<Record, PrivateError> {
+        let (header, record) = inner
+            .split_first_chunk::<INNER_HEADER_BYTES>()
+            .ok_or(PrivateError::Truncated)?;
+        if header[VERSION_AT] != PRIVATE_VERSION {
+            return Err(PrivateError::Version(header[VERSION_AT]));
+        }
+        let period = u64::from_le_bytes(field(header, PERIOD_AT));
+        if period != self.period {
+            return Err(PrivateError::WrongPeriod {
+                got: period,
+                expected: self.period,
+            });
+        }
+        let inner_seq = i64::from_le_bytes(field(header, SEQ_AT));
+        if inner_seq != seq {
+            return Err(PrivateError::Replayed {
+                inner: inner_seq,
+                outer: seq,
+            });
+        }
+        let signature = Signature::from_bytes(&field(header, SIGNATURE_AT));
+        let identity = VerifyingKey::from_bytes(self.peer.ed25519_bytes())
+            .map_err(|_| PrivateError::Forged)?;
+        identity
+            .verify_strict(&self.signed_message(seq, record), &signature)
+            .map_err(|_| PrivateError::Forged)?;
+        Record::decode(record).map_err(PrivateError::Record)
+    }
+
+    fn signed_message(&self, seq: i64, record: &[u8]) -> Vec<u8> {
+        let mut message =
+            Vec::with_capacity(SIGNED_LABEL.len() + 2 * KEY_BYTES + 16 + record.len());
+        message.extend_from_slice(SIGNED_LABEL);
+        message.extend_from_slice(&self.slot_public);
+        message.extend_from_slice(self.peer.ed25519_bytes());
+        message.extend_from_slice(&self.period.to_le_bytes());
+        message.extend_from_slice(&seq.to_le_bytes());
+        message.extend_from_slice(record);
+        message
+    }
+}
+
+impl fmt::Debug for PeriodKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeriodKeys({}, period {})", self.peer, self.period)
+    }
+}
+
+/// Size of the random nonce at the front of a sealed value.
+pub const NONCE_BYTES: usize = 24;
+const TAG_BYTES: usize = 16;
+
+// Offsets of the inner header.
+const VERSION_AT: usize = 0;
+const PERIOD_AT: usize = 1;
+const SEQ_AT: usize = 9;
+const SIGNATURE_AT: usize = 17;
+const INNER_HEADER_BYTES: usize = 81;
+
+// BLAKE2b personalisations (at most 16 bytes), one per derived value.
+const LABEL_SLOT: &[u8] = b"dhtun slot v1";
+const LABEL_SEAL: &[u8] = b"dhtun seal v1";
+const LABEL_OFFSET: &[u8] = b"dhtun offset v1";
+
+/// The `N` bytes of `header` from `at`.
+fn field<const N: usize>(header: &[u8; INNER_HEADER_BYTES], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&header[at..at + N]);
+    out
+}
+
+#[cfg(test)]
+mod tests;

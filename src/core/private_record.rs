@@ -32,8 +32,6 @@
 use crate::core::keys::{PublicKey, SecretKey, KEY_BYTES};
 use crate::core::limits::MAX_RECORD_BYTES;
 use crate::core::record::{Record, RecordError, MAX_ENCODED_BYTES};
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine as _;
 use blake2::digest::consts::U32;
 use blake2::digest::Mac;
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
@@ -116,16 +114,10 @@ impl NetworkSecret {
         Self(bytes)
     }
 
-    /// Parses the base64 form (one line of a secret file); refuses anything but 32 bytes.
+    /// Parses the base64 form (one line of a secret file, as `dhtun genkey` prints), exactly as
+    /// key files are parsed: surrounding whitespace ignored, anything but 32 bytes refused.
     pub fn from_base64(text: &str) -> Result<Self, crate::core::keys::KeyError> {
-        let bytes = BASE64
-            .decode(text.trim())
-            .map_err(|_| crate::core::keys::KeyError::Base64)?;
-        let bytes: [u8; KEY_BYTES] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| crate::core::keys::KeyError::Length(bytes.len()))?;
-        Ok(Self(bytes))
+        crate::core::keys::decode_32(text).map(Self)
     }
 
     /// The periods of `peer`'s slot in use at `unix_time` (time since the Unix epoch): the

@@ -1,5 +1,7 @@
 use super::*;
 use crate::core::limits::MAX_RECORD_CANDIDATES;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use rand::{Rng, RngCore, SeedableRng};
 use std::net::{IpAddr, Ipv6Addr};
 

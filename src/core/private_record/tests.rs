@@ -258,16 +258,5 @@ fn random_values_never_panic() {
 
 /// The inner part of a value sealed with `keys`, as a member can read it.
 fn decrypt(keys: &PeriodKeys, value: &[u8]) -> Vec<u8> {
-    let (nonce, rest) = value.split_at(NONCE_BYTES);
-    let (ciphertext, tag) = rest.split_at(rest.len() - TAG_BYTES);
-    let mut inner = ciphertext.to_vec();
-    XChaCha20Poly1305::new((&keys.seal).into())
-        .decrypt_in_place_detached(
-            XNonce::from_slice(nonce),
-            keys.slot_public(),
-            &mut inner,
-            Tag::from_slice(tag),
-        )
-        .unwrap();
-    inner
+    keys.decrypt(value).unwrap()
 }

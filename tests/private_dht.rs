@@ -8,10 +8,11 @@ mod dht_support;
 
 use dht_support::{bounded, client, key, record, seed, unix_micros};
 use dhtun::core::keys::PublicKey;
-use dhtun::core::privacy::Privacy;
+use dhtun::core::privacy::{bep44_signable, Privacy};
 use dhtun::core::private_record::{NetworkSecret, PRIVATE_PERIOD};
 use dhtun::core::record::{Record, RECORD_SALT};
 use dhtun::shell::dht::{Dht, DhtStatus};
+use ed25519_dalek::Signer as _;
 use mainline::{MutableItem, RequestFilter, RequestSpecific, ServerSettings};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
@@ -201,7 +202,7 @@ fn two_periods_use_unrelated_keys_and_targets() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn other_networks_and_dishonest_members_are_refused_and_counted() {
+async fn other_networks_cannot_read_and_members_cannot_write_for_another() {
     let seed = seed().await;
     let (a, b) = (client(&seed).await, client(&seed).await);
     let raw = dht_support::raw_node(&seed);
@@ -219,7 +220,6 @@ async fn other_networks_and_dishonest_members_are_refused_and_counted() {
     resolve_until(&b, &key_a.public_key(), &y, "A's record in Y").await;
     assert_eq!(resolve_once(&b, &key_a.public_key(), &x).await, None);
 
-    // A member of X writes into A's slot of X (it can: every member derives the slot key).
     let Privacy::Private(secret_x) = &x else {
         unreachable!()
     };
@@ -230,13 +230,33 @@ async fn other_networks_and_dishonest_members_are_refused_and_counted() {
     let slot = secret_x.keys(&key_a.public_key(), period);
     let lies = record(1000, &["203.0.113.66"]);
     let mut seq = unix_micros();
+
+    // A member of X derives A's slot key (the blinded identity key) but cannot sign for it:
+    // no node stores what it signs, neither with its own key nor claimed as A's slot.
+    let value = slot.seal(&member, seq, &lies, [1; 24]).unwrap();
+    let signable = bep44_signable(seq, &value, None);
+    let by_member = member.signing_key().sign(&signable).to_bytes();
+    let claimed =
+        MutableItem::new_signed_unchecked(*slot.slot_public(), by_member, &value, seq, None);
+    let put = bounded("the member's put", raw.put_mutable(claimed, None)).await;
+    assert!(
+        put.is_err(),
+        "a node stored an item for A's slot signed by a member"
+    );
+    assert_eq!(resolve_once(&b, &key_a.public_key(), &x).await, None);
+
+    // Whoever holds A's slot signer (A itself, or a thief of A's key) still cannot make members
+    // take a record that A's identity did not sign for this slot, period and sequence.
+    let signer = slot.slot_signer(&key_a).expect("A signs for its own slot");
+    assert!(slot.slot_signer(&member).is_none());
     let put = |value: Vec<u8>, seq: i64| {
-        let item = MutableItem::new(slot.slot_signing_key(), &value, seq, None);
+        let signature = signer.sign(&bep44_signable(seq, &value, None));
+        let item = MutableItem::new_signed_unchecked(signer.public(), signature, &value, seq, None);
         let raw = raw.clone();
         async move {
-            bounded("a put by a member", raw.put_mutable(item, None))
+            bounded("a put in A's slot", raw.put_mutable(item, None))
                 .await
-                .expect("the member's put failed");
+                .expect("the put in A's slot failed");
         }
     };
     let counted = |status: &DhtStatus| {

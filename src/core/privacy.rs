@@ -10,10 +10,12 @@
 //!   neighbouring period.
 
 use crate::core::keys::{PublicKey, SecretKey, KEY_BYTES};
-use crate::core::private_record::{NetworkSecret, PeriodKeys, PrivateError, NONCE_BYTES};
+use crate::core::private_record::{
+    NetworkSecret, PeriodKeys, PrivateError, SlotSigner, NONCE_BYTES,
+};
 use crate::core::record::{Record, RecordError, RECORD_SALT};
 use core::time::Duration;
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{Signer as _, SigningKey};
 
 /// How this interface's records, and its peers', are stored.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -25,10 +27,18 @@ pub enum Privacy {
 
 /// One place a publish writes: the key that signs the item, its salt, and how the value is
 /// made from the record.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Slot {
-    signing: SigningKey,
+    signer: ItemSigner,
     sealing: Option<PeriodKeys>,
+}
+
+/// What signs a slot's items: the identity itself (public), or the identity blinded for the
+/// slot (private).
+#[derive(Debug)]
+enum ItemSigner {
+    Identity(SigningKey),
+    Blinded(SlotSigner),
 }
 
 /// How a lookup of one peer reads what it finds: which keys to look up, and how to turn an
@@ -71,7 +81,7 @@ impl Privacy {
     pub fn slots(&self, identity: &SecretKey, unix_time: Duration) -> Vec<Slot> {
         match self {
             Self::Public => vec![Slot {
-                signing: identity.signing_key(),
+                signer: ItemSigner::Identity(identity.signing_key()),
                 sealing: None,
             }],
             Self::Private(secret) => {
@@ -79,12 +89,14 @@ impl Privacy {
                 secret
                     .periods(&me, unix_time)
                     .iter()
-                    .map(|period| {
+                    .filter_map(|period| {
                         let keys = secret.keys(&me, period);
-                        Slot {
-                            signing: keys.slot_signing_key(),
+                        // Always there: the keys are for `identity` itself.
+                        let signer = keys.slot_signer(identity)?;
+                        Some(Slot {
+                            signer: ItemSigner::Blinded(signer),
                             sealing: Some(keys),
-                        }
+                        })
                     })
                     .collect()
             }
@@ -109,14 +121,21 @@ impl Privacy {
 }
 
 impl Slot {
-    /// The key that signs the item.
-    pub fn signing_key(&self) -> SigningKey {
-        self.signing.clone()
-    }
-
     /// The public key the item is stored under.
     pub fn public(&self) -> [u8; KEY_BYTES] {
-        self.signing.verifying_key().to_bytes()
+        match &self.signer {
+            ItemSigner::Identity(key) => key.verifying_key().to_bytes(),
+            ItemSigner::Blinded(signer) => signer.public(),
+        }
+    }
+
+    /// The BEP 44 signature of an item of this slot with `value` at `seq`.
+    pub fn sign_item(&self, seq: i64, value: &[u8]) -> [u8; 64] {
+        let signable = bep44_signable(seq, value, self.salt());
+        match &self.signer {
+            ItemSigner::Identity(key) => key.sign(&signable).to_bytes(),
+            ItemSigner::Blinded(signer) => signer.sign(&signable),
+        }
     }
 
     /// The BEP 44 salt: the protocol's in public mode; none in private mode, where the key alone
@@ -198,6 +217,19 @@ impl Reader {
     }
 }
 
+/// What a BEP 44 mutable item's signature covers: the bencoded salt (if any), sequence number
+/// and value, without the outer dictionary.
+pub fn bep44_signable(seq: i64, value: &[u8], salt: Option<&[u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len() + 64);
+    if let Some(salt) = salt {
+        out.extend_from_slice(format!("4:salt{}:", salt.len()).as_bytes());
+        out.extend_from_slice(salt);
+    }
+    out.extend_from_slice(format!("3:seqi{seq}e1:v{}:", value.len()).as_bytes());
+    out.extend_from_slice(value);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +253,9 @@ mod tests {
         assert_eq!(value, record().encode().unwrap());
         let reader = Privacy::Public.reader(&me.public_key(), Duration::ZERO);
         assert_eq!(reader.read(&slots[0].public(), 1, &value), Ok(record()));
+        // The item is signed as mainline signs it (Ed25519 signatures are deterministic).
+        let item = mainline::MutableItem::new(me.signing_key(), &value, 1, Some(RECORD_SALT));
+        assert_eq!(&slots[0].sign_item(1, &value), item.signature());
         assert_eq!(reader.read(&[9; 32], 1, &value), Err(Unreadable::WrongKey));
     }
 
@@ -242,6 +277,19 @@ mod tests {
                 assert_ne!(&slot.public(), me.public_key().ed25519_bytes());
                 let value = slot.value(&me, seq, &record(), [seq as u8; 24]).unwrap();
                 assert_eq!(reader.read(&slot.public(), seq, &value), Ok(record()));
+                // The item's signature checks out under the slot key, as DHT nodes check it.
+                let signature = slot.sign_item(seq, &value);
+                let item = mainline::MutableItem::new_signed_unchecked(
+                    slot.public(),
+                    signature,
+                    &value,
+                    seq,
+                    slot.salt(),
+                );
+                let key = ed25519_dalek::VerifyingKey::from_bytes(item.key()).unwrap();
+                let signable = bep44_signable(seq, &value, None);
+                let signature = ed25519_dalek::Signature::from_bytes(item.signature());
+                assert!(key.verify_strict(&signable, &signature).is_ok());
                 // Public-mode readers, and another network's, find nothing they can use.
                 let public = Privacy::Public.reader(&me.public_key(), now);
                 assert_eq!(

@@ -3,15 +3,18 @@
 //!
 //! For each peer and each period of [`PRIVATE_PERIOD`], every member derives from the secret,
 //! the peer's public key and the period number (keyed BLAKE2b, one label per output):
-//! - the seed of a fresh Ed25519 key, the *slot key*, that the BEP 44 item is signed by and
-//!   stored under (no salt): its public key and target say nothing about the peer's identity,
-//!   and those of two periods are unrelated without the secret;
+//! - a blinding factor h, and from it the *slot key*, the peer's identity key blinded as in
+//!   Tor's v3 onion services (A' = h·A), that the BEP 44 item is stored under (no salt). Only
+//!   the peer can sign for it (its secret scalar times h); members can compute it to look it
+//!   up; without the secret it says nothing about the identity, and the slot keys of two
+//!   periods are unrelated;
 //! - an XChaCha20-Poly1305 key that seals the item's value.
 //!
-//! Inside the ciphertext the peer signs, with its real identity, the slot key, its identity key,
-//! the period, the item's sequence number and the record: every member can write any member's
-//! slot (they all derive its key), but none can make the others accept addresses in another
-//! member's name, nor move an old record to a newer sequence or another period.
+//! Inside the ciphertext the peer also signs, with its real identity, the slot key, its identity
+//! key, the period, the item's sequence number and the record. The outer signature already
+//! proves the item is the peer's; the inner one binds the record to its slot, period and
+//! sequence even for whoever got hold of a slot key, and names what is wrong when a record is
+//! refused.
 //!
 //! Value layout (integers little-endian):
 //!
@@ -38,7 +41,10 @@ use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
 use core::fmt;
 use core::time::Duration;
-use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
+use curve25519_dalek::scalar::Scalar;
+use ed25519_dalek::hazmat::{raw_sign, ExpandedSecretKey};
+use ed25519_dalek::{Signature, Signer as _, VerifyingKey};
 
 /// How long one slot key and sealing key serve. The nodes storing a slot can link the publishes
 /// of one period (same key; they also see the publisher's IP), never two periods, so shorter is
@@ -77,9 +83,16 @@ pub struct NetworkSecret([u8; KEY_BYTES]);
 pub struct PeriodKeys {
     peer: PublicKey,
     period: u64,
-    slot: SigningKey,
+    blind: Scalar,
     slot_public: [u8; KEY_BYTES],
     seal: [u8; KEY_BYTES],
+}
+
+/// What signs the items of one slot: the peer's identity, blinded for the slot. Only the peer
+/// can make one.
+pub struct SlotSigner {
+    expanded: ExpandedSecretKey,
+    public: VerifyingKey,
 }
 
 /// Why a sealed value was refused.
@@ -141,12 +154,15 @@ impl NetworkSecret {
 
     /// The keys of `peer`'s slot in `period`.
     pub fn keys(&self, peer: &PublicKey, period: u64) -> PeriodKeys {
-        let slot = SigningKey::from_bytes(&self.derive(LABEL_SLOT, peer, period));
+        let mut wide = [0u8; 64];
+        wide[..KEY_BYTES].copy_from_slice(&self.derive(LABEL_BLIND, peer, period));
+        wide[KEY_BYTES..].copy_from_slice(&self.derive(LABEL_BLIND_WIDE, peer, period));
+        let blind = Scalar::from_bytes_mod_order_wide(&wide);
         PeriodKeys {
             peer: *peer,
             period,
-            slot_public: slot.verifying_key().to_bytes(),
-            slot,
+            blind,
+            slot_public: (blind * identity_point(peer)).compress().to_bytes(),
             seal: self.derive(LABEL_SEAL, peer, period),
         }
     }
@@ -208,9 +224,30 @@ impl PeriodKeys {
         &self.slot_public
     }
 
-    /// The key that signs the BEP 44 item.
-    pub fn slot_signing_key(&self) -> SigningKey {
-        self.slot.clone()
+    /// What signs this slot's items, for the peer itself: `identity` blinded for the slot.
+    /// `None` for any other identity, which cannot sign for the slot.
+    pub fn slot_signer(&self, identity: &SecretKey) -> Option<SlotSigner> {
+        if identity.public_key() != self.peer {
+            return None;
+        }
+        let own = ExpandedSecretKey::from(identity.signing_key().as_bytes());
+        // The nonce prefix must stay secret to the peer and differ per slot.
+        let Ok(mut prefix) = blake2::Blake2bMac::<U32>::new_with_salt_and_personal(
+            &own.hash_prefix,
+            &[],
+            LABEL_PREFIX,
+        ) else {
+            unreachable!("BLAKE2b takes a 32-byte key and a 16-byte personalisation")
+        };
+        prefix.update(&self.slot_public);
+        let expanded = ExpandedSecretKey {
+            scalar: self.blind * own.scalar,
+            hash_prefix: prefix.finalize().into_bytes().into(),
+        };
+        Some(SlotSigner {
+            public: VerifyingKey::from(self.blind * identity_point(&self.peer)),
+            expanded,
+        })
     }
 
     /// Seals `record` as the item of sequence `seq`, signed by `identity`, which must be the
@@ -326,6 +363,24 @@ impl PeriodKeys {
     }
 }
 
+impl SlotSigner {
+    /// The slot's public key (equal to `PeriodKeys::slot_public`).
+    pub fn public(&self) -> [u8; KEY_BYTES] {
+        self.public.to_bytes()
+    }
+
+    /// An Ed25519 signature of `message` by the slot key.
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        raw_sign::<sha2::Sha512>(&self.expanded, message, &self.public).to_bytes()
+    }
+}
+
+impl fmt::Debug for SlotSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SlotSigner({:?})", self.public)
+    }
+}
+
 impl fmt::Debug for PeriodKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "PeriodKeys({}, period {})", self.peer, self.period)
@@ -344,9 +399,19 @@ const SIGNATURE_AT: usize = 17;
 const INNER_HEADER_BYTES: usize = 81;
 
 // BLAKE2b personalisations (at most 16 bytes), one per derived value.
-const LABEL_SLOT: &[u8] = b"dhtun slot v1";
+const LABEL_BLIND: &[u8] = b"dhtun blind v1";
+const LABEL_BLIND_WIDE: &[u8] = b"dhtun blind2 v1";
+const LABEL_PREFIX: &[u8] = b"dhtun prefix v1";
 const LABEL_SEAL: &[u8] = b"dhtun seal v1";
 const LABEL_OFFSET: &[u8] = b"dhtun offset v1";
+
+/// The Edwards point of `peer`'s identity key. A `PublicKey` holds only keys that decompress
+/// (checked when it was parsed), so the fallback, the identity point, is never used.
+fn identity_point(peer: &PublicKey) -> EdwardsPoint {
+    CompressedEdwardsY(*peer.ed25519_bytes())
+        .decompress()
+        .unwrap_or_default()
+}
 
 /// The `N` bytes of `header` from `at`.
 fn field<const N: usize>(header: &[u8; INNER_HEADER_BYTES], at: usize) -> [u8; N] {

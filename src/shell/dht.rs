@@ -338,7 +338,9 @@ impl Dht {
         let value = slot
             .value(key, seq, record, random_nonce())
             .map_err(|e| format!("encoding our record: {e}"))?;
-        let item = MutableItem::new(slot.signing_key(), &value, seq, slot.salt());
+        let signature = slot.sign_item(seq, &value);
+        let item =
+            MutableItem::new_signed_unchecked(slot.public(), signature, &value, seq, slot.salt());
         let node = self.inner.node.clone();
         let put = async move { node.put_mutable(item, None).await };
         match isolated(DHT_PUBLISH_TIMEOUT, put).await {

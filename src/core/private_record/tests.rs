@@ -256,6 +256,33 @@ fn random_values_never_panic() {
     }
 }
 
+#[test]
+fn only_the_peer_can_sign_for_its_slot() {
+    let (peer, member) = (identity(1), identity(2));
+    let network = secret(7);
+    let keys = network.keys(&peer.public_key(), PERIOD);
+    assert!(keys.slot_signer(&member).is_none());
+    let signer = keys.slot_signer(&peer).unwrap();
+    assert_eq!(&signer.public(), keys.slot_public());
+    let slot = VerifyingKey::from_bytes(keys.slot_public()).unwrap();
+    let signature = Signature::from_bytes(&signer.sign(b"an item"));
+    assert!(slot.verify_strict(b"an item", &signature).is_ok());
+    assert!(slot.verify_strict(b"another item", &signature).is_err());
+    // The member's own key, or the peer's unblinded one, does not sign for the slot.
+    let by_member = member.signing_key().sign(b"an item");
+    assert!(slot.verify_strict(b"an item", &by_member).is_err());
+    let by_identity = peer.signing_key().sign(b"an item");
+    assert!(slot.verify_strict(b"an item", &by_identity).is_err());
+    // Another period's signer signs for another key, with other nonces.
+    let next = network.keys(&peer.public_key(), PERIOD + 1);
+    let next_signer = next.slot_signer(&peer).unwrap();
+    assert_ne!(next_signer.public(), signer.public());
+    assert_ne!(
+        next_signer.sign(b"an item")[..32],
+        signer.sign(b"an item")[..32]
+    );
+}
+
 /// The inner part of a value sealed with `keys`, as a member can read it.
 fn decrypt(keys: &PeriodKeys, value: &[u8]) -> Vec<u8> {
     keys.decrypt(value).unwrap()

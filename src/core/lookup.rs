@@ -35,11 +35,11 @@ pub enum Offered {
     Malformed,
     /// Private mode: does not decrypt with this network's key.
     Undecryptable,
-    /// Private mode: not signed by the peer (a member writing in its name).
+    /// Private mode: not signed by the peer (someone writing in its name).
     Forged,
-    /// Private mode: signed by the peer for another period (replayed by a member).
+    /// Private mode: signed by the peer for another period (an old record replayed).
     WrongPeriod,
-    /// Private mode: signed by the peer for another sequence (replayed by a member).
+    /// Private mode: signed by the peer for another sequence (an old record replayed).
     Replayed,
 }
 

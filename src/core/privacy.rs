@@ -63,11 +63,11 @@ pub enum Unreadable {
     Malformed,
     /// Does not decrypt with this network's key: another network's record.
     Undecryptable,
-    /// Not signed by the peer: a member writing in another member's name.
+    /// Not signed inside by the peer: someone writing in its name.
     Forged,
-    /// Signed for another period: an old record replayed by a member.
+    /// Signed for another period: an old record replayed.
     WrongPeriod,
-    /// Signed for another sequence: an old record re-wrapped by a member.
+    /// Signed for another sequence: an old record re-wrapped.
     Replayed,
 }
 

@@ -102,19 +102,18 @@ pub enum PrivateError {
     TooLarge(usize),
     #[error("sealed record is too short")]
     Truncated,
-    /// Not sealed with this network's key for this slot: another network's record, or junk
-    /// from someone holding the slot key but not the secret (nobody should).
+    /// Not sealed with this network's key for this slot: another network's record, or junk.
     #[error("sealed record does not decrypt with this network's key")]
     Undecryptable,
     #[error("sealed record version {0}, expected {PRIVATE_VERSION}")]
     Version(u8),
-    /// Sealed for this slot but signed for another period: a member replaying an old record.
+    /// Sealed for this slot but signed for another period: an old record replayed.
     #[error("sealed record is for period {got}, expected {expected}")]
     WrongPeriod { got: u64, expected: u64 },
-    /// Signed for another sequence than the item's: a member re-wrapping an old record.
+    /// Signed for another sequence than the item's: an old record re-wrapped.
     #[error("sealed record was signed for sequence {inner}, the item has {outer}")]
     Replayed { inner: i64, outer: i64 },
-    /// Not signed by the peer's identity: a member writing in another member's name.
+    /// Not signed inside by the peer's identity: someone writing in the peer's name.
     #[error("sealed record is not signed by the peer")]
     Forged,
     /// Signed by the peer, but the record inside is not one this version reads.
@@ -273,8 +272,9 @@ impl PeriodKeys {
         Ok(self.seal_inner(inner, nonce))
     }
 
-    /// Seals arbitrary inner bytes: what a member could write into any slot. For tests and the
-    /// fuzz target, which need values that decrypt but are wrong inside.
+    /// Seals arbitrary inner bytes: what any member can seal (though only the peer can sign the
+    /// item). For tests and the fuzz target, which need values that decrypt but are wrong
+    /// inside.
     pub fn seal_inner(&self, mut inner: Vec<u8>, nonce: [u8; NONCE_BYTES]) -> Vec<u8> {
         let cipher = XChaCha20Poly1305::new((&self.seal).into());
         // Encrypting in memory cannot fail below the cipher's 256 GiB message limit.

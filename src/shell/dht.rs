@@ -108,11 +108,11 @@ pub struct DhtStatus {
     pub records_bad_signature: u64,
     /// Private mode: values that do not decrypt with the network's key (another network's).
     pub records_undecryptable: u64,
-    /// Private mode: values not signed by the peer inside (a member writing in its name).
+    /// Private mode: values not signed by the peer inside (someone writing in its name).
     pub records_forged: u64,
-    /// Private mode: values the peer signed for another period or sequence (a member
-    /// replaying an old record).
+    /// Private mode: values the peer signed for another period (an old record replayed).
     pub records_wrong_period: u64,
+    /// Private mode: values the peer signed for another sequence (an old record re-wrapped).
     pub records_replayed: u64,
 }
 

@@ -26,7 +26,7 @@ fi
 shift || true
 targets=("$@")
 if ((${#targets[@]} == 0)); then
-    targets=(wire handshake device packet record krpc config)
+    targets=(wire handshake device packet record private_record krpc config)
 fi
 target_dir=${DHTUN_FUZZ_TARGET_DIR:-${HOME}/.cache/dhtun/fuzz-target}
 sanitizer=${DHTUN_FUZZ_SANITIZER:-none}

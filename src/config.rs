@@ -87,6 +87,8 @@ pub struct DhtConfig {
     pub server_mode: bool,
     /// How long to wait for one DHT node's answer; None keeps mainline's 2 s.
     pub request_timeout: Option<Duration>,
+    /// Public records (the default), or private ones sealed with `network_secret_file`.
+    pub privacy: crate::core::privacy::Privacy,
 }
 
 impl Config {
@@ -180,6 +182,7 @@ impl Default for DhtConfig {
             port: 0,
             server_mode: false,
             request_timeout: None,
+            privacy: crate::core::privacy::Privacy::Public,
         }
     }
 }
@@ -224,6 +227,7 @@ struct RawDht {
     port: Option<u16>,
     server_mode: Option<bool>,
     request_timeout_ms: Option<u64>,
+    network_secret_file: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -554,6 +558,24 @@ impl Ctx<'_> {
                 .request_timeout_ms
                 .filter(|&ms| ms > 0)
                 .map(Duration::from_millis),
+            privacy: match raw.network_secret_file {
+                None => crate::core::privacy::Privacy::Public,
+                Some(file) => crate::core::privacy::Privacy::Private(self.network_secret(&file)?),
+            },
+        })
+    }
+
+    /// The secret of a private network, read and checked as the key files are.
+    fn network_secret(
+        &self,
+        file: &Spanned<String>,
+    ) -> Result<crate::core::private_record::NetworkSecret, ConfigError> {
+        let text = self.read_key_file(file, "network_secret_file")?;
+        crate::core::private_record::NetworkSecret::from_base64(&text).map_err(|e| {
+            self.err(
+                Some(file.span()),
+                format!("network_secret_file {}: {e}", file.get_ref()),
+            )
         })
     }
 }

@@ -14,6 +14,7 @@ fn main() {
         "device" => dhtun_fuzz::device::run,
         "packet" => dhtun_fuzz::packet::run,
         "record" => dhtun_fuzz::record::run,
+        "private_record" => dhtun_fuzz::private_record::run,
         "krpc" => dhtun_fuzz::krpc::run,
         "config" => dhtun_fuzz::config::run,
         other => {

@@ -15,6 +15,7 @@ pub mod known;
 pub mod krpc;
 pub mod mac;
 pub mod packet;
+pub mod private_record;
 pub mod record;
 pub mod seeds;
 pub mod wire;

@@ -381,6 +381,32 @@ fn record_seeds() -> Vec<Seed> {
     ]
 }
 
+fn private_record_seeds() -> Vec<Seed> {
+    let (peer, keys) = crate::private_record::keys();
+    let record = Record::new(51820, &["198.18.0.1".parse().unwrap()], None).unwrap();
+    let seq: i64 = 1_700_000_000_000_000;
+    let program = |mode: u8, rest: &[u8]| {
+        let mut out = vec![mode];
+        out.extend_from_slice(&seq.to_le_bytes());
+        out.extend_from_slice(rest);
+        out
+    };
+    let sealed = keys.seal(&peer, seq, &record, [3; 24]).unwrap();
+    let inner = keys.decrypt(&sealed).unwrap();
+    let seed = |name, bytes| Seed {
+        target: "private_record",
+        name,
+        bytes,
+    };
+    vec![
+        // A value as long as a sealed one, sealed by nobody.
+        seed("unsealed", program(0, &vec![0x5a; sealed.len()])),
+        // The peer's genuine inner part: it opens, and its mutations probe every inner check.
+        seed("genuine-inner", program(1, &inner)),
+        seed("record", program(2, &record.encode().unwrap())),
+    ]
+}
+
 fn krpc_seeds() -> Vec<Seed> {
     // As mainline 8 answers a ping; the transaction id is filled in by the target.
     let answer = |ip: &[u8]| {
@@ -476,6 +502,7 @@ pub fn all() -> Vec<Seed> {
     seeds.extend(device_seeds());
     seeds.extend(packet_seeds());
     seeds.extend(record_seeds());
+    seeds.extend(private_record_seeds());
     seeds.extend(krpc_seeds());
     seeds.extend(config_seeds());
     seeds

@@ -5,12 +5,13 @@ use std::path::Path;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 7] = [
+const TARGETS: [(&str, Target); 8] = [
     ("wire", dhtun_fuzz::wire::run),
     ("handshake", dhtun_fuzz::handshake::run),
     ("device", dhtun_fuzz::device::run),
     ("packet", dhtun_fuzz::packet::run),
     ("record", dhtun_fuzz::record::run),
+    ("private_record", dhtun_fuzz::private_record::run),
     ("krpc", dhtun_fuzz::krpc::run),
     ("config", dhtun_fuzz::config::run),
 ];

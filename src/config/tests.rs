@@ -303,3 +303,43 @@ fn one_prefix_more_than_supported_is_refused_at_its_peer() {
         "{e}"
     );
 }
+
+#[test]
+fn network_secret_file_makes_records_private() {
+    use crate::core::privacy::Privacy;
+    use crate::core::private_record::NetworkSecret;
+    let dir = std::env::temp_dir().join(format!("dhtun-secret-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("net.secret");
+    std::fs::write(&good, format!("{KEY_A}\n")).unwrap();
+    let short = dir.join("short.secret");
+    std::fs::write(&short, "AQEB\n").unwrap();
+    let config = |file: &str| {
+        let text = format!(
+            "[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n\n\
+             [dht]\nbootstrap = [\"198.18.0.254:6881\"]\nnetwork_secret_file = \"{file}\"\n"
+        );
+        Config::parse(&dir.join("t.toml"), &text)
+    };
+    let public = parse(&format!(
+        "[interface]\nprivate_key = \"{KEY_A}\"\naddress = [\"100.64.0.1/24\"]\n"
+    ))
+    .unwrap();
+    assert_eq!(public.dht.privacy, Privacy::Public);
+    // Relative to the config file, as key files are.
+    assert_eq!(
+        config("net.secret").unwrap().dht.privacy,
+        Privacy::Private(NetworkSecret::from_bytes([1; 32]))
+    );
+    for (file, says) in [
+        ("short.secret", "decodes to 3 bytes, expected 32"),
+        ("missing.secret", "No such file"),
+    ] {
+        let err = config(file).unwrap_err().to_string();
+        assert!(
+            err.contains(":7:") && err.contains("network_secret_file") && err.contains(says),
+            "{file}: {err}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

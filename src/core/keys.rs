@@ -149,7 +149,7 @@ impl fmt::Debug for PresharedKey {
     }
 }
 
-fn decode_32(text: &str) -> Result<[u8; KEY_BYTES], KeyError> {
+pub(crate) fn decode_32(text: &str) -> Result<[u8; KEY_BYTES], KeyError> {
     let bytes = BASE64
         .decode(text.trim().as_bytes())
         .map_err(|_| KeyError::Base64)?;

@@ -12,6 +12,7 @@
 //! time since the lookup started, which the shell passes in.
 
 use crate::core::limits::{DHT_RESOLVE_SETTLE, DHT_RESOLVE_TIMEOUT};
+use crate::core::privacy::{Reader, Unreadable};
 use crate::core::record::{is_newer, Record};
 use core::time::Duration;
 
@@ -32,11 +33,19 @@ pub enum Offered {
     WrongKey,
     /// Validly signed, but not a record this version reads.
     Malformed,
+    /// Private mode: does not decrypt with this network's key.
+    Undecryptable,
+    /// Private mode: not signed by the peer (someone writing in its name).
+    Forged,
+    /// Private mode: signed by the peer for another period (an old record replayed).
+    WrongPeriod,
+    /// Private mode: signed by the peer for another sequence (an old record replayed).
+    Replayed,
 }
 
 /// Picks the newest acceptable record among the items of one lookup.
 pub struct RecordPicker {
-    key: [u8; 32],
+    reader: Reader,
     seen: Option<i64>,
     best: Option<(i64, Record)>,
     /// When the first acceptable record came, since the lookup started.
@@ -44,10 +53,16 @@ pub struct RecordPicker {
 }
 
 impl RecordPicker {
-    /// A lookup of `key`'s record by a caller that already has the record with sequence `seen`.
+    /// A lookup of `key`'s public record by a caller that already has the record with sequence
+    /// `seen`.
     pub fn new(key: [u8; 32], seen: Option<i64>) -> Self {
+        Self::with_reader(Reader::Public { key }, seen)
+    }
+
+    /// A lookup that reads items as `reader` says (public, or the slots of a private network).
+    pub fn with_reader(reader: Reader, seen: Option<i64>) -> Self {
         Self {
-            key,
+            reader,
             seen,
             best: None,
             first_at: None,
@@ -56,7 +71,7 @@ impl RecordPicker {
 
     /// Takes in one item (its key, sequence and value), `now` after the lookup started.
     pub fn offer(&mut self, key: &[u8; 32], seq: i64, value: &[u8], now: Duration) -> Offered {
-        if key != &self.key {
+        if !self.reader.asked_for(key) {
             return Offered::WrongKey;
         }
         let best = self.best.as_ref().map(|(best, _)| *best);
@@ -69,8 +84,14 @@ impl RecordPicker {
         if !is_newer(best, seq) {
             return Offered::Superseded;
         }
-        let Ok(record) = Record::decode(value) else {
-            return Offered::Malformed;
+        let record = match self.reader.read(key, seq, value) {
+            Ok(record) => record,
+            Err(Unreadable::WrongKey) => return Offered::WrongKey,
+            Err(Unreadable::Malformed) => return Offered::Malformed,
+            Err(Unreadable::Undecryptable) => return Offered::Undecryptable,
+            Err(Unreadable::Forged) => return Offered::Forged,
+            Err(Unreadable::WrongPeriod) => return Offered::WrongPeriod,
+            Err(Unreadable::Replayed) => return Offered::Replayed,
         };
         self.best = Some((seq, record));
         self.first_at.get_or_insert(now);
@@ -178,5 +199,58 @@ mod tests {
         let mut late = RecordPicker::new(KEY, None);
         late.offer(&KEY, 100, &value(1), DHT_RESOLVE_TIMEOUT - ms(1));
         assert_eq!(late.deadline(), DHT_RESOLVE_TIMEOUT);
+    }
+
+    #[test]
+    fn a_private_lookup_reads_both_periods_and_names_every_refusal() {
+        use crate::core::keys::SecretKey;
+        use crate::core::privacy::Privacy;
+        use crate::core::private_record::{NetworkSecret, PRIVATE_PERIOD};
+        let peer = SecretKey::from_seed([1; 32]);
+        let member = SecretKey::from_seed([2; 32]);
+        let privacy = Privacy::Private(NetworkSecret::from_bytes([7; 32]));
+        // Find an instant near a boundary: two slots.
+        let now = (0..1000u32)
+            .map(|i| PRIVATE_PERIOD / 100 * i)
+            .find(|&t| privacy.slots(&peer, t).len() == 2)
+            .unwrap();
+        let slots = privacy.slots(&peer, now);
+        let reader = privacy.reader(&peer.public_key(), now);
+        let record = Record::new(9, &["192.0.2.1".parse().unwrap()], None).unwrap();
+        let mut picker = RecordPicker::with_reader(reader, None);
+        let (old, new) = (&slots[0], &slots[1]);
+        let sealed = |slot: &crate::core::privacy::Slot, who: &SecretKey, seq| {
+            slot.value(who, seq, &record, [seq as u8; 24]).unwrap()
+        };
+        assert_eq!(
+            picker.offer(&old.public(), 10, &sealed(old, &member, 10), ms(1)),
+            Offered::Forged
+        );
+        assert_eq!(
+            picker.offer(&old.public(), 11, &sealed(old, &peer, 10), ms(1)),
+            Offered::Replayed
+        );
+        assert_eq!(
+            picker.offer(&old.public(), 12, &sealed(new, &peer, 12), ms(1)),
+            Offered::Undecryptable
+        );
+        assert_eq!(
+            picker.offer(
+                peer.public_key().ed25519_bytes(),
+                13,
+                &record.encode().unwrap(),
+                ms(1)
+            ),
+            Offered::WrongKey
+        );
+        assert_eq!(
+            picker.offer(&old.public(), 20, &sealed(old, &peer, 20), ms(2)),
+            Offered::Taken { replaced: false }
+        );
+        assert_eq!(
+            picker.offer(&new.public(), 21, &sealed(new, &peer, 21), ms(3)),
+            Offered::Taken { replaced: true }
+        );
+        assert_eq!(picker.finish(), Some((21, record)));
     }
 }

@@ -16,6 +16,8 @@ pub mod offload;
 pub mod pacer;
 pub mod packet;
 pub mod peer;
+pub mod privacy;
+pub mod private_record;
 pub mod ratelimit;
 pub mod record;
 pub mod reflexive;

@@ -295,7 +295,8 @@ const FAMILY_V4: u8 = 4;
 const FAMILY_V6: u8 = 6;
 
 /// The largest record the encoding allows, which must fit in a DHT item.
-const MAX_ENCODED_BYTES: usize = HEADER_BYTES + (MAX_RECORD_CANDIDATES + 2) * (1 + 16) + PORT_BYTES;
+pub const MAX_ENCODED_BYTES: usize =
+    HEADER_BYTES + (MAX_RECORD_CANDIDATES + 2) * (1 + 16) + PORT_BYTES;
 const _: () = assert!(MAX_ENCODED_BYTES <= MAX_RECORD_BYTES);
 
 fn check_usable(ip: IpAddr) -> Result<(), RecordError> {

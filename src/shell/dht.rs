@@ -35,7 +35,9 @@ use crate::core::limits::{
     MAX_RESOLVE_ITEMS,
 };
 use crate::core::lookup::{Offered, RecordPicker};
-use crate::core::record::{next_sequence, Record, RECORD_SALT};
+use crate::core::privacy::{Privacy, Reader, Slot};
+use crate::core::private_record::NONCE_BYTES;
+use crate::core::record::{next_sequence, Record};
 use anyhow::Context as _;
 use futures::StreamExt as _;
 use mainline::async_dht::{AsyncDht, GetMutableOutcomeReceiver};
@@ -94,7 +96,9 @@ pub struct DhtStatus {
     pub publishes: u64,
     pub publish_failures: u64,
     pub resolves: u64,
-    /// Items refused by lookups: the sum of the three counters below.
+    /// Whether records are private (`[dht] network_secret_file`): sealed, under per-period keys.
+    pub private: bool,
+    /// Items refused by lookups: the sum of the counters below.
     pub records_ignored: u64,
     /// Validly signed values that are not a dhtun record we can read.
     pub records_malformed: u64,
@@ -102,6 +106,14 @@ pub struct DhtStatus {
     pub records_older: u64,
     /// Values whose signature, key or target did not check out (counted by mainline).
     pub records_bad_signature: u64,
+    /// Private mode: values that do not decrypt with the network's key (another network's).
+    pub records_undecryptable: u64,
+    /// Private mode: values not signed by the peer inside (someone writing in its name).
+    pub records_forged: u64,
+    /// Private mode: values the peer signed for another period (an old record replayed).
+    pub records_wrong_period: u64,
+    /// Private mode: values the peer signed for another sequence (an old record re-wrapped).
+    pub records_replayed: u64,
 }
 
 impl DhtOptions {
@@ -197,26 +209,47 @@ impl Dht {
     /// used before; returns that number. Publishes of one node run one at a time. Waits for the
     /// DHT nodes' answers: a publish takes one lookup and one round of puts.
     pub async fn publish(&self, key: &SecretKey, record: &Record) -> anyhow::Result<i64> {
-        let value = record.encode().context("encoding our DHT record")?;
+        self.publish_with(key, record, &Privacy::Public).await
+    }
+
+    /// Publishes `record` in every slot `privacy` names for now (private mode: one or two
+    /// periods, each sealed and under its own key); returns the last sequence used. Fails if
+    /// any slot could not be written.
+    pub async fn publish_with(
+        &self,
+        key: &SecretKey,
+        record: &Record,
+        privacy: &Privacy,
+    ) -> anyhow::Result<i64> {
         let mut last = self.inner.last_seq.lock().await;
-        let mut seq = next_sequence(*last, unix_now());
-        let mut result = self.put(key, &value, seq).await;
-        if let Err(failure) = &result {
-            // Either the DHT holds a record of ours with a higher sequence (our clock stepped
-            // back, or this key ran elsewhere with a clock ahead of ours), or the nodes refused
-            // the write tokens mainline cached for our key before our address changed (see the
-            // module doc). A lookup of our own key, run to its end, tells the highest sequence
-            // and refreshes those tokens; then try once more, above that sequence.
-            tracing::debug!("DHT: put failed ({failure}); looking our record up and retrying");
-            let newest = self.newest_sequence(key.public_key()).await;
-            seq = next_sequence(Some(newest.unwrap_or(seq).max(seq)), unix_now());
-            result = self.put(key, &value, seq).await;
+        let mut result = Ok(0);
+        let mut seq = 0;
+        for slot in privacy.slots(key, unix_now()) {
+            seq = next_sequence(*last, unix_now());
+            let mut put = self.put(key, &slot, record, seq).await;
+            if let Err(failure) = &put {
+                // Either the DHT holds a record of ours with a higher sequence (our clock
+                // stepped back, or this key ran elsewhere with a clock ahead of ours), or the
+                // nodes refused the write tokens mainline cached for our key before our
+                // address changed (see the module doc). A lookup of our own key, run to its
+                // end, tells the highest sequence and refreshes those tokens; then try once
+                // more, above that sequence.
+                tracing::debug!("DHT: put failed ({failure}); looking our record up and retrying");
+                let newest = self.newest_sequence(&slot).await;
+                seq = next_sequence(Some(newest.unwrap_or(seq).max(seq)), unix_now());
+                put = self.put(key, &slot, record, seq).await;
+            }
+            // Even a failed put may have reached some nodes, so the next one must go higher.
+            *last = Some(seq);
+            if let Some(period) = slot.period() {
+                tracing::debug!(period, ok = put.is_ok(), "DHT: private record put");
+            }
+            result = result.and(put);
         }
-        // Even a failed put may have reached some nodes, so the next one must go higher.
-        *last = Some(seq);
         drop(last);
 
         let mut status = self.inner.status();
+        status.private = privacy.is_private();
         match result {
             Ok(stored_at) => {
                 status.publishes += 1;
@@ -260,14 +293,31 @@ impl Dht {
         seen: Option<i64>,
         first: Option<oneshot::Sender<(i64, Record)>>,
     ) -> anyhow::Result<Option<(i64, Record)>> {
-        self.inner.status().resolves += 1;
+        self.resolve_with(peer, seen, first, &Privacy::Public).await
+    }
+
+    /// Like `resolve_early`, reading the slots `privacy` names for now: in private mode the
+    /// peer's slot of the current period, and of the neighbouring one near a boundary, both
+    /// looked up at once.
+    pub async fn resolve_with(
+        &self,
+        peer: &PublicKey,
+        seen: Option<i64>,
+        first: Option<oneshot::Sender<(i64, Record)>>,
+        privacy: &Privacy,
+    ) -> anyhow::Result<Option<(i64, Record)>> {
+        {
+            let mut status = self.inner.status();
+            status.resolves += 1;
+            status.private = privacy.is_private();
+        }
         let node = self.inner.node.clone();
         let status = Arc::clone(&self.inner.status);
-        let key = *peer.ed25519_bytes();
+        let reader = privacy.reader(peer, unix_now());
         // The lookup stops itself by DHT_RESOLVE_TIMEOUT with what it found; this limit only
         // backs that up.
         let limit = DHT_RESOLVE_TIMEOUT + DHT_ACTOR_TIMEOUT;
-        let found = isolated(limit, lookup(node, status, key, seen, first)).await?;
+        let found = isolated(limit, lookup(node, status, reader, seen, first)).await?;
         Ok(found.flatten())
     }
 
@@ -276,9 +326,21 @@ impl Dht {
         self.inner.status().clone()
     }
 
-    /// One put of `value` at `seq`; on success, how many nodes stored it.
-    async fn put(&self, key: &SecretKey, value: &[u8], seq: i64) -> Result<u32, String> {
-        let item = MutableItem::new(key.signing_key(), value, seq, Some(RECORD_SALT));
+    /// One put of `record` in `slot` at `seq`, signed (and, when private, sealed) by `key`; on
+    /// success, how many nodes stored it.
+    async fn put(
+        &self,
+        key: &SecretKey,
+        slot: &Slot,
+        record: &Record,
+        seq: i64,
+    ) -> Result<u32, String> {
+        let value = slot
+            .value(key, seq, record, random_nonce())
+            .map_err(|e| format!("encoding our record: {e}"))?;
+        let signature = slot.sign_item(seq, &value);
+        let item =
+            MutableItem::new_signed_unchecked(slot.public(), signature, &value, seq, slot.salt());
         let node = self.inner.node.clone();
         let put = async move { node.put_mutable(item, None).await };
         match isolated(DHT_PUBLISH_TIMEOUT, put).await {
@@ -303,7 +365,21 @@ impl Dht {
         key: &SecretKey,
         record: &Record,
     ) -> anyhow::Result<Option<i64>> {
-        let newest = self.newest_sequence(key.public_key()).await;
+        self.publish_above_earlier_runs_with(key, record, &Privacy::Public)
+            .await
+    }
+
+    /// `publish_above_earlier_runs` for the slots `privacy` names.
+    pub async fn publish_above_earlier_runs_with(
+        &self,
+        key: &SecretKey,
+        record: &Record,
+        privacy: &Privacy,
+    ) -> anyhow::Result<Option<i64>> {
+        let mut newest = None;
+        for slot in privacy.slots(key, unix_now()) {
+            newest = newest.max(self.newest_sequence(&slot).await);
+        }
         {
             let mut last = self.inner.last_seq.lock().await;
             match (newest, *last) {
@@ -311,13 +387,14 @@ impl Dht {
                 _ => return Ok(None),
             }
         }
-        self.publish(key, record).await.map(Some)
+        self.publish_with(key, record, privacy).await.map(Some)
     }
 
-    async fn newest_sequence(&self, key: PublicKey) -> Option<i64> {
+    async fn newest_sequence(&self, slot: &Slot) -> Option<i64> {
         let node = self.inner.node.clone();
+        let (key, salt) = (slot.public(), slot.salt());
         let newest = async move {
-            let items = node.get_mutable(key.ed25519_bytes(), Some(RECORD_SALT), None);
+            let items = node.get_mutable(&key, salt, None);
             items
                 .take(MAX_RESOLVE_ITEMS)
                 .fold(None, |newest: Option<i64>, item| async move {
@@ -362,16 +439,20 @@ impl Drop for Inner {
 async fn lookup(
     node: AsyncDht,
     status: Arc<Mutex<DhtStatus>>,
-    key: [u8; 32],
+    reader: Reader,
     seen: Option<i64>,
     mut first: Option<oneshot::Sender<(i64, Record)>>,
 ) -> Option<(i64, Record)> {
     let started = tokio::time::Instant::now();
-    let lookup = node.get_mutable_detailed(&key, Some(RECORD_SALT), seen);
-    // Items that fail mainline's checks never reach us; its final tally counts them.
-    tokio::spawn(count_bad_signatures(lookup.outcome, Arc::clone(&status)));
-    let mut items = lookup.items.take(MAX_RESOLVE_ITEMS);
-    let mut picker = RecordPicker::new(key, seen);
+    // One get per slot (two near a private period's boundary), their items merged.
+    let streams = reader.targets().into_iter().map(|(key, salt)| {
+        let lookup = node.get_mutable_detailed(&key, salt, seen);
+        // Items that fail mainline's checks never reach us; its final tally counts them.
+        tokio::spawn(count_bad_signatures(lookup.outcome, Arc::clone(&status)));
+        lookup.items
+    });
+    let mut items = futures::stream::select_all(streams).take(MAX_RESOLVE_ITEMS);
+    let mut picker = RecordPicker::with_reader(reader, seen);
     // Ends when the lookup does, or at the picker's deadline, whichever comes first.
     while let Ok(Some(item)) =
         tokio::time::timeout_at(started + picker.deadline(), items.next()).await
@@ -386,6 +467,10 @@ async fn lookup(
             Offered::Older => count(&status, 1, |s| &mut s.records_older),
             Offered::WrongKey => count(&status, 1, |s| &mut s.records_bad_signature),
             Offered::Malformed => count(&status, 1, |s| &mut s.records_malformed),
+            Offered::Undecryptable => count(&status, 1, |s| &mut s.records_undecryptable),
+            Offered::Forged => count(&status, 1, |s| &mut s.records_forged),
+            Offered::WrongPeriod => count(&status, 1, |s| &mut s.records_wrong_period),
+            Offered::Replayed => count(&status, 1, |s| &mut s.records_replayed),
         }
     }
     picker.finish()
@@ -532,6 +617,14 @@ fn lock(status: &Mutex<DhtStatus>) -> MutexGuard<'_, DhtStatus> {
     status
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A fresh random nonce for a sealed record.
+fn random_nonce() -> [u8; NONCE_BYTES] {
+    use rand_core::RngCore as _;
+    let mut nonce = [0u8; NONCE_BYTES];
+    rand_core::OsRng.fill_bytes(&mut nonce);
+    nonce
 }
 
 fn unix_now() -> Duration {

@@ -4,7 +4,8 @@
 //! Publishing runs in its own task: it lists the host's addresses over netlink, and publishes
 //! when they change (checked every ADDRESS_CHECK_INTERVAL, as is the DHT's public address), at
 //! once when the tunnel socket's reflexive address changes (the daemon learns it, see
-//! `core::reflexive`), and every DHT_REPUBLISH_INTERVAL. Lookups run in tasks of their own, at most
+//! `core::reflexive`), every DHT_REPUBLISH_INTERVAL, and, with private records, when the set of
+//! periods it publishes under changes (see `core::privacy`). Lookups run in tasks of their own, at most
 //! DHT_RESOLVES_IN_FLIGHT at a time, and report back over a bounded channel.
 
 use crate::config::DhtConfig;
@@ -14,6 +15,7 @@ use crate::core::limits::{
     ADDRESS_CHECK_INTERVAL, DHT_REPUBLISH_INTERVAL, DHT_RESOLVES_IN_FLIGHT, FIRST_PUBLISH_RETRY,
     MAX_RECORD_CANDIDATES,
 };
+use crate::core::privacy::Privacy;
 use crate::core::record::{is_usable_address, Record};
 use crate::core::reflexive::confirmed_public_ip;
 use crate::shell::dht::{Dht, DhtOptions, DhtStatus};
@@ -33,6 +35,7 @@ pub struct Lookup {
 
 pub struct Discovery {
     dht: Dht,
+    privacy: Privacy,
     in_flight: usize,
     results_tx: mpsc::Sender<Lookup>,
     results: mpsc::Receiver<Lookup>,
@@ -64,7 +67,10 @@ impl Discovery {
         let (moved_tx, moved) = watch::channel(());
         let publisher = tokio::spawn(publish_forever(
             dht.clone(),
-            secret,
+            Signer {
+                secret,
+                privacy: config.privacy.clone(),
+            },
             listen_port,
             netlink,
             tun_index,
@@ -75,6 +81,7 @@ impl Discovery {
         let (results_tx, results) = mpsc::channel(2 * DHT_RESOLVES_IN_FLIGHT);
         Ok(Self {
             dht,
+            privacy: config.privacy.clone(),
             in_flight: 0,
             results_tx,
             results,
@@ -124,6 +131,7 @@ impl Discovery {
             };
             self.in_flight += 1;
             let dht = self.dht.clone();
+            let privacy = self.privacy.clone();
             let results = self.results_tx.clone();
             tokio::spawn(async move {
                 // The first record goes to the core at once: the lookup listens on for a newer
@@ -138,8 +146,10 @@ impl Discovery {
                         });
                     }
                 };
-                let (found, ()) =
-                    tokio::join!(dht.resolve_early(&peer, seen, Some(first_tx)), early);
+                let (found, ()) = tokio::join!(
+                    dht.resolve_with(&peer, seen, Some(first_tx), &privacy),
+                    early
+                );
                 let found = match found {
                     Ok(found) => found,
                     Err(e) => {
@@ -190,18 +200,25 @@ impl Drop for Discovery {
     }
 }
 
+/// Who publishes and how: our identity, and whether records are private.
+struct Signer {
+    secret: SecretKey,
+    privacy: Privacy,
+}
+
 /// Keeps our record on the DHT: publishes when what we would publish changes, and every
 /// DHT_REPUBLISH_INTERVAL otherwise.
 async fn publish_forever(
     dht: Dht,
-    secret: SecretKey,
+    signer: Signer,
     listen_port: u16,
     netlink: Netlink,
     tun_index: u32,
     mut reflexive: watch::Receiver<Option<SocketAddr>>,
     moved: watch::Sender<()>,
 ) {
-    let mut published: Option<(Record, tokio::time::Instant)> = None;
+    let Signer { secret, privacy } = signer;
+    let mut published: Option<(Record, tokio::time::Instant, Vec<Option<u64>>)> = None;
     let mut checked_earlier_runs = false;
     let mut addresses: Option<Vec<IpAddr>> = None;
     loop {
@@ -220,12 +237,22 @@ async fn publish_forever(
         {
             moved.send_replace(());
         }
+        // Private records: entering a boundary's overlap adds a period, leaving it drops one.
+        let periods: Vec<Option<u64>> = privacy
+            .slots(&secret, unix_now())
+            .iter()
+            .map(|slot| slot.period())
+            .collect();
         let due = match &published {
             None => true,
-            Some((last, at)) => last != &record || at.elapsed() >= DHT_REPUBLISH_INTERVAL,
+            Some((last, at, last_periods)) => {
+                last != &record
+                    || at.elapsed() >= DHT_REPUBLISH_INTERVAL
+                    || last_periods != &periods
+            }
         };
         if due {
-            match dht.publish(&secret, &record).await {
+            match dht.publish_with(&secret, &record, &privacy).await {
                 Ok(sequence) => {
                     tracing::info!(
                         sequence,
@@ -234,7 +261,10 @@ async fn publish_forever(
                     );
                     if !checked_earlier_runs {
                         checked_earlier_runs = true;
-                        match dht.publish_above_earlier_runs(&secret, &record).await {
+                        match dht
+                            .publish_above_earlier_runs_with(&secret, &record, &privacy)
+                            .await
+                        {
                             Ok(Some(sequence)) => tracing::info!(
                                 sequence,
                                 "the DHT held a record of ours from an earlier run with a \
@@ -244,7 +274,7 @@ async fn publish_forever(
                             Err(e) => tracing::warn!("publishing above an earlier run: {e:#}"),
                         }
                     }
-                    published = Some((record, tokio::time::Instant::now()));
+                    published = Some((record, tokio::time::Instant::now(), periods));
                 }
                 Err(e) => tracing::warn!("publishing our DHT record failed: {e:#}"),
             }
@@ -293,4 +323,10 @@ async fn current_record(
     let public =
         confirmed_public_ip(dht.public_ip(), reflexive).filter(|ip| !addresses.contains(ip));
     Ok(Record::new(listen_port, &addresses, public)?.with_reflexive(reflexive)?)
+}
+
+fn unix_now() -> Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
 }

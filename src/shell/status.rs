@@ -302,7 +302,8 @@ impl InterfaceStatus {
                 if let Some(at) = dht.last_publish_unix {
                     let _ = writeln!(
                         out,
-                        "  dht record: sequence {}, published at unix time {at}",
+                        "  dht record{}: sequence {}, published at unix time {at}",
+                        if dht.private { " (private)" } else { "" },
                         dht.last_publish_seq.unwrap_or_default()
                     );
                 }

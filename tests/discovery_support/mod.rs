@@ -27,7 +27,17 @@ pub fn start_and_ping(
     target: &Node,
 ) -> (Duration, u32) {
     let text = lab.dht_config_text(me, peers, &[&hub_node()]);
-    let config = lab.write_file(&format!("{}.toml", me.iface), &text);
+    start_with_config_and_ping(lab, me, &text, target)
+}
+
+/// `start_and_ping` with the config `text` (e.g. a DHT config with more `[dht]` keys).
+pub fn start_with_config_and_ping(
+    lab: &mut Lab,
+    me: &Node,
+    text: &str,
+    target: &Node,
+) -> (Duration, u32) {
+    let config = lab.write_file(&format!("{}.toml", me.iface), text);
     let limit = Duration::from_secs(10);
     let started = Instant::now();
     lab.start_daemon(&me.ns, &me.iface, &config);

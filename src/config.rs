@@ -41,6 +41,8 @@ pub struct Config {
     pub interface: InterfaceConfig,
     pub dht: DhtConfig,
     pub peers: Vec<PeerConfig>,
+    /// `[[forward]]`, `[[expose]]` and `socks5_listen`: userspace mode only.
+    pub userspace: UserspaceConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +72,8 @@ pub struct InterfaceConfig {
     pub relay: bool,
     /// Pace peers whose loss reports show they cannot keep up (see core::pacer).
     pub pacing: bool,
+    /// A TUN device (the default), or the overlay's TCP/IP stack inside the daemon.
+    pub mode: Mode,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,8 +105,10 @@ impl Config {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| ctx.err(e.span(), one_line(e.message())))?;
         let interface_span = raw.interface.span();
+        let mut raw_interface = raw.interface.into_inner();
+        let socks5_listen = raw_interface.socks5_listen.take();
         let interface = ctx
-            .interface(raw.interface.into_inner())
+            .interface(raw_interface)
             .map_err(|e| ctx.at_least_at(e, interface_span))?;
         let dht = match raw.dht {
             Some(raw_dht) => ctx.dht(raw_dht)?,
@@ -154,11 +160,13 @@ impl Config {
             }
             peers.push(peer);
         }
+        let userspace = ctx.userspace(&interface, socks5_listen, raw.forward, raw.expose)?;
         Ok(Config {
             path: path.to_owned(),
             interface,
             dht,
             peers,
+            userspace,
         })
     }
 }
@@ -182,6 +190,10 @@ struct RawConfig {
     dht: Option<RawDht>,
     #[serde(default)]
     peer: Vec<Spanned<RawPeer>>,
+    #[serde(default)]
+    forward: Vec<Spanned<RawForward>>,
+    #[serde(default)]
+    expose: Vec<Spanned<RawExpose>>,
 }
 
 #[derive(Deserialize)]
@@ -203,6 +215,8 @@ struct RawInterface {
     metrics_listen: Option<Spanned<String>>,
     relay: Option<bool>,
     pacing: Option<bool>,
+    mode: Option<Spanned<String>>,
+    socks5_listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -406,6 +420,7 @@ impl Ctx<'_> {
             metrics_listen,
             relay: raw.relay.unwrap_or(false),
             pacing: raw.pacing.unwrap_or(true),
+            mode: self.mode(raw.mode.as_ref())?,
         })
     }
 
@@ -555,6 +570,10 @@ fn one_line(message: &str) -> String {
         lines.join("; ")
     }
 }
+
+mod userspace;
+pub use userspace::{Expose, Forward, Mode, Protocol, UserspaceConfig};
+use userspace::{RawExpose, RawForward};
 
 #[cfg(test)]
 mod tests;

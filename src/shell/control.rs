@@ -15,11 +15,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-/// Where control sockets live; `DHTUN_RUN_DIR` overrides it (for unprivileged experiments).
+/// Where control sockets live; `DHTUN_RUN_DIR` overrides it. Root's are in /run/dhtun; another
+/// user's (a rootless userspace-mode daemon) in `$XDG_RUNTIME_DIR/dhtun`, or /tmp/dhtun-UID
+/// without one, where `bind` checks the directory is the user's own.
 pub fn run_dir() -> PathBuf {
-    std::env::var_os("DHTUN_RUN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/run/dhtun"))
+    if let Some(dir) = std::env::var_os("DHTUN_RUN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        return PathBuf::from("/run/dhtun");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => PathBuf::from(dir).join("dhtun"),
+        None => PathBuf::from(format!("/tmp/dhtun-{uid}")),
+    }
 }
 
 pub fn socket_path(interface: &str) -> PathBuf {
@@ -60,6 +71,17 @@ impl ControlServer {
         std::fs::create_dir_all(&dir)
             .map_err(|e| anyhow::anyhow!("creating control directory {}: {e}", dir.display()))?;
         let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        // Another user's directory (in a shared /tmp) would let them take our socket's place.
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::geteuid() };
+        let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&dir)?);
+        if uid != 0 && owner != uid {
+            anyhow::bail!(
+                "control directory {} belongs to user {owner}, not to us (user {uid}); \
+                 set DHTUN_RUN_DIR to a directory of our own",
+                dir.display()
+            );
+        }
         let path = socket_path(interface);
         if std::os::unix::net::UnixStream::connect(&path).is_ok() {
             anyhow::bail!(

@@ -325,6 +325,8 @@ mod tests {
                     skipped: 5,
                 },
             },
+            mode: "tun".into(),
+            userspace: None,
             peers: vec![PeerStatus {
                 public_key: "abc=".into(),
                 endpoint: None,

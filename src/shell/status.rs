@@ -37,7 +37,17 @@ pub struct InterfaceStatus {
     /// Busy polling (`busy_poll_us`): its window and what its rounds found.
     #[serde(default)]
     pub busy_poll: BusyPollStatus,
+    /// "tun" or "userspace" (`[interface] mode`).
+    #[serde(default = "tun_mode")]
+    pub mode: String,
+    /// Userspace mode: its forwards, exposes and SOCKS5 proxy with their connections and bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userspace: Option<crate::shell::userspace::UserspaceStatus>,
     pub peers: Vec<PeerStatus>,
+}
+
+fn tun_mode() -> String {
+    "tun".to_string()
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -188,6 +198,8 @@ impl InterfaceStatus {
             reflexive_address: shell.reflexive_address.map(|a| a.to_string()),
             reflexive_port_varies: shell.reflexive_port_varies,
             busy_poll: shell.busy_poll,
+            mode: tun_mode(),
+            userspace: None,
             peers,
         }
     }
@@ -198,6 +210,9 @@ impl InterfaceStatus {
         let _ = writeln!(out, "interface: {}", self.interface);
         let _ = writeln!(out, "  public key: {}", self.public_key);
         let _ = writeln!(out, "  listening port: {}", self.listen_port);
+        if let Some(userspace) = &self.userspace {
+            userspace.write_text(&mut out);
+        }
         let _ = writeln!(
             out,
             "  addresses: {}  (mtu {})",
@@ -372,6 +387,11 @@ fn ago(secs: u64) -> String {
             plural(s % 3600 / 60, "minute")
         ),
     }
+}
+
+/// `n` bytes in B, KiB, MiB... with two decimals.
+pub(crate) fn human_bytes(n: u64) -> String {
+    bytes(n)
 }
 
 fn bytes(n: u64) -> String {

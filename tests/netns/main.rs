@@ -14,3 +14,4 @@ mod common;
 mod errors;
 mod lifecycle;
 mod traffic;
+mod userspace;

@@ -9,6 +9,7 @@
 //! tasks that hand finished connections over a bounded channel. Memory is the rings of
 //! `ring_slots`/`ring_bytes` and the fixed socket buffers of core::limits.
 
+mod datagrams;
 mod path;
 mod socks5;
 mod stack;
@@ -36,6 +37,7 @@ use crate::shell::netlink::Netlink;
 use crate::shell::status::{BusyPollStatus, InterfaceStatus, ShellFacts};
 use crate::shell::udp::{self, UdpIo};
 use anyhow::Context as _;
+use datagrams::Udp;
 use path::UserPath;
 use sd_notify::NotifyState;
 use std::time::{Duration, Instant};
@@ -52,20 +54,6 @@ const SETTLE_ROUNDS: usize = 16;
 /// Runs the userspace interface `config` describes until asked to stop.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let name = config.interface.name.clone();
-    if let Some(udp) = config
-        .userspace
-        .forwards
-        .iter()
-        .map(|f| f.protocol)
-        .chain(config.userspace.exposes.iter().map(|e| e.protocol))
-        .find(|p| *p == Protocol::Udp)
-    {
-        anyhow::bail!(
-            "{}: protocol = \"{}\" forwards and exposes are not supported yet",
-            config.path.display(),
-            udp.as_str()
-        );
-    }
     let control = ControlServer::bind(&name)?;
     let port = config.interface.listen_port;
     let socket = udp::bind(port).map_err(|e| port_error(e, port, &config))?;
@@ -154,6 +142,9 @@ async fn start_listeners(
     tasks: &mut Vec<JoinHandle<()>>,
 ) -> anyhow::Result<()> {
     for (i, forward) in config.userspace.forwards.iter().enumerate() {
+        if forward.protocol != Protocol::Tcp {
+            continue;
+        }
         let listener = TcpListener::bind(forward.listen).await.with_context(|| {
             format!(
                 "[[forward]] listen = \"{}\" in {}",
@@ -259,6 +250,13 @@ async fn event_loop(
         &tcp_exposes,
     );
     tcp.serve_exposes(&mut path.stack.sockets);
+    let mut datagrams = Udp::start(
+        &config.userspace.forwards,
+        &config.userspace.exposes,
+        &mut path.stack.sockets,
+    )
+    .await
+    .with_context(|| format!("in {}", config.path.display()))?;
     let mut reflexive = ReflexiveSeen::default();
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -288,6 +286,7 @@ async fn event_loop(
             Some(connection) = incoming.recv() => Event::Incoming(connection),
             Some(done) = dialled.recv() => Event::Dialled(done),
             _ = tcp.local_ready() => Event::Local,
+            _ = datagrams.local_ready() => Event::Local,
             _ = sleep_for(stack_delay) => Event::StackTimer,
             Some(lookup) = next_lookup(&mut discovery) => Event::Lookup(lookup),
         };
@@ -361,7 +360,14 @@ async fn event_loop(
         for _ in 0..SETTLE_ROUNDS {
             let changed = path.poll_stack();
             tcp.serve_exposes(&mut path.stack.sockets);
-            let moved = tcp.pump(&mut path.stack.sockets);
+            let now = path.now();
+            let moved = tcp.pump(&mut path.stack.sockets)
+                | datagrams.pump(
+                    &mut path.stack.sockets,
+                    now,
+                    &mut tcp.forward_stats,
+                    &mut tcp.expose_stats,
+                );
             network_blocked = path.flush_network(&mut udp);
             if network_blocked || !(changed || moved) {
                 break;

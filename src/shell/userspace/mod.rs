@@ -343,7 +343,12 @@ async fn event_loop(
             }
             Event::UdpReadable => more_waiting = path.read_udp(&mut udp),
             Event::Incoming(connection) => {
-                tcp.open(connection, &mut path.stack.iface, &mut path.stack.sockets)
+                // A burst of clients is taken in one turn, so the short queue does not overflow.
+                let mut next = Some(connection);
+                while let Some(connection) = next {
+                    tcp.open(connection, &mut path.stack.iface, &mut path.stack.sockets);
+                    next = incoming.try_recv().ok();
+                }
             }
             Event::Dialled(done) => tcp.dialled(done, &mut path.stack.sockets),
             // Local readiness comes from tokio's cache, which only a yield refreshes.

@@ -75,6 +75,8 @@ struct Conn {
     overlay_eof: bool,
     /// A SOCKS5 client waits for the CONNECT answer.
     socks_reply: bool,
+    /// The overlay side reached ESTABLISHED once.
+    established: bool,
     want_read: bool,
     want_write: bool,
 }
@@ -87,8 +89,13 @@ enum Local {
 
 /// What one pass over a connection found.
 enum Step {
-    Open { moved: bool },
-    Finished,
+    Open {
+        moved: bool,
+    },
+    /// Ended; `refused` when the overlay side never got established (reset or timed out).
+    Finished {
+        refused: bool,
+    },
 }
 
 const EPHEMERAL_PORTS: std::ops::RangeInclusive<u16> = 49152..=65535;
@@ -160,6 +167,7 @@ impl Tcp {
             local_eof: false,
             overlay_eof: false,
             socks_reply: socks,
+            established: false,
             want_read: false,
             want_write: false,
         });
@@ -196,6 +204,7 @@ impl Tcp {
                     local_eof: false,
                     overlay_eof: false,
                     socks_reply: false,
+                    established: true,
                     want_read: false,
                     want_write: false,
                 });
@@ -268,8 +277,9 @@ impl Tcp {
                     moved |= m;
                     i += 1;
                 }
-                Step::Finished => {
+                Step::Finished { refused } => {
                     stats.connections = stats.connections.saturating_sub(1);
+                    stats.refused += u64::from(refused);
                     let conn = self.conns.swap_remove(i);
                     sockets.remove(conn.handle);
                     moved = true;
@@ -346,12 +356,16 @@ impl Conn {
     /// moved each way.
     fn pump(&mut self, socket: &mut tcp::Socket) -> (Step, u64, u64) {
         let state = socket.state();
+        self.established |= !matches!(state, State::Closed | State::SynSent | State::SynReceived);
+        let ended = Step::Finished {
+            refused: !self.established,
+        };
         let Local::Ready(stream) = &self.local else {
             self.want_read = false;
             self.want_write = false;
             // Still dialling; an overlay side that closed meanwhile ends it.
             return match state {
-                State::Closed => (Step::Finished, 0, 0),
+                State::Closed => (ended, 0, 0),
                 _ => (Step::Open { moved: false }, 0, 0),
             };
         };
@@ -365,7 +379,7 @@ impl Conn {
                 State::Closed => {
                     let reply = socks5::reply(socks5::REPLY_CONNECTION_REFUSED, None);
                     let _ = stream.try_write(&reply);
-                    return (Step::Finished, 0, 0);
+                    return (ended, 0, 0);
                 }
                 _ => {
                     let bound = socket
@@ -375,7 +389,7 @@ impl Conn {
                     // Ten or twenty-two bytes into a fresh socket's empty buffer.
                     if stream.try_write(&reply).is_err() {
                         socket.abort();
-                        return (Step::Finished, 0, 0);
+                        return (Step::Finished { refused: false }, 0, 0);
                     }
                     self.socks_reply = false;
                 }
@@ -447,7 +461,7 @@ impl Conn {
         moved |= to_overlay > 0 || from_overlay > 0;
         if local_failed {
             socket.abort();
-            return (Step::Finished, to_overlay, from_overlay);
+            return (Step::Finished { refused: false }, to_overlay, from_overlay);
         }
         // Reset, timed out, or closed both ways, and all that arrived passed on. TIME-WAIT is
         // not waited out: the port is not reused before the whole ephemeral range came round.
@@ -458,7 +472,11 @@ impl Conn {
             reset_on_close(stream);
         }
         if finished {
-            return (Step::Finished, to_overlay, from_overlay);
+            // A forward's client whose connection the overlay refused sees a reset.
+            if !self.established {
+                reset_on_close(stream);
+            }
+            return (ended, to_overlay, from_overlay);
         }
         (Step::Open { moved }, to_overlay, from_overlay)
     }

@@ -42,6 +42,8 @@ pub struct Config {
     pub interface: InterfaceConfig,
     pub dht: DhtConfig,
     pub peers: Vec<PeerConfig>,
+    /// `[[forward]]`, `[[expose]]` and `socks5_listen`: userspace mode only.
+    pub userspace: UserspaceConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +77,8 @@ pub struct InterfaceConfig {
     pub table: TableSetting,
     /// The mark of dhtun's own sockets (`fwmark`); 0 picks one when policy routing needs it.
     pub fwmark: u32,
+    /// A TUN device (the default), or the overlay's TCP/IP stack inside the daemon.
+    pub mode: Mode,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,8 +113,10 @@ impl Config {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| ctx.err(e.span(), one_line(e.message())))?;
         let interface_span = raw.interface.span();
+        let mut raw_interface = raw.interface.into_inner();
+        let socks5_listen = raw_interface.socks5_listen.take();
         let interface = ctx
-            .interface(raw.interface.into_inner())
+            .interface(raw_interface)
             .map_err(|e| ctx.at_least_at(e, interface_span))?;
         let dht = match raw.dht {
             Some(raw_dht) => ctx.dht(raw_dht)?,
@@ -165,11 +171,13 @@ impl Config {
             }
             peers.push(peer);
         }
+        let userspace = ctx.userspace(&interface, socks5_listen, raw.forward, raw.expose)?;
         Ok(Config {
             path: path.to_owned(),
             interface,
             dht,
             peers,
+            userspace,
         })
     }
 }
@@ -194,6 +202,10 @@ struct RawConfig {
     dht: Option<RawDht>,
     #[serde(default)]
     peer: Vec<Spanned<RawPeer>>,
+    #[serde(default)]
+    forward: Vec<Spanned<RawForward>>,
+    #[serde(default)]
+    expose: Vec<Spanned<RawExpose>>,
 }
 
 #[derive(Deserialize)]
@@ -217,6 +229,8 @@ struct RawInterface {
     pacing: Option<bool>,
     table: Option<Spanned<routing::RawTable>>,
     fwmark: Option<Spanned<u64>>,
+    mode: Option<Spanned<String>>,
+    socks5_listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -419,6 +433,7 @@ impl Ctx<'_> {
             pacing: raw.pacing.unwrap_or(true),
             table,
             fwmark,
+            mode: self.mode(raw.mode.as_ref())?,
         })
     }
 
@@ -597,6 +612,9 @@ fn one_line(message: &str) -> String {
 mod checks;
 mod files;
 pub use files::read_under_way_for;
+mod userspace;
+pub use userspace::{Expose, Forward, Mode, Protocol, UserspaceConfig};
+use userspace::{RawExpose, RawForward};
 
 #[cfg(test)]
 mod tests;

@@ -661,3 +661,61 @@ pub const REFLECTOR_ANSWER_LIFETIME: Duration = Duration::from_secs(90);
 /// BEP 5 answers nest two deep below the message (a `values` list in the `r` dictionary), so 8
 /// leaves room for extensions while no datagram can make the walk deep.
 pub const MAX_KRPC_NESTING: usize = 8;
+
+// ---------------------------------------------------------------------------------------------
+// Userspace mode (the overlay's TCP/IP stack inside the daemon; see shell::userspace)
+// ---------------------------------------------------------------------------------------------
+
+/// `[[forward]]` and `[[expose]]` entries a config may hold: each forward owns a listening
+/// socket, each UDP entry its flow table, so the count is bounded from config alone.
+pub const MAX_FORWARDS: usize = 64;
+pub const MAX_EXPOSES: usize = 64;
+
+/// Bytes of each in-daemon TCP socket's receive buffer and of its send buffer, allocated when
+/// the connection opens and freed when it closes. The receive buffer is the window the remote
+/// sender may have in flight: 128 KiB fills a 1 Gbit/s path of 1 ms round trip, and the
+/// loopback and LAN paths userspace mode serves are shorter. Nothing else in the stack buffers
+/// a stream: bytes move between these buffers and the local socket without another copy held.
+pub const USERSPACE_TCP_BUFFER_BYTES: usize = 128 * 1024;
+
+/// TCP sockets of the in-daemon stack at once: connections through forwards, exposes and the
+/// SOCKS5 proxy, and the listening sockets of exposed ports. With both buffers this caps their
+/// memory at 128 x 256 KiB = 32 MiB. A connection beyond it is refused at once: a local one is
+/// closed (a SOCKS5 client gets "general failure"), an overlay one gets a TCP reset.
+pub const USERSPACE_MAX_TCP_SOCKETS: usize = 128;
+
+/// Listening sockets kept open per exposed TCP port: smoltcp's listening socket becomes the
+/// connection itself, so this many SYNs arriving together can be taken before the next ones
+/// are reset; a new listener replaces each one that turned into a connection. Measured: with 4,
+/// a burst of 16 connections through a forward saw some reset. A listener's buffers are
+/// allocated but untouched until it carries data, so they cost address space, not memory.
+pub const EXPOSE_BACKLOG: usize = 16;
+
+/// Local connections accepted (forwards, finished SOCKS5 handshakes) waiting for the event loop.
+/// The loop takes them within one turn; when full, a new one is closed at once.
+pub const USERSPACE_ACCEPT_QUEUE: usize = 16;
+
+/// SOCKS5 handshakes in progress at once, each a small task with a 262-byte buffer; a client
+/// beyond this is closed, and one that does not finish in SOCKS5_HANDSHAKE_TIMEOUT too.
+pub const SOCKS5_HANDSHAKES: usize = 16;
+pub const SOCKS5_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an exposed connection waits for the local service to accept it before the overlay
+/// side is reset.
+pub const EXPOSE_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An overlay connection whose sent data (or SYN) stays unacknowledged this long is reset: the
+/// peer is gone. Connections to an unreachable address fail after this too.
+pub const USERSPACE_TCP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// UDP flows (distinct local clients of a UDP forward, or overlay clients of a UDP expose)
+/// tracked per entry. Each flow holds one smoltcp UDP socket (forward) or one local socket
+/// (expose); a flow idle for USERSPACE_UDP_IDLE is forgotten, and when all are busy the
+/// least recently used one is replaced.
+pub const USERSPACE_UDP_FLOWS: usize = 32;
+pub const USERSPACE_UDP_IDLE: Duration = Duration::from_secs(60);
+
+/// Datagrams each in-daemon UDP socket queues each way, and their bytes: one burst of a DNS or
+/// game-like exchange. More are dropped (UDP promises nothing more).
+pub const USERSPACE_UDP_PACKETS: usize = 32;
+pub const USERSPACE_UDP_BUFFER_BYTES: usize = 64 * 1024;

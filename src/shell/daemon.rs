@@ -6,7 +6,7 @@
 //! front of a write that can block; when one is full, the newest packet is dropped and counted
 //! before any crypto is spent on it.
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Mode};
 use crate::core::device::{Device, DeviceConfig, PeerEvent};
 use crate::core::limits::{EVENT_LOOP_YIELD_INTERVAL, TIMER_TICK};
 use crate::core::reflexive::Reflector;
@@ -38,6 +38,9 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Runs the interface `config` describes until asked to stop; returns after cleaning up.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    if config.interface.mode == Mode::Userspace {
+        return crate::shell::userspace::run(config).await;
+    }
     let name = config.interface.name.clone();
     // A daemon already running for this interface is the likelier mistake: say that first.
     let control = ControlServer::bind(&name)?;
@@ -356,7 +359,7 @@ async fn event_loop(
             Event::UdpWritable | Event::PauseOver => {}
         }
         log_peer_events(&mut path.device);
-        if reflexive.update(&path, discovery.as_ref()) {
+        if reflexive.update(path.reflector.as_ref(), discovery.as_ref()) {
             // The NAT in front of us changed its mapping (or we moved behind another one).
             let now = path.now();
             path.device.underlay_changed(now);
@@ -412,7 +415,7 @@ fn answer_reload(asker: Asker, outcome: anyhow::Result<String>) {
 
 /// Applies `receive_buffer_bytes`. A smaller buffer than asked still works, so a refusal is a
 /// warning, not a reason to stay down.
-fn size_receive_buffer(udp: &UdpIo, bytes: usize) {
+pub(crate) fn size_receive_buffer(udp: &UdpIo, bytes: usize) {
     match udp.set_receive_buffer(bytes) {
         // The kernel reports twice the size asked for: half is its bookkeeping.
         Ok(granted) if granted / 2 < bytes => tracing::warn!(
@@ -427,7 +430,7 @@ fn size_receive_buffer(udp: &UdpIo, bytes: usize) {
     }
 }
 
-fn new_device(config: &Config) -> anyhow::Result<Device> {
+pub(crate) fn new_device(config: &Config) -> anyhow::Result<Device> {
     let mut rng_seed = [0u8; 32];
     getrandom_fill(&mut rng_seed)?;
     let wall_clock_at_zero = SystemTime::now()
@@ -445,7 +448,7 @@ fn new_device(config: &Config) -> anyhow::Result<Device> {
 }
 
 /// Peer state changes, at info: the operator's view of handshakes and roaming.
-fn log_peer_events(device: &mut Device) {
+pub(crate) fn log_peer_events(device: &mut Device) {
     while let Some(event) = device.poll_event() {
         match event {
             PeerEvent::HandshakeCompleted { peer } => tracing::info!(%peer, "handshake completed"),
@@ -468,15 +471,19 @@ fn log_peer_events(device: &mut Device) {
 
 /// The tunnel socket's reflexive address as last seen, so a change is logged and published once.
 #[derive(Default)]
-struct ReflexiveSeen {
+pub(crate) struct ReflexiveSeen {
     address: Option<SocketAddr>,
     port_varies: bool,
 }
 
 impl ReflexiveSeen {
     /// Takes in the reflector's view; true when a known address changed to another one.
-    fn update(&mut self, path: &DataPath, discovery: Option<&Discovery>) -> bool {
-        let Some(reflector) = path.reflector.as_ref() else {
+    pub(crate) fn update(
+        &mut self,
+        reflector: Option<&Reflector>,
+        discovery: Option<&Discovery>,
+    ) -> bool {
+        let Some(reflector) = reflector else {
             return false;
         };
         let mut moved = false;
@@ -508,7 +515,7 @@ impl ReflexiveSeen {
 }
 
 /// The next finished DHT lookup; never, when discovery is off.
-async fn next_lookup(discovery: &mut Option<Discovery>) -> Option<Lookup> {
+pub(crate) async fn next_lookup(discovery: &mut Option<Discovery>) -> Option<Lookup> {
     match discovery {
         Some(discovery) => discovery.next_result().await,
         None => std::future::pending().await,
@@ -602,7 +609,7 @@ async fn teardown(link: &Link) {
     }
 }
 
-fn port_error(e: io::Error, port: u16, config: &Config) -> anyhow::Error {
+pub(crate) fn port_error(e: io::Error, port: u16, config: &Config) -> anyhow::Error {
     if e.kind() == io::ErrorKind::AddrInUse {
         anyhow::anyhow!(
             "UDP port {port} is already in use (listen_port in {}); choose another port, or 0 for any free one",
@@ -613,7 +620,7 @@ fn port_error(e: io::Error, port: u16, config: &Config) -> anyhow::Error {
     }
 }
 
-fn getrandom_fill(buf: &mut [u8]) -> anyhow::Result<()> {
+pub(crate) fn getrandom_fill(buf: &mut [u8]) -> anyhow::Result<()> {
     use rand_core::RngCore as _;
     rand_core::OsRng
         .try_fill_bytes(buf)

@@ -326,6 +326,8 @@ mod tests {
                 },
             },
             routing: Default::default(),
+            mode: "tun".into(),
+            userspace: None,
             peers: vec![PeerStatus {
                 public_key: "abc=".into(),
                 endpoint: None,

@@ -19,3 +19,4 @@ pub mod status;
 pub mod timer;
 pub mod tun;
 pub mod udp;
+pub mod userspace;

@@ -40,7 +40,17 @@ pub struct InterfaceStatus {
     /// Where the tunnel's routes go and the mark on dhtun's sockets (`table`, `fwmark`).
     #[serde(default)]
     pub routing: RoutingStatus,
+    /// "tun" or "userspace" (`[interface] mode`).
+    #[serde(default = "tun_mode")]
+    pub mode: String,
+    /// Userspace mode: its forwards, exposes and SOCKS5 proxy with their connections and bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userspace: Option<crate::shell::userspace::UserspaceStatus>,
     pub peers: Vec<PeerStatus>,
+}
+
+fn tun_mode() -> String {
+    "tun".to_string()
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -229,6 +239,8 @@ impl InterfaceStatus {
                 full_tunnel: shell.routing.full_tunnel,
                 rule_priority: shell.routing.rule_priority,
             },
+            mode: tun_mode(),
+            userspace: None,
             peers,
         }
     }
@@ -239,6 +251,9 @@ impl InterfaceStatus {
         let _ = writeln!(out, "interface: {}", self.interface);
         let _ = writeln!(out, "  public key: {}", self.public_key);
         let _ = writeln!(out, "  listening port: {}", self.listen_port);
+        if let Some(userspace) = &self.userspace {
+            userspace.write_text(&mut out);
+        }
         let _ = writeln!(
             out,
             "  addresses: {}  (mtu {})",
@@ -427,6 +442,11 @@ fn ago(secs: u64) -> String {
             plural(s % 3600 / 60, "minute")
         ),
     }
+}
+
+/// `n` bytes in B, KiB, MiB... with two decimals.
+pub(crate) fn human_bytes(n: u64) -> String {
+    bytes(n)
 }
 
 fn bytes(n: u64) -> String {

@@ -24,3 +24,4 @@ mod linkflap;
 mod restart;
 mod scale;
 mod traffic;
+mod userspace;

@@ -76,6 +76,8 @@ pub(super) fn daemon_path(interface: &str) -> DaemonPath {
     let default = || socket_path(Path::new(DEFAULT_RUN_DIR), interface);
     match env_run_dir() {
         Some(dir) => DaemonPath::Required(socket_path(&dir, interface)),
+        // A rootless daemon (userspace mode) cannot make /run/dhtun: its abstract socket is all.
+        None if !nix::unistd::geteuid().is_root() => DaemonPath::None,
         None => match in_initial_namespace() {
             Some(true) => DaemonPath::Required(default()),
             Some(false) => DaemonPath::None,

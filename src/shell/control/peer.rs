@@ -1,5 +1,5 @@
-//! Who is on the other end of a control connection. The daemon serves root and holders of
-//! CAP_NET_ADMIN only (an abstract socket has no file permissions to say so); the CLI talks
+//! Who is on the other end of a control connection. The daemon serves root, holders of
+//! CAP_NET_ADMIN and its own user (a rootless daemon's) only (an abstract socket has no file permissions to say so); the CLI talks
 //! only to a daemon run by root or by its own user, not to whoever took the name first.
 //!
 //! The daemon reads the client's capabilities from /proc by the pid SO_PEERCRED gave. The
@@ -14,7 +14,8 @@ const CAP_NET_ADMIN: u32 = 12;
 
 /// Whether the client with these credentials may use the control socket; the refusal says why.
 pub(super) fn authorize(uid: u32, pid: Option<i32>) -> Result<(), String> {
-    if uid == 0 {
+    // A rootless daemon (userspace mode) serves its own user too.
+    if uid == 0 || uid == nix::unistd::geteuid().as_raw() {
         return Ok(());
     }
     let privileged = pid.filter(|&pid| pid > 0).is_some_and(has_net_admin_here);

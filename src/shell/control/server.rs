@@ -181,6 +181,17 @@ fn bind_path(interface: &str, path: PathBuf) -> anyhow::Result<(StdListener, Pat
     if let Some(dir) = path.parent() {
         address::prepare_dir(dir)
             .map_err(|e| anyhow::anyhow!("creating control directory {}: {e}", dir.display()))?;
+        // A rootless daemon in a shared directory such as /tmp: another user's directory would
+        // let them take our socket's place.
+        let uid = nix::unistd::geteuid().as_raw();
+        let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(dir)?);
+        if uid != 0 && owner != uid {
+            anyhow::bail!(
+                "control directory {} belongs to user {owner}, not to us (user {uid}); \
+                 set DHTUN_RUN_DIR to a directory of our own",
+                dir.display()
+            );
+        }
     }
     if answers(&path) {
         anyhow::bail!(

@@ -10,6 +10,7 @@ pub mod dht_node;
 pub mod discovery;
 pub mod metrics;
 pub mod netlink;
+pub mod policy_claim;
 pub mod privileges;
 pub mod reload;
 pub mod route_plan;

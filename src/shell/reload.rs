@@ -5,7 +5,7 @@
 
 use crate::config::{Config, ConfigError};
 use crate::core::device::Device;
-use crate::shell::netlink::Netlink;
+use crate::shell::netlink::{Netlink, NetlinkError};
 use crate::shell::route_plan::{Policy, Route, Rule, Wanted, MAIN_TABLE};
 use ipnetwork::IpNetwork;
 
@@ -23,16 +23,37 @@ pub struct Link {
 
 /// Brings the routes and rules to what `config` wants (addresses are left alone). Start-up
 /// calls it; so can anything that re-applies the daemon's state: after the kernel dropped the
-/// routes of a link that went down, clear `link.routes` (and `link.rules`: adding a rule or a
-/// route of dhtun's own table that is there already succeeds) and call this.
+/// routes of a link that went down, clear `link.routes` (not `link.rules`: the rules stay, and
+/// adding one that is there already fails) and call this. When the kernel holds a route or rule
+/// of a freshly picked full tunnel already, other values are picked (at most [`MAX_PICKS`]).
 pub async fn apply_wanted(link: &mut Link, config: &Config) -> anyhow::Result<()> {
     let allowed = allowed_ips(config);
-    link.policy.prepare(&link.netlink, &allowed).await?;
-    let wanted = link.policy.wanted(&config.interface.addresses, &allowed);
-    let addresses = &config.interface.addresses;
-    let changes = kernel_changes(addresses, addresses, &wanted, &link.routes, &link.rules);
-    apply_all(link, &changes).await
+    let mut attempts = 0;
+    loop {
+        link.policy.prepare(&link.netlink, &allowed).await?;
+        let wanted = link.policy.wanted(&config.interface.addresses, &allowed);
+        let addresses = &config.interface.addresses;
+        let changes = kernel_changes(addresses, addresses, &wanted, &link.routes, &link.rules);
+        match apply_all(link, &changes).await {
+            // A picked table or priority that something unclaimed holds: pick again, while
+            // none of the full tunnel's rules is in (a picked value stays until the stop).
+            Err(e) if e.is::<Taken>() && link.rules.is_empty() && attempts < MAX_PICKS => {
+                tracing::info!("{e:#}; picking another table and priority");
+                link.policy.reject_pick();
+                attempts += 1;
+            }
+            result => return result,
+        }
+    }
 }
+
+/// How often a daemon picks again after the kernel said its pick was taken.
+const MAX_PICKS: u32 = 8;
+
+/// A route or rule of the picked full tunnel was in the kernel already.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} (taken by something else)")]
+struct Taken(String);
 
 /// Every peer's allowed_ips, in config order.
 pub fn allowed_ips(config: &Config) -> Vec<IpNetwork> {
@@ -169,6 +190,9 @@ async fn apply_all(link: &mut Link, changes: &[KernelChange]) -> anyhow::Result<
             }
         }
         if undo_failures.is_empty() {
+            if is_taken(link, *change, &error) {
+                return Err(Taken(format!("{error:#}")).into());
+            }
             anyhow::bail!("{error:#}; nothing was changed");
         }
         anyhow::bail!(
@@ -177,6 +201,21 @@ async fn apply_all(link: &mut Link, changes: &[KernelChange]) -> anyhow::Result<
         );
     }
     Ok(())
+}
+
+/// Whether `change` failed because a route or rule of the picked full tunnel exists already.
+fn is_taken(link: &Link, change: KernelChange, error: &anyhow::Error) -> bool {
+    let exists = error
+        .downcast_ref::<NetlinkError>()
+        .and_then(NetlinkError::raw_os_error)
+        == Some(libc::EEXIST);
+    let picked = |table: u32| link.policy.full.is_some_and(|f| f.table == table);
+    exists
+        && match change {
+            KernelChange::AddRoute(r) => picked(r.table),
+            KernelChange::AddRule(_) => link.policy.full.is_some(),
+            _ => false,
+        }
 }
 
 async fn apply(link: &mut Link, change: KernelChange) -> anyhow::Result<()> {
@@ -188,7 +227,8 @@ async fn apply(link: &mut Link, change: KernelChange) -> anyhow::Result<()> {
             link.routes.push(r);
         }
         KernelChange::AddRoute(r) => {
-            link.netlink.add_table_route(link.index, r).await?;
+            let picked = link.policy.full.is_some_and(|f| f.table == r.table);
+            link.netlink.add_table_route(link.index, r, picked).await?;
             link.routes.push(r);
         }
         KernelChange::DelRoute(r) if r.table == MAIN_TABLE => {

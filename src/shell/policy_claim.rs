@@ -121,7 +121,8 @@ impl PickLock {
     }
 }
 
-/// Whether a live daemon of network namespace `netns` claimed `table`.
+/// Whether a live daemon of network namespace `netns` claimed `table`. Call it holding the
+/// [`PickLock`]: it takes the claim's lock for a moment.
 pub fn table_claimed(dir: &Path, netns: u64, table: u32) -> bool {
     let Ok(file) = File::open(claim_path(dir, netns, table)) else {
         return false;

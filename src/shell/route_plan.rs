@@ -387,6 +387,9 @@ pub fn pick(in_use: &InUse, fwmark: u32) -> FullTunnel {
 /// Returns how many rules were removed.
 pub async fn remove_stale_rules(netlink: &Netlink) -> anyhow::Result<usize> {
     let (dir, netns) = (run_dir(), netns_id()?);
+    // Testing a claim takes its lock for a moment: under the pick lock, so no daemon claiming
+    // that table at the same time finds it held.
+    let _lock = PickLock::acquire().await?;
     let ours = netlink.dhtun_rules().await?;
     let mut tables = netlink.tables_with_routes().await?;
     tables.extend(

@@ -12,6 +12,7 @@ pub mod discovery;
 pub mod linkwatch;
 pub mod metrics;
 pub mod netlink;
+pub mod policy_claim;
 pub mod privileges;
 pub mod reload;
 pub mod route_plan;

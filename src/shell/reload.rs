@@ -6,7 +6,7 @@
 use crate::config::{Config, ConfigError};
 use crate::core::device::Device;
 use crate::core::limits::ROUTE_REQUESTS_IN_FLIGHT;
-use crate::shell::netlink::Netlink;
+use crate::shell::netlink::{Netlink, NetlinkError};
 use crate::shell::route_plan::{Policy, Route, Rule, Wanted, MAIN_TABLE};
 use futures::StreamExt as _;
 use ipnetwork::IpNetwork;
@@ -26,16 +26,37 @@ pub struct Link {
 
 /// Brings the routes and rules to what `config` wants (addresses are left alone). Start-up
 /// calls it; so can anything that re-applies the daemon's state: after the kernel dropped the
-/// routes of a link that went down, clear `link.routes` (and `link.rules`: adding a rule or a
-/// route of dhtun's own table that is there already succeeds) and call this.
+/// routes of a link that went down, clear `link.routes` (not `link.rules`: the rules stay, and
+/// adding one that is there already fails) and call this. When the kernel holds a route or rule
+/// of a freshly picked full tunnel already, other values are picked (at most [`MAX_PICKS`]).
 pub async fn apply_wanted(link: &mut Link, config: &Config) -> anyhow::Result<()> {
     let allowed = allowed_ips(config);
-    link.policy.prepare(&link.netlink, &allowed).await?;
-    let wanted = link.policy.wanted(&config.interface.addresses, &allowed);
-    let addresses = &config.interface.addresses;
-    let changes = kernel_changes(addresses, addresses, &wanted, &link.routes, &link.rules);
-    apply_all(link, &changes).await
+    let mut attempts = 0;
+    loop {
+        link.policy.prepare(&link.netlink, &allowed).await?;
+        let wanted = link.policy.wanted(&config.interface.addresses, &allowed);
+        let addresses = &config.interface.addresses;
+        let changes = kernel_changes(addresses, addresses, &wanted, &link.routes, &link.rules);
+        match apply_all(link, &changes).await {
+            // A picked table or priority that something unclaimed holds: pick again, while
+            // none of the full tunnel's rules is in (a picked value stays until the stop).
+            Err(e) if e.is::<Taken>() && link.rules.is_empty() && attempts < MAX_PICKS => {
+                tracing::info!("{e:#}; picking another table and priority");
+                link.policy.reject_pick();
+                attempts += 1;
+            }
+            result => return result,
+        }
+    }
 }
+
+/// How often a daemon picks again after the kernel said its pick was taken.
+const MAX_PICKS: u32 = 8;
+
+/// A route or rule of the picked full tunnel was in the kernel already.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} (taken by something else)")]
+struct Taken(String);
 
 /// Every peer's allowed_ips, in config order.
 pub fn allowed_ips(config: &Config) -> Vec<IpNetwork> {
@@ -210,14 +231,15 @@ async fn apply_all(link: &mut Link, changes: &[KernelChange]) -> anyhow::Result<
             let (added, failure) = add_routes(link, &changes[done..done + run]).await;
             let applied: Vec<KernelChange> =
                 added.into_iter().map(KernelChange::AddRoute).collect();
+            let failure = failure.map(|(route, e)| (KernelChange::AddRoute(route), e));
             (applied, failure)
         } else {
             match apply(link, changes[done]).await {
                 Ok(()) => (vec![changes[done]], None),
-                Err(e) => (Vec::new(), Some(e)),
+                Err(e) => (Vec::new(), Some((changes[done], e))),
             }
         };
-        let Some(error) = failure else {
+        let Some((change, error)) = failure else {
             done += applied.len();
             continue;
         };
@@ -228,6 +250,9 @@ async fn apply_all(link: &mut Link, changes: &[KernelChange]) -> anyhow::Result<
             }
         }
         if undo_failures.is_empty() {
+            if is_taken(link, change, &error) {
+                return Err(Taken(format!("{error:#}")).into());
+            }
             anyhow::bail!("{error:#}; nothing was changed");
         }
         anyhow::bail!(
@@ -239,12 +264,13 @@ async fn apply_all(link: &mut Link, changes: &[KernelChange]) -> anyhow::Result<
 }
 
 /// Adds the routes of `changes` (all AddRoute) concurrently; returns those added and the first
-/// error.
+/// that failed, with its error.
 async fn add_routes(
     link: &mut Link,
     changes: &[KernelChange],
-) -> (Vec<Route>, Option<anyhow::Error>) {
+) -> (Vec<Route>, Option<(Route, anyhow::Error)>) {
     let (netlink, index) = (&link.netlink, link.index);
+    let picked_table = link.policy.full.map(|f| f.table);
     let requests = futures::stream::iter(changes.iter().filter_map(|c| match c {
         KernelChange::AddRoute(r) => Some(*r),
         _ => None,
@@ -252,7 +278,10 @@ async fn add_routes(
     .map(|route| async move {
         let result = match route.table {
             MAIN_TABLE => netlink.add_route(index, route.dest).await,
-            _ => netlink.add_table_route(index, route).await,
+            _ => {
+                let picked = picked_table == Some(route.table);
+                netlink.add_table_route(index, route, picked).await
+            }
         };
         (route, result)
     });
@@ -262,7 +291,7 @@ async fn add_routes(
         match result {
             Ok(()) => added.push(route),
             Err(e) => {
-                first_error.get_or_insert(anyhow::Error::from(e));
+                first_error.get_or_insert((route, anyhow::Error::from(e)));
             }
         }
     }
@@ -280,6 +309,21 @@ pub(crate) async fn in_flight<T>(
         .await
 }
 
+/// Whether `change` failed because a route or rule of the picked full tunnel exists already.
+fn is_taken(link: &Link, change: KernelChange, error: &anyhow::Error) -> bool {
+    let exists = error
+        .downcast_ref::<NetlinkError>()
+        .and_then(NetlinkError::raw_os_error)
+        == Some(libc::EEXIST);
+    let picked = |table: u32| link.policy.full.is_some_and(|f| f.table == table);
+    exists
+        && match change {
+            KernelChange::AddRoute(r) => picked(r.table),
+            KernelChange::AddRule(_) => link.policy.full.is_some(),
+            _ => false,
+        }
+}
+
 async fn apply(link: &mut Link, change: KernelChange) -> anyhow::Result<()> {
     match change {
         KernelChange::AddAddress(a) => link.netlink.add_address(link.index, a).await?,
@@ -289,7 +333,8 @@ async fn apply(link: &mut Link, change: KernelChange) -> anyhow::Result<()> {
             link.routes.push(r);
         }
         KernelChange::AddRoute(r) => {
-            link.netlink.add_table_route(link.index, r).await?;
+            let picked = link.policy.full.is_some_and(|f| f.table == r.table);
+            link.netlink.add_table_route(link.index, r, picked).await?;
             link.routes.push(r);
         }
         KernelChange::DelRoute(r) if r.table == MAIN_TABLE => {

@@ -22,7 +22,9 @@
 //! rules of a daemon that was killed: its routes went with its interface, its rules did not.
 
 use crate::config::TableSetting;
+use crate::shell::control::run_dir;
 use crate::shell::netlink::{prefixes_needing_routes, Netlink};
+use crate::shell::policy_claim::{netns_id, table_claimed, Claim, PickLock};
 use ipnetwork::IpNetwork;
 use std::collections::BTreeSet;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -192,6 +194,10 @@ pub struct Policy {
     socket: std::net::UdpSocket,
     /// Other sockets of the daemon that carry the mark too (the metrics listener).
     others: Vec<OwnedFd>,
+    /// The claim on `full`'s values that other daemons see (see `shell::policy_claim`).
+    claim: Option<Claim>,
+    /// Values picked before and found taken by something that does not claim them.
+    rejected: InUse,
 }
 
 /// What `dhtun status` shows of the policy.
@@ -228,6 +234,8 @@ impl Policy {
             marked: None,
             socket,
             others: Vec::new(),
+            claim: None,
+            rejected: InUse::default(),
         };
         if fwmark != 0 {
             policy.mark(fwmark)?;
@@ -254,9 +262,27 @@ impl Policy {
         if self.full.is_some() || !wants_full_tunnel(self.table, allowed) {
             return Ok(());
         }
-        let in_use = netlink.policy_in_use().await?;
+        // Held from reading what is taken until the pick is claimed: two daemons starting at
+        // once would otherwise see the same free values.
+        let lock = PickLock::acquire()
+            .await
+            .map_err(|e| anyhow::anyhow!("picking a table for the full tunnel: {e}"))?;
+        let (dir, netns) = (run_dir(), netns_id()?);
+        let mut in_use = netlink.policy_in_use().await?;
+        for taken in lock.live_claims(&dir, netns) {
+            in_use.tables.insert(taken.table);
+            in_use.marks.insert(taken.fwmark);
+            in_use.priorities.insert(taken.priority);
+        }
+        in_use.tables.extend(&self.rejected.tables);
+        in_use.marks.extend(&self.rejected.marks);
+        in_use.priorities.extend(&self.rejected.priorities);
         let full = pick(&in_use, self.fwmark);
+        let claim = lock
+            .claim(&dir, netns, full)
+            .map_err(|e| anyhow::anyhow!("claiming table {}: {e}", full.table))?;
         self.mark(full.fwmark)?;
+        self.claim = Some(claim);
         tracing::info!(
             table = full.table,
             fwmark = full.fwmark,
@@ -265,6 +291,22 @@ impl Policy {
         );
         self.full = Some(full);
         Ok(())
+    }
+
+    /// Gives up the picked values after the kernel said one of them is taken (a route or rule
+    /// of something that does not claim them, such as wg-quick); the next `prepare` picks
+    /// others. Returns whether there was a pick to give up.
+    pub fn reject_pick(&mut self) -> bool {
+        let Some(full) = self.full.take() else {
+            return false;
+        };
+        self.rejected.tables.insert(full.table);
+        self.rejected.priorities.insert(full.priority);
+        if self.fwmark == 0 {
+            self.rejected.marks.insert(full.fwmark);
+        }
+        self.claim = None;
+        true
     }
 
     /// The status, with `rules_in_place` when the full tunnel's rules are in the kernel (a
@@ -340,11 +382,21 @@ pub fn pick(in_use: &InUse, fwmark: u32) -> FullTunnel {
 }
 
 /// Removes the rules of dhtun daemons that are gone: rules with [`RULE_PROTOCOL`] whose
-/// priority's table holds no route any more (a daemon's table routes go with its interface).
+/// priority's table holds no route any more (a daemon's table routes go with its interface)
+/// and is claimed by no live daemon (a live one's table is empty while its link is down).
 /// Returns how many rules were removed.
 pub async fn remove_stale_rules(netlink: &Netlink) -> anyhow::Result<usize> {
+    let (dir, netns) = (run_dir(), netns_id()?);
+    // Testing a claim takes its lock for a moment: under the pick lock, so no daemon claiming
+    // that table at the same time finds it held.
+    let _lock = PickLock::acquire().await?;
     let ours = netlink.dhtun_rules().await?;
-    let tables = netlink.tables_with_routes().await?;
+    let mut tables = netlink.tables_with_routes().await?;
+    tables.extend(
+        ours.iter()
+            .map(|r| r.table)
+            .filter(|&t| table_claimed(&dir, netns, t)),
+    );
     let priorities: BTreeSet<u32> = ours.iter().map(|r| r.priority).collect();
     let mut removed = 0;
     for priority in priorities {

@@ -431,7 +431,14 @@ impl Device {
             return Err(DropReason::TooLarge);
         }
         let header = packet::parse(&buf[..len]).map_err(|_| DropReason::Malformed)?;
-        if packet::is_link_scoped(header.destination) {
+        // Link-scoped packets stay off the tunnel unless a peer's allowed_ips name them more
+        // specifically than a default route (babel or OSPF over the tunnel, as WireGuard does).
+        if packet::is_link_scoped(header.destination)
+            && self
+                .routes
+                .longest_prefix(header.destination)
+                .is_none_or(|length| length <= 1)
+        {
             return Err(DropReason::LinkLocal);
         }
         let id = self

@@ -270,6 +270,39 @@ fn link_scoped_packets_are_counted_apart_and_never_cross() {
 }
 
 #[test]
+fn link_scoped_packets_go_to_a_peer_whose_allowed_ips_name_them() {
+    let now = Duration::ZERO;
+    let mut out = buf();
+    // Babel over the tunnel: fe80::/64 in a peer's allowed_ips, as WireGuard carries it.
+    let mut babel = device(1, vec![peer(key(2).public_key(), "fe80::/64", B_ADDR)]);
+    let mut hello = router_solicitation();
+    hello[24..40].copy_from_slice(&"fe80::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    assert_eq!(
+        babel.handle_tun_packet(&mut hello, 48, now, &mut out),
+        TunAction::Staged
+    );
+    // ff02::2 is not in fe80::/64: still link-local.
+    assert_eq!(
+        babel.handle_tun_packet(&mut router_solicitation(), 48, now, &mut out),
+        TunAction::Drop(DropReason::LinkLocal)
+    );
+    assert_eq!(babel.drops().get(DropReason::LinkLocal), 1);
+    // OSPF's 224.0.0.5 with 224.0.0.0/24 allowed; a /1 half is default-like and does not count.
+    let mut ospf = device(1, vec![peer(key(2).public_key(), "224.0.0.0/24", B_ADDR)]);
+    let mut hello = ipv4([100, 64, 0, 1], [224, 0, 0, 5], b"ospf");
+    assert_eq!(
+        ospf.handle_tun_packet(&mut hello, 24, now, &mut out),
+        TunAction::Staged
+    );
+    let mut half = device(1, vec![peer(key(2).public_key(), "128.0.0.0/1", B_ADDR)]);
+    let mut hello = ipv4([100, 64, 0, 1], [224, 0, 0, 5], b"ospf");
+    assert_eq!(
+        half.handle_tun_packet(&mut hello, 24, now, &mut out),
+        TunAction::Drop(DropReason::LinkLocal)
+    );
+}
+
+#[test]
 fn staging_queue_drops_the_newest_when_full() {
     let (mut a, _) = pair();
     let now = Duration::ZERO;

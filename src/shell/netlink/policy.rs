@@ -27,9 +27,15 @@ pub struct OwnRule {
 }
 
 impl Netlink {
-    /// Adds `route` out of the link, in its table; Ok when it is there already (the table is
-    /// dhtun's own, so the route can only be ours).
-    pub async fn add_table_route(&self, index: u32, route: Route) -> Result<(), NetlinkError> {
+    /// Adds `route` out of the link, in its table. When the route is there already: Ok in a
+    /// table the user named, an error (EEXIST) when `exclusive`, in a table dhtun picked, where
+    /// it means something else uses the table.
+    pub async fn add_table_route(
+        &self,
+        index: u32,
+        route: Route,
+        exclusive: bool,
+    ) -> Result<(), NetlinkError> {
         let dest = masked(route.dest);
         let result = self
             .handle
@@ -37,7 +43,7 @@ impl Netlink {
             .add(table_route_message(index, route))
             .execute()
             .await;
-        if result.as_ref().err().and_then(errno) == Some(libc::EEXIST) {
+        if !exclusive && result.as_ref().err().and_then(errno) == Some(libc::EEXIST) {
             return Ok(());
         }
         self.check(index, result, false, |link| {
@@ -63,13 +69,13 @@ impl Netlink {
         .await
     }
 
-    /// Adds `rule`; Ok when the same rule is there already, so re-applying is harmless.
+    /// Adds `rule`. The same rule there already is an error (EEXIST): the priority was picked
+    /// free, so another daemon or tool holds it, and the rule must not be taken for ours.
     pub async fn add_rule(&self, rule: &Rule) -> Result<(), NetlinkError> {
         let mut request = self.handle.rule().add();
         *request.message_mut() = rule_message(rule);
         match request.execute().await {
             Ok(()) => Ok(()),
-            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
             Err(e) => Err(classify(
                 format!("adding rule {}", describe(rule)),
                 e,

@@ -142,7 +142,7 @@ fn up_refuses_fifos_and_devices_at_once() {
 fn reload(node: &Node) -> (Duration, std::process::Output) {
     let start = Instant::now();
     let out = run_timeout(
-        Command::new(BIN).args(["reload", &node.iface]),
+        &mut node.cli(&["reload", &node.iface]),
         Duration::from_secs(20),
     );
     (start.elapsed(), out)

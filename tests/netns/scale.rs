@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::common;
-use crate::common::{describe, run, run_timeout, Lab, BIN};
+use crate::common::{describe, run, run_timeout, Lab};
 
 const MOST_ALLOWED_IPS: usize = 65_536;
 /// Loose bounds for a debug build on a machine shared with other builds; the figures of a release
@@ -64,7 +64,7 @@ fn the_most_allowed_ips_come_up_and_status_answers_in_bounded_time() {
 
     let start = Instant::now();
     let out = run_timeout(
-        Command::new(BIN).args(["status", &me.iface, "--json"]),
+        &mut me.cli(&["status", &me.iface, "--json"]),
         Duration::from_secs(60),
     );
     let status_took = start.elapsed();

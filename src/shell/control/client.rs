@@ -46,12 +46,13 @@ pub fn request_if_running(interface: &str, request: &str) -> anyhow::Result<Opti
         ),
         Err(e) => anyhow::bail!("connecting to {place}: {e}"),
     };
-    if let Ok((uid, pid)) = peer::credentials(&stream) {
-        if !peer::trusted_daemon(uid) {
-            anyhow::bail!(
-                "{place} is held by pid {pid} of uid {uid}, not by root: refusing to talk to it"
-            );
-        }
+    let (uid, pid) = peer::credentials(&stream).map_err(|e| {
+        anyhow::anyhow!("cannot tell who holds {place}: {e}; refusing to talk to it")
+    })?;
+    if !peer::trusted_daemon(uid) {
+        anyhow::bail!(
+            "{place} is held by pid {pid} of uid {uid}, not by root: refusing to talk to it"
+        );
     }
     let timeout = if request == "down" {
         DOWN_TIMEOUT

@@ -284,7 +284,7 @@ impl Connections {
         while self.tasks.try_join_next().is_some() {}
         self.held.retain(|held| !held.task.is_finished());
         let verdict = match stream.peer_cred() {
-            Ok(cred) => peer::authorize(cred.uid(), cred.pid()),
+            Ok(cred) => peer::authorize(cred.uid(), cred.gid(), cred.pid()),
             Err(e) => Err(format!("cannot tell who is asking: {e}")),
         };
         if let Err(why) = verdict {

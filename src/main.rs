@@ -212,20 +212,35 @@ fn status(iface: Option<String>, json: bool) -> anyhow::Result<()> {
         None => control::interfaces(),
     };
     let mut statuses = Vec::with_capacity(names.len());
+    let mut untrusted = Vec::new();
     for name in &names {
-        // Listing them all, a socket left by a killed daemon is not an interface: skip it.
+        // Listing them all, a socket left by a killed daemon is not an interface, nor one held
+        // by someone else than root: skip them.
         let answer = if one {
             control::request(name, "status")?
         } else {
-            match control::request_if_running(name, "status")? {
-                Some(answer) => answer,
-                None => continue,
+            match control::request_if_running(name, "status") {
+                Ok(Some(answer)) => answer,
+                Ok(None) => continue,
+                Err(e) if e.downcast_ref::<control::UntrustedHolder>().is_some() => {
+                    untrusted.push(name.as_str());
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
         };
         let parsed: InterfaceStatus = serde_json::from_str(&answer).map_err(|e| {
             anyhow::anyhow!("the {name} daemon answered status with something unreadable: {e}")
         })?;
         statuses.push(parsed);
+    }
+    if !untrusted.is_empty() {
+        // The names were checked to be interface names: nothing else reaches the terminal.
+        eprintln!(
+            "dhtun: warning: skipped the control sockets of {} (held by processes not run by \
+             root)",
+            untrusted.join(", ")
+        );
     }
     if json {
         let text = match statuses.first() {

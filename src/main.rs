@@ -213,6 +213,7 @@ fn status(iface: Option<String>, json: bool) -> anyhow::Result<()> {
     };
     let mut statuses = Vec::with_capacity(names.len());
     let mut untrusted = Vec::new();
+    let mut busy = Vec::new();
     for name in &names {
         // Listing them all, a socket left by a killed daemon is not an interface, nor one held
         // by someone else than root: skip them.
@@ -226,6 +227,11 @@ fn status(iface: Option<String>, json: bool) -> anyhow::Result<()> {
                     untrusted.push(name.as_str());
                     continue;
                 }
+                // A backlog kept full (a squatter that never accepts can do that too).
+                Err(e) if e.downcast_ref::<control::Busy>().is_some() => {
+                    busy.push(name.as_str());
+                    continue;
+                }
                 Err(e) => return Err(e),
             }
         };
@@ -234,12 +240,24 @@ fn status(iface: Option<String>, json: bool) -> anyhow::Result<()> {
         })?;
         statuses.push(parsed);
     }
+    // The names were checked to be interface names: nothing else reaches the terminal.
+    let mut skipped = Vec::new();
     if !untrusted.is_empty() {
-        // The names were checked to be interface names: nothing else reaches the terminal.
-        eprintln!(
-            "dhtun: warning: skipped the control sockets of {} (held by processes not run by \
-             root)",
+        skipped.push(format!(
+            "{} (held by processes not run by root)",
             untrusted.join(", ")
+        ));
+    }
+    if !busy.is_empty() {
+        skipped.push(format!(
+            "{} (accepted no connection within 2 s)",
+            busy.join(", ")
+        ));
+    }
+    if !skipped.is_empty() {
+        eprintln!(
+            "dhtun: warning: skipped the control sockets of {}",
+            skipped.join("; ")
         );
     }
     if json {

@@ -320,7 +320,9 @@ fn a_squatter_on_the_abstract_name_blocks_neither_up_nor_status() {
         return;
     }
     let (mut lab, a, b) = Lab::pair("sq", 51844);
-    // Nobody binds @dhtun/IFACE first, and a name with an escape sequence in it.
+    // Nobody binds @dhtun/IFACE first, a name with an escape sequence in it, and one whose
+    // backlog it fills and never accepts.
+    let full = format!("{}f", a.iface);
     let script = "import socket, sys, time\n\
         held = []\n\
         for name in sys.argv[1:]:\n\
@@ -328,12 +330,25 @@ fn a_squatter_on_the_abstract_name_blocks_neither_up_nor_status() {
         \x20   s.bind(b'\\0dhtun/' + name.encode())\n\
         \x20   s.listen(1)\n\
         \x20   held.append(s)\n\
+        for _ in range(3):\n\
+        \x20   c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n\
+        \x20   c.setblocking(False)\n\
+        \x20   try: c.connect(b'\\0dhtun/' + sys.argv[-1].encode())\n\
+        \x20   except OSError: pass\n\
+        \x20   held.append(c)\n\
         print('ready', flush=True)\n\
         time.sleep(120)\n";
     let mut squatter = Command::new("ip")
         .args(["netns", "exec", &a.ns, "setpriv"])
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .args(["/usr/bin/python3", "-c", script, &a.iface, "\x1b[31mevil"])
+        .args([
+            "/usr/bin/python3",
+            "-c",
+            script,
+            &a.iface,
+            "\x1b[31mevil",
+            &full,
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| lab.fail(format!("starting the squatter: {e}")));
@@ -362,13 +377,14 @@ fn a_squatter_on_the_abstract_name_blocks_neither_up_nor_status() {
     let err = String::from_utf8_lossy(&all.stderr);
     if !all.status.success()
         || !String::from_utf8_lossy(&all.stdout).contains(&a.public)
-        || err.lines().count() > 1
+        || err.lines().count() != 1
+        || !err.contains(&full)
         || all.stderr.contains(&0x1b)
         || err.contains("evil")
     {
         lab.fail(format!(
-            "`dhtun status` should list root's daemon, with at most one warning and no raw \
-             bytes of the squatter's names; {}",
+            "`dhtun status` should list root's daemon, with one warning naming {full} and no \
+             raw bytes of the squatter's names; {}",
             describe(&all)
         ));
     }

@@ -84,6 +84,26 @@ impl std::fmt::Display for UntrustedHolder {
 
 impl std::error::Error for UntrustedHolder {}
 
+/// A control socket whose listen backlog stayed full for CONNECT_DEADLINE: a flood of
+/// connections, or a squatter that never accepts.
+#[derive(Debug)]
+pub struct Busy {
+    place: String,
+}
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "busy: {} accepted no connection within {} s; try again",
+            self.place,
+            CONNECT_DEADLINE.as_secs()
+        )
+    }
+}
+
+impl std::error::Error for Busy {}
+
 /// None when the daemon at the other end of `stream` is one to talk to; the holder when not.
 fn trust(stream: &UnixStream, place: &Place) -> anyhow::Result<Option<UntrustedHolder>> {
     let (uid, pid) = peer::credentials(stream).map_err(|e| {
@@ -116,10 +136,10 @@ fn connect(place: &Place) -> anyhow::Result<Option<UnixStream>> {
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => anyhow::bail!(
             "cannot reach {place}: permission denied (the control socket is root-only)"
         ),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => anyhow::bail!(
-            "busy: {place} accepted no connection within {} s; try again",
-            CONNECT_DEADLINE.as_secs()
-        ),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(Busy {
+            place: place.to_string(),
+        }
+        .into()),
         Err(e) => anyhow::bail!("connecting to {place}: {e}"),
     }
 }

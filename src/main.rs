@@ -211,20 +211,53 @@ fn status(iface: Option<String>, json: bool) -> anyhow::Result<()> {
         None => control::interfaces(),
     };
     let mut statuses = Vec::with_capacity(names.len());
+    let mut untrusted = Vec::new();
+    let mut busy = Vec::new();
     for name in &names {
-        // Listing them all, a socket left by a killed daemon is not an interface: skip it.
+        // Listing them all, a socket left by a killed daemon is not an interface, nor one held
+        // by someone else than root: skip them.
         let answer = if one {
             control::request(name, "status")?
         } else {
-            match control::request_if_running(name, "status")? {
-                Some(answer) => answer,
-                None => continue,
+            match control::request_if_running(name, "status") {
+                Ok(Some(answer)) => answer,
+                Ok(None) => continue,
+                Err(e) if e.downcast_ref::<control::UntrustedHolder>().is_some() => {
+                    untrusted.push(name.as_str());
+                    continue;
+                }
+                // A backlog kept full (a squatter that never accepts can do that too).
+                Err(e) if e.downcast_ref::<control::Busy>().is_some() => {
+                    busy.push(name.as_str());
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
         };
         let parsed: InterfaceStatus = serde_json::from_str(&answer).map_err(|e| {
             anyhow::anyhow!("the {name} daemon answered status with something unreadable: {e}")
         })?;
         statuses.push(parsed);
+    }
+    // The names were checked to be interface names: nothing else reaches the terminal.
+    let mut skipped = Vec::new();
+    if !untrusted.is_empty() {
+        skipped.push(format!(
+            "{} (held by processes not run by root)",
+            untrusted.join(", ")
+        ));
+    }
+    if !busy.is_empty() {
+        skipped.push(format!(
+            "{} (accepted no connection within 2 s)",
+            busy.join(", ")
+        ));
+    }
+    if !skipped.is_empty() {
+        eprintln!(
+            "dhtun: warning: skipped the control sockets of {}",
+            skipped.join("; ")
+        );
     }
     if json {
         let text = match statuses.first() {

@@ -21,7 +21,7 @@ mod peer;
 mod server;
 
 pub use address::{interfaces, run_dir};
-pub use client::{request, request_if_running};
+pub use client::{request, request_if_running, Busy, UntrustedHolder};
 pub use server::{ControlServer, ControlTask};
 
 use tokio::sync::oneshot;

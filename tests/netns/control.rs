@@ -314,6 +314,135 @@ fn a_busy_control_socket_is_reported_as_busy() {
     }
 }
 
+#[test]
+fn a_squatter_on_the_abstract_name_blocks_neither_up_nor_status() {
+    if !common::netns_available("a_squatter_on_the_abstract_name_blocks_neither_up_nor_status") {
+        return;
+    }
+    let (mut lab, a, b) = Lab::pair("sq", 51844);
+    // Nobody binds @dhtun/IFACE first, a name with an escape sequence in it, and one whose
+    // backlog it fills and never accepts.
+    let full = format!("{}f", a.iface);
+    let script = "import socket, sys, time\n\
+        held = []\n\
+        for name in sys.argv[1:]:\n\
+        \x20   s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n\
+        \x20   s.bind(b'\\0dhtun/' + name.encode())\n\
+        \x20   s.listen(1)\n\
+        \x20   held.append(s)\n\
+        for _ in range(3):\n\
+        \x20   c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n\
+        \x20   c.setblocking(False)\n\
+        \x20   try: c.connect(b'\\0dhtun/' + sys.argv[-1].encode())\n\
+        \x20   except OSError: pass\n\
+        \x20   held.append(c)\n\
+        print('ready', flush=True)\n\
+        time.sleep(120)\n";
+    let mut squatter = Command::new("ip")
+        .args(["netns", "exec", &a.ns, "setpriv"])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args([
+            "/usr/bin/python3",
+            "-c",
+            script,
+            &a.iface,
+            "\x1b[31mevil",
+            &full,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| lab.fail(format!("starting the squatter: {e}")));
+    let mut ready = String::new();
+    let _ = std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(squatter.stdout.take().expect("squatter stdout")),
+        &mut ready,
+    );
+    if ready.trim() != "ready" {
+        let _ = squatter.kill();
+        lab.fail("the squatter did not bind its names");
+    }
+    // Root's daemon starts all the same (the lab fails the test if it does not).
+    lab.up(&a, &[(&b, &[])]);
+    let one = run_timeout(&mut a.cli(&["status", &a.iface]), Duration::from_secs(10));
+    let all = run_timeout(&mut a.cli(&["status", "--json"]), Duration::from_secs(10));
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+    if !one.status.success() || !String::from_utf8_lossy(&one.stdout).contains(&a.public) {
+        lab.fail(format!(
+            "`dhtun status {}` should reach root's daemon past the squatter; {}",
+            a.iface,
+            describe(&one)
+        ));
+    }
+    let err = String::from_utf8_lossy(&all.stderr);
+    if !all.status.success()
+        || !String::from_utf8_lossy(&all.stdout).contains(&a.public)
+        || err.lines().count() != 1
+        || !err.contains(&full)
+        || all.stderr.contains(&0x1b)
+        || err.contains("evil")
+    {
+        lab.fail(format!(
+            "`dhtun status` should list root's daemon, with one warning naming {full} and no \
+             raw bytes of the squatter's names; {}",
+            describe(&all)
+        ));
+    }
+}
+
+#[test]
+fn a_full_listen_backlog_is_reported_busy_within_the_connect_deadline() {
+    // A listener that never accepts, its backlog full: the CLI gives up and says busy in one
+    // line, instead of blocking in connect. No privileges needed.
+    let lab = Lab::new("bl");
+    let run_dir = lab.dir.join("run");
+    std::fs::create_dir(&run_dir).expect("create the run directory");
+    let iface = lab.iface_name("b");
+    let path = run_dir.join(format!("{iface}.sock"));
+    let listener = UnixListener::bind(&path).expect("bind a scratch control socket");
+    let backlog = nix::sys::socket::Backlog::new(1).expect("backlog");
+    nix::sys::socket::listen(&listener, backlog).expect("listen");
+    let mut held = Vec::new();
+    loop {
+        let socket = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            nix::sys::socket::SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .expect("socket");
+        let address = nix::sys::socket::UnixAddr::new(&path).expect("address");
+        match nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&socket), &address) {
+            Ok(()) => held.push(socket),
+            Err(_) => break,
+        }
+        if held.len() > 100 {
+            lab.fail("the backlog of 1 never filled");
+        }
+    }
+    let started = Instant::now();
+    let out = run_timeout(
+        Command::new(BIN)
+            .args(["status", &iface])
+            .env("DHTUN_RUN_DIR", &run_dir),
+        Duration::from_secs(10),
+    );
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success()
+        || !err.contains("busy")
+        || err.lines().count() != 1
+        || took > Duration::from_secs(5)
+    {
+        lab.fail(format!(
+            "a full backlog should be reported busy in one line within the 2 s deadline \
+             (took {took:?}); {}",
+            describe(&out)
+        ));
+    }
+    drop(held);
+}
+
 /// Holds HELD connections to `node`'s control socket open without a request, opening again
 /// every one the daemon closes, every 100 ms, until `stop` (at most 60 s). Returns how many
 /// connections it opened in all.

@@ -86,6 +86,16 @@ pub(super) fn daemon_path(interface: &str) -> DaemonPath {
     }
 }
 
+/// Where the daemon of `interface` is reached when an untrusted process holds its abstract name
+/// (and `DHTUN_RUN_DIR` is not set): `/run/dhtun/net-INODE/IFACE.sock`, named by the inode of
+/// the caller's network namespace, in a directory only root may enter. None when the namespace
+/// cannot be read.
+pub(super) fn fallback_path(interface: &str) -> Option<PathBuf> {
+    let ns = std::fs::metadata("/proc/thread-self/ns/net").ok()?;
+    let dir = Path::new(DEFAULT_RUN_DIR).join(format!("net-{}", ns.st_ino()));
+    Some(socket_path(&dir, interface))
+}
+
 pub(super) fn socket_path(dir: &Path, interface: &str) -> PathBuf {
     dir.join(format!("{interface}.sock"))
 }
@@ -176,10 +186,22 @@ fn listening_abstract(table: &str) -> Vec<String> {
             let flags = u32::from_str_radix(fields.get(3)?, 16).ok()?;
             let name = fields.get(7)?.strip_prefix('@')?;
             let interface = name.strip_prefix(ABSTRACT_PREFIX)?;
-            let plausible = !interface.is_empty() && !interface.contains(['/', '@']);
-            (flags & LISTENING_FLAG != 0 && plausible).then(|| interface.to_string())
+            (flags & LISTENING_FLAG != 0 && is_interface_name(interface))
+                .then(|| interface.to_string())
         })
         .collect()
+}
+
+/// Whether `name` can be a Linux interface name as dhtun takes them: 1 to 15 bytes of ASCII
+/// letters, digits, `_`, `.` and `-`, not `.` or `..`. Anyone may bind any abstract name, so
+/// nothing else read from /proc/net/unix is listed (or printed).
+fn is_interface_name(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 #[cfg(test)]
@@ -196,8 +218,13 @@ mod tests {
             0000000000000000: 00000002 00000000 00010000 0001 01 1004 @other/x\n\
             0000000000000000: 00000002 00000000 00010000 0001 01 1005 @dhtun/a/b\n\
             0000000000000000: 00000002 00000000 00000000 0002 01 1006\n\
-            0000000000000000: 00000002 00000000 00010000 0001 01 1007 @dhtun/lab-p2\n";
-        assert_eq!(listening_abstract(table), ["dhtun0", "lab-p2"]);
+            0000000000000000: 00000002 00000000 00010000 0001 01 1007 @dhtun/lab-p2\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 1008 @dhtun/\x1b[31mevil\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 1009 @dhtun/..\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 1010 @dhtun/sixteen-bytes-xx\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 1011 @dhtun/caf\u{e9}\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 1012 @dhtun/wg_1.x\n";
+        assert_eq!(listening_abstract(table), ["dhtun0", "lab-p2", "wg_1.x"]);
     }
 
     #[test]

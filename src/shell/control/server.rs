@@ -8,7 +8,7 @@
 //! listen backlog full of idle connections would stall the CLI's connect).
 
 use super::address::{self, DaemonPath};
-use super::{peer, ControlCommand, ControlRequest};
+use super::{client, peer, ControlCommand, ControlRequest};
 use crate::core::limits::{CONTROL_CLIENTS, CONTROL_REQUEST_BYTES};
 use std::io;
 use std::os::unix::fs::PermissionsExt as _;
@@ -43,19 +43,47 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(10);
 /// The bound sockets of one interface: the abstract one, and the path beside it where there is
 /// one (see `address::daemon_path`).
 pub struct ControlServer {
-    listener: StdListener,
+    /// None when an untrusted process holds the abstract name: `fallback` is served instead.
+    listener: Option<StdListener>,
     path: Option<(StdListener, PathGuard)>,
+    fallback: Option<(StdListener, PathGuard)>,
 }
 
 impl ControlServer {
     /// Binds the sockets of `interface`, refusing when a live daemon already holds them.
     pub fn bind(interface: &str) -> anyhow::Result<Self> {
         let name = address::abstract_name(interface);
+        let mut fallback = None;
         let listener = match StdListener::bind_addr(&address::abstract_address(&name)?) {
-            Ok(listener) => listener,
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-                anyhow::bail!("{}", name_taken(interface, &name))
-            }
+            Ok(listener) => Some(listener),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => match untrusted_holder(&name) {
+                None => anyhow::bail!(
+                    "a dhtun daemon for {interface} is already running in this network \
+                     namespace (control socket @{name} answers)"
+                ),
+                Some(holder) => {
+                    // A squatter must not keep root's daemon from starting: serve a path only
+                    // root can reach, which the CLI tries when it finds the name so held.
+                    let path = match address::daemon_path(interface) {
+                        DaemonPath::Required(_) if std::env::var_os("DHTUN_RUN_DIR").is_some() => {
+                            None
+                        }
+                        _ => address::fallback_path(interface),
+                    };
+                    let where_ = path
+                        .as_ref()
+                        .map_or_else(|| "its path only".to_string(), |p| p.display().to_string());
+                    tracing::warn!(
+                        "the control socket @{name} of this network namespace is taken by \
+                         {holder}, not a dhtun daemon run by root; serving the control \
+                         socket at {where_} instead"
+                    );
+                    if let Some(path) = path {
+                        fallback = Some(bind_private_path(interface, path)?);
+                    }
+                    None
+                }
+            },
             Err(e) => anyhow::bail!("binding control socket @{name}: {e}"),
         };
         let path = match address::daemon_path(interface) {
@@ -73,7 +101,11 @@ impl ControlServer {
                 .ok(),
             DaemonPath::None => None,
         };
-        Ok(Self { listener, path })
+        Ok(Self {
+            listener,
+            path,
+            fallback,
+        })
     }
 
     /// Serves connections on a thread of its own until the returned task is stopped. Requests
@@ -155,22 +187,38 @@ impl Drop for PathGuard {
     }
 }
 
-/// Why the abstract name of `interface` cannot be bound: its daemon runs already, or someone
-/// else took the name.
-fn name_taken(interface: &str, name: &str) -> String {
-    let holder = address::abstract_address(name)
-        .and_then(|a| std::os::unix::net::UnixStream::connect_addr(&a))
-        .and_then(|stream| peer::credentials(&stream));
-    match holder {
-        Ok((uid, pid)) if !peer::trusted_daemon(uid) => format!(
-            "the control socket @{name} of this network namespace is taken by pid {pid} \
-             (uid {uid}), which is not a dhtun daemon run by root; stop it and start again"
-        ),
-        _ => format!(
-            "a dhtun daemon for {interface} is already running in this network namespace \
-             (control socket @{name} answers)"
-        ),
+/// Who holds the abstract name `name`, when it is not a daemon run by root (or by our own
+/// user); None when it is. A holder that does not accept within the deadline (a squatter may
+/// keep its backlog full) or does not listen at all is not one.
+fn untrusted_holder(name: &str) -> Option<String> {
+    let stream = address::abstract_address(name)
+        .and_then(|a| client::connect_with_deadline(&a, client::CONNECT_DEADLINE));
+    match stream.and_then(|stream| peer::credentials(&stream)) {
+        Ok((uid, _)) if peer::trusted_daemon(uid) => None,
+        Ok((uid, pid)) => Some(format!("pid {pid} (uid {uid})")),
+        Err(e) => Some(format!("a process that does not answer ({e})")),
     }
+}
+
+/// Binds `path` in a directory of its own that only we may enter (made with mode 0700, or
+/// refused when it exists with other owner or permissions).
+fn bind_private_path(interface: &str, path: PathBuf) -> anyhow::Result<(StdListener, PathGuard)> {
+    use std::os::unix::fs::MetadataExt as _;
+    if let Some(dir) = path.parent() {
+        address::prepare_dir(dir)
+            .map_err(|e| anyhow::anyhow!("creating control directory {}: {e}", dir.display()))?;
+        let meta = std::fs::symlink_metadata(dir)?;
+        if !meta.is_dir()
+            || meta.uid() != nix::unistd::geteuid().as_raw()
+            || meta.mode() & 0o077 != 0
+        {
+            anyhow::bail!(
+                "control directory {} is not a directory of ours with mode 0700",
+                dir.display()
+            );
+        }
+    }
+    bind_path(interface, path)
 }
 
 fn answers(path: &Path) -> bool {
@@ -215,20 +263,30 @@ async fn serve(
     stop: &Notify,
     closed: std::sync::mpsc::SyncSender<()>,
 ) {
-    let ControlServer { listener, path } = server;
+    let ControlServer {
+        listener,
+        path,
+        fallback,
+    } = server;
     let (path_listener, guard) = match path {
         Some((listener, guard)) => (Some(listener), Some(guard)),
         None => (None, None),
     };
-    let listener = tokio_listener(listener);
+    let (fallback_listener, fallback_guard) = match fallback {
+        Some((listener, guard)) => (Some(listener), Some(guard)),
+        None => (None, None),
+    };
+    let listener = listener.and_then(tokio_listener);
     let path_listener = path_listener.and_then(tokio_listener);
+    let fallback_listener = fallback_listener.and_then(tokio_listener);
     let mut connections = Connections::new(commands);
-    if let Some(listener) = listener {
+    if listener.is_some() || path_listener.is_some() || fallback_listener.is_some() {
         loop {
             let accepted = tokio::select! {
                 _ = stop.notified() => break,
-                accepted = listener.accept() => accepted,
+                accepted = accept(listener.as_ref()) => accepted,
                 accepted = accept(path_listener.as_ref()) => accepted,
+                accepted = accept(fallback_listener.as_ref()) => accepted,
             };
             match accepted {
                 Ok((stream, _)) => connections.admit(stream),
@@ -238,8 +296,11 @@ async fn serve(
     } else {
         stop.notified().await;
     }
+    drop(listener);
     drop(path_listener);
     drop(guard);
+    drop(fallback_listener);
+    drop(fallback_guard);
     let _ = closed.send(());
     connections.finish().await;
 }
@@ -295,7 +356,7 @@ impl Connections {
         while self.tasks.try_join_next().is_some() {}
         self.held.retain(|held| !held.task.is_finished());
         let verdict = match stream.peer_cred() {
-            Ok(cred) => peer::authorize(cred.uid(), cred.pid()),
+            Ok(cred) => peer::authorize(cred.uid(), cred.gid(), cred.pid()),
             Err(e) => Err(format!("cannot tell who is asking: {e}")),
         };
         if let Err(why) = verdict {

@@ -389,7 +389,14 @@ pub async fn remove_stale_rules(netlink: &Netlink) -> anyhow::Result<usize> {
     let (dir, netns) = (run_dir(), netns_id()?);
     // Testing a claim takes its lock for a moment: under the pick lock, so no daemon claiming
     // that table at the same time finds it held.
-    let _lock = PickLock::acquire().await?;
+    let lock = PickLock::acquire().await?;
+    // A live daemon adds its rules one by one after it claimed: a group read half-built (its
+    // `lookup main` rules in, its own table's rule not yet) is live by its claimed priority.
+    let claimed: BTreeSet<u32> = lock
+        .live_claims(&dir, netns)
+        .iter()
+        .map(|full| full.priority)
+        .collect();
     let ours = netlink.dhtun_rules().await?;
     let mut tables = netlink.tables_with_routes().await?;
     tables.extend(
@@ -401,9 +408,10 @@ pub async fn remove_stale_rules(netlink: &Netlink) -> anyhow::Result<usize> {
     let mut removed = 0;
     for priority in priorities {
         let group = ours.iter().filter(|r| r.priority == priority);
-        let live = group
-            .clone()
-            .any(|r| r.table != MAIN_TABLE && tables.contains(&r.table));
+        let live = claimed.contains(&priority)
+            || group
+                .clone()
+                .any(|r| r.table != MAIN_TABLE && tables.contains(&r.table));
         if live {
             continue;
         }

@@ -14,7 +14,7 @@ use crate::shell::config_read::{Asker, ConfigReader};
 use crate::shell::control::{ControlCommand, ControlRequest, ControlServer};
 use crate::shell::datapath::{DataPath, RingSettings, TunRead};
 use crate::shell::dht::DhtStatus;
-use crate::shell::discovery::{Discovery, Lookup};
+use crate::shell::discovery::{on_tick, Discovery, Lookup};
 use crate::shell::linkwatch::{next_came_up, LinkWatch};
 use crate::shell::metrics;
 use crate::shell::netlink::Netlink;
@@ -311,19 +311,12 @@ async fn event_loop(
                     }
                 }
                 let now = path.now();
-                path.device.handle_timers(now);
-                if let Some(discovery) = discovery.as_mut() {
-                    if discovery.take_moved() {
-                        if let Some(reflector) = path.reflector.as_mut() {
-                            reflector.refresh(now);
-                        }
-                        path.device.underlay_changed(now);
-                    }
-                    discovery.start_lookups(&mut path.device, now);
-                    if let Some(reflector) = path.reflector.as_mut() {
-                        reflector.set_dht_public_ip(discovery.dht_public_ip());
-                    }
-                }
+                on_tick(
+                    &mut path.device,
+                    path.reflector.as_mut(),
+                    discovery.as_mut(),
+                    now,
+                );
                 path.drain_reflector();
             }
             Event::LinkUp => match restore(config, link).await {

@@ -17,7 +17,7 @@ use crate::core::limits::{
 };
 use crate::core::privacy::Privacy;
 use crate::core::record::{is_usable_address, Record};
-use crate::core::reflexive::confirmed_public_ip;
+use crate::core::reflexive::{confirmed_public_ip, Reflector};
 use crate::shell::dht::{Dht, DhtOptions, DhtStatus};
 use crate::shell::netlink::Netlink;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -329,4 +329,29 @@ fn unix_now() -> Duration {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
+}
+
+/// The timer tick's part of discovery, the same in both modes: the device's timers, then a
+/// host that moved refreshes its reflexive address and re-handshakes, lookups that are due
+/// start, and the reflector hears the DHT's idea of our public IP.
+pub(crate) fn on_tick(
+    device: &mut Device,
+    mut reflector: Option<&mut Reflector>,
+    discovery: Option<&mut Discovery>,
+    now: Duration,
+) {
+    device.handle_timers(now);
+    let Some(discovery) = discovery else {
+        return;
+    };
+    if discovery.take_moved() {
+        if let Some(reflector) = reflector.as_mut() {
+            reflector.refresh(now);
+        }
+        device.underlay_changed(now);
+    }
+    discovery.start_lookups(device, now);
+    if let Some(reflector) = reflector {
+        reflector.set_dht_public_ip(discovery.dht_public_ip());
+    }
 }

@@ -239,20 +239,9 @@ impl Udp {
                 .flat_map(|f| &f.flows)
                 .any(|f| sockets.get::<udp::Socket>(f.handle).endpoint().port == port)
         };
-        let mut port = self.next_port;
         // At most MAX_FORWARDS x USERSPACE_UDP_FLOWS ports are taken, fewer than the range.
-        for _ in 0..FLOW_PORTS.len() {
-            port = if port >= *FLOW_PORTS.end() {
-                *FLOW_PORTS.start()
-            } else {
-                port + 1
-            };
-            if !in_use(port) {
-                break;
-            }
-        }
-        self.next_port = port;
-        port
+        self.next_port = super::next_free_port(self.next_port, FLOW_PORTS, in_use);
+        self.next_port
     }
 }
 

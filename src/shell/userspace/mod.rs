@@ -31,7 +31,7 @@ use crate::shell::daemon::{
 };
 use crate::shell::datapath::RingSettings;
 use crate::shell::dht::DhtStatus;
-use crate::shell::discovery::Discovery;
+use crate::shell::discovery::{on_tick, Discovery};
 use crate::shell::metrics;
 use crate::shell::netlink::Netlink;
 use crate::shell::route_plan::PolicyStatus;
@@ -323,19 +323,12 @@ async fn event_loop(
             },
             Event::Tick => {
                 let now = path.now();
-                path.device.handle_timers(now);
-                if let Some(discovery) = discovery.as_mut() {
-                    if discovery.take_moved() {
-                        if let Some(reflector) = path.reflector.as_mut() {
-                            reflector.refresh(now);
-                        }
-                        path.device.underlay_changed(now);
-                    }
-                    discovery.start_lookups(&mut path.device, now);
-                    if let Some(reflector) = path.reflector.as_mut() {
-                        reflector.set_dht_public_ip(discovery.dht_public_ip());
-                    }
-                }
+                on_tick(
+                    &mut path.device,
+                    path.reflector.as_mut(),
+                    discovery.as_mut(),
+                    now,
+                );
                 path.drain_reflector();
             }
             Event::Lookup(lookup) => {
@@ -474,4 +467,24 @@ fn status_json(
         USERSPACE_MAX_TCP_SOCKETS,
     ));
     serde_json::to_string_pretty(&status).unwrap_or_else(|e| format!("error: {e}")) + "\n"
+}
+/// The port after `last` in `range` (wrapping) that `in_use` does not claim; the last one
+/// tried when every port is taken.
+fn next_free_port(
+    last: u16,
+    range: std::ops::RangeInclusive<u16>,
+    in_use: impl Fn(u16) -> bool,
+) -> u16 {
+    let mut port = last;
+    for _ in 0..range.len() {
+        port = if port >= *range.end() {
+            *range.start()
+        } else {
+            port + 1
+        };
+        if !in_use(port) {
+            break;
+        }
+    }
+    port
 }

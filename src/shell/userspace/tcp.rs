@@ -335,19 +335,8 @@ impl Tcp {
         };
         // At most USERSPACE_MAX_TCP_SOCKETS + MAX_EXPOSES ports are taken, far fewer than the
         // range, so this finds one within that many steps.
-        let mut port = self.next_port;
-        for _ in 0..EPHEMERAL_PORTS.len() {
-            port = if port >= *EPHEMERAL_PORTS.end() {
-                *EPHEMERAL_PORTS.start()
-            } else {
-                port + 1
-            };
-            if !in_use(port) {
-                break;
-            }
-        }
-        self.next_port = port;
-        port
+        self.next_port = super::next_free_port(self.next_port, EPHEMERAL_PORTS, in_use);
+        self.next_port
     }
 }
 
